@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Install the system packages graygate needs on a Debian/Ubuntu machine.
+#
+#   scripts/install-deps.sh run    # build + run the demo
+#   scripts/install-deps.sh test   # additionally: redis-server, redis-cli
+#
+# Idempotent: only missing commands are installed, and nothing is printed
+# (and apt is not touched) when everything is already present.
+set -euo pipefail
+
+profile="${1:-run}"
+
+case "$profile" in
+run | test) ;;
+-h | --help)
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    exit 0
+    ;;
+*)
+    echo "install-deps: unknown profile '$profile' (expected: run | test)" >&2
+    exit 2
+    ;;
+esac
+
+# "command:debian-package" pairs.
+needs=(
+    "make:make"
+    "cmake:cmake"
+    "cc:build-essential"
+    "python3:python3"
+    "curl:curl"
+)
+if [[ "$profile" == "test" ]]; then
+    needs+=(
+        "redis-server:redis-server"
+        "redis-cli:redis-tools"
+    )
+fi
+
+missing=()
+for pair in "${needs[@]}"; do
+    cmd="${pair%%:*}"
+    pkg="${pair#*:}"
+    if ! command -v "$cmd" >/dev/null 2>&1; then
+        # de-duplicate package names
+        dup=0
+        for m in "${missing[@]+"${missing[@]}"}"; do
+            [[ "$m" == "$pkg" ]] && dup=1
+        done
+        [[ $dup -eq 0 ]] && missing+=("$pkg")
+    fi
+done
+
+if ((${#missing[@]} > 0)); then
+    sudo=()
+    if [[ "$(id -u)" -ne 0 ]]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo=(sudo)
+        else
+            echo "install-deps: missing packages (${missing[*]}) and not root, no sudo available" >&2
+            echo "install-deps: install them manually: apt-get install ${missing[*]}" >&2
+            exit 1
+        fi
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "install-deps: apt-get not found; please install: ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "install-deps: installing ${missing[*]}" >&2
+    "${sudo[@]+"${sudo[@]}"}" apt-get update -qq
+    "${sudo[@]+"${sudo[@]}"}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq "${missing[@]}" </dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    # rustup installs into ~/.cargo/bin, which may simply not be on PATH.
+    if [[ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]]; then
+        echo "install-deps: cargo found in ${CARGO_HOME:-$HOME/.cargo}/bin but not on PATH;" >&2
+        echo "install-deps: run: source \"${CARGO_HOME:-$HOME/.cargo}/env\"" >&2
+    fi
+    echo "install-deps: error: cargo not found; install a Rust toolchain: https://rustup.rs" >&2
+    exit 1
+fi

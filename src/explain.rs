@@ -1,0 +1,201 @@
+//! Explaining a decision for a described request, without serving it.
+//!
+//! `graygate explain` builds the request an operator describes (uid, host, path, cookies,
+//! client address), runs the same filter chain and rules as the proxy, and reports every
+//! rule's outcome, the decision, and the service and group that would serve it.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use http::header::{HeaderName, HeaderValue, COOKIE};
+use http::{HeaderMap, Method};
+use serde::Serialize;
+
+use crate::facts::{Facts, RequestView};
+use crate::rules::decide::{explain, Step};
+use crate::rules::model::Source;
+use crate::snapshot::Snapshot;
+
+/// A request described by an operator.
+#[derive(Debug, Clone, Default)]
+pub struct RequestDescription {
+    /// The uid; placed in the first configured uid source.
+    pub uid: Option<String>,
+    /// The host.
+    pub host: String,
+    /// The path, optionally with `?query`.
+    pub path: String,
+    /// The method (GET when empty).
+    pub method: String,
+    /// Cookie headers, `k=v; k2=v2`.
+    pub cookies: Vec<String>,
+    /// Other headers.
+    pub headers: Vec<(String, String)>,
+    /// The client address.
+    pub ip: Option<IpAddr>,
+}
+
+/// Peers of the group that would serve.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerState {
+    /// `ip:port`.
+    pub addr: String,
+    /// In rotation.
+    pub healthy: bool,
+}
+
+/// The full explanation of one decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The rules generation used.
+    pub generation: u64,
+    /// The uid found, if any.
+    pub uid: Option<String>,
+    /// `paid` or `trial`.
+    pub tier: &'static str,
+    /// Internal user.
+    pub internal: bool,
+    /// Every rule's outcome.
+    pub steps: Vec<Step>,
+    /// The decided version.
+    pub version: String,
+    /// The deciding rule, or `default`.
+    pub rule: String,
+    /// The service matched, if any.
+    pub service: Option<String>,
+    /// The version whose group serves (the default when the decided one has no group).
+    pub group: Option<String>,
+    /// That group's peers.
+    pub peers: Vec<PeerState>,
+}
+
+/// Why a description could not be turned into a request.
+#[derive(Debug, thiserror::Error)]
+pub enum DescriptionError {
+    /// A header name or value is not valid HTTP.
+    #[error("invalid header {0:?}")]
+    Header(String),
+    /// The method is not an HTTP method.
+    #[error("invalid method {0:?}")]
+    Method(String),
+}
+
+/// Explains how `snapshot` routes the described request.
+pub fn explain_request(
+    snapshot: &Snapshot,
+    desc: &RequestDescription,
+) -> Result<Report, DescriptionError> {
+    let rules = &snapshot.rules;
+    let mut headers = HeaderMap::new();
+    let (path, query) = match desc.path.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (desc.path.clone(), None),
+    };
+    let mut query = query;
+    for cookie in &desc.cookies {
+        let value =
+            HeaderValue::from_str(cookie).map_err(|_| DescriptionError::Header(cookie.clone()))?;
+        headers.append(COOKIE, value);
+    }
+    for (name, value) in &desc.headers {
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| DescriptionError::Header(name.clone()))?;
+        let v =
+            HeaderValue::from_str(value).map_err(|_| DescriptionError::Header(value.clone()))?;
+        headers.append(n, v);
+    }
+    if let (Some(uid), Some(source)) = (&desc.uid, rules.identity.uid.first()) {
+        match source {
+            Source::Cookie(name) => {
+                let value = HeaderValue::from_str(&format!("{name}={uid}"))
+                    .map_err(|_| DescriptionError::Header(uid.clone()))?;
+                headers.append(COOKIE, value);
+            }
+            Source::Header(name) => {
+                let value = HeaderValue::from_str(uid)
+                    .map_err(|_| DescriptionError::Header(uid.clone()))?;
+                headers.insert(name.clone(), value);
+            }
+            Source::Query(name) => {
+                let pair = format!("{name}={uid}");
+                query = Some(match query {
+                    Some(q) if !q.is_empty() => format!("{q}&{pair}"),
+                    _ => pair,
+                });
+            }
+        }
+    }
+    let method = if desc.method.is_empty() {
+        Method::GET
+    } else {
+        Method::from_bytes(desc.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| DescriptionError::Method(desc.method.clone()))?
+    };
+    let view = RequestView {
+        method: &method,
+        host: &desc.host,
+        path: &path,
+        query: query.as_deref(),
+        headers: &headers,
+        client_ip: desc.ip,
+    };
+    let facts = Facts::gather(&rules.identity, view);
+    let explanation = explain(rules, &facts);
+    let decision = explanation.decision;
+    let service = snapshot
+        .services
+        .find(&desc.host, &path)
+        .map(|id| &snapshot.services.services[id]);
+    let group = service.and_then(|s| s.group(decision.version).or_else(|| s.group(rules.default)));
+    Ok(Report {
+        generation: snapshot.generation,
+        uid: facts.uid.as_ref().map(|u| u.text.to_string()),
+        tier: facts.tier.as_str(),
+        internal: facts.internal,
+        steps: explanation.steps,
+        version: rules.version(decision.version).name.to_string(),
+        rule: decision.rule_name(rules).to_string(),
+        service: service.map(|s| s.name.to_string()),
+        group: group.map(|g| rules.version(g.version).name.to_string()),
+        peers: group
+            .map(|g| {
+                g.pool
+                    .spec()
+                    .peers
+                    .iter()
+                    .map(|p| PeerState {
+                        addr: p.to_string(),
+                        healthy: g.pool.is_healthy(*p),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "facts: uid={} tier={} internal={}",
+            self.uid.as_deref().unwrap_or("-"),
+            self.tier,
+            self.internal
+        )?;
+        writeln!(f, "rules (generation {}):", self.generation)?;
+        crate::rules::decide::write_steps(f, &self.steps)?;
+        writeln!(f, "decision: {} (rule {})", self.version, self.rule)?;
+        match (&self.service, &self.group) {
+            (Some(service), Some(group)) => {
+                let peers: Vec<String> = self
+                    .peers
+                    .iter()
+                    .map(|p| format!("{}{}", p.addr, if p.healthy { "" } else { " (unhealthy)" }))
+                    .collect();
+                writeln!(f, "service: {service}, group {group}: {}", peers.join(", "))
+            }
+            (Some(service), None) => writeln!(f, "service: {service}, no group"),
+            _ => writeln!(f, "service: none matches this host and path (404)"),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! graygate: a gray-release (canary) edge load balancer on Pingora.
+//!
+//! Data flows one way through the modules:
+//!
+//! ```text
+//! conf/graygate.yaml ─► config ─┐
+//! rules/*.yaml ──────► rules::load (raw ─► validate ─► compile) ─► snapshot::Snapshot (ArcSwap)
+//!                                                                        │
+//! request ─► facts (cookies, uid, tier, internal) ─► rules::decide ─► upstream (service, group, peer)
+//! ```
+//!
+//! `proxy` is the thin Pingora glue over these modules; `server` assembles the Pingora server
+//! that `main` (and the integration tests) run.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod diagnostics;
+pub mod explain;
+pub mod facts;
+pub mod metrics;
+pub mod proxy;
+pub mod rules;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

@@ -1,0 +1,186 @@
+//! The `graygate` command: `run`, `check` and `explain`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use graygate::config::Config;
+use graygate::diagnostics::Diagnostics;
+use graygate::explain::{explain_request, RequestDescription};
+use graygate::server::{App, RunOptions};
+use graygate::snapshot::SnapshotStore;
+
+#[derive(Parser)]
+#[command(
+    name = "graygate",
+    version,
+    about = "A gray-release (canary) edge load balancer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic.
+    Run {
+        /// The server config.
+        #[arg(short, long, default_value = "conf/graygate.yaml")]
+        conf: PathBuf,
+        /// Detach into the background.
+        #[arg(short, long)]
+        daemon: bool,
+        /// Take the listeners over from the running instance (graceful upgrade).
+        #[arg(short, long)]
+        upgrade: bool,
+    },
+    /// Validate the config and the rules, listing every error; exit 1 if there is one.
+    Check {
+        /// The server config.
+        #[arg(short, long, default_value = "conf/graygate.yaml")]
+        conf: PathBuf,
+    },
+    /// Print how a request would be routed, rule by rule, without serving it.
+    Explain {
+        /// The server config.
+        #[arg(short, long, default_value = "conf/graygate.yaml")]
+        conf: PathBuf,
+        /// The user's id (placed in the first configured uid source).
+        #[arg(long)]
+        uid: Option<String>,
+        /// The request host.
+        #[arg(long, default_value = "localhost")]
+        host: String,
+        /// The request path, optionally with a query.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// The method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// A Cookie header value such as "tier=paid; gg=1" (repeatable).
+        #[arg(long)]
+        cookie: Vec<String>,
+        /// A header "Name: value" (repeatable).
+        #[arg(long)]
+        header: Vec<String>,
+        /// The client address.
+        #[arg(long)]
+        ip: Option<IpAddr>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print_diagnostics(diags: &Diagnostics) {
+    for d in diags.items() {
+        eprintln!("{d}");
+    }
+}
+
+fn check(conf: &std::path::Path) -> ExitCode {
+    let config = match Config::load(conf) {
+        Ok(config) => config,
+        Err(diags) => {
+            print_diagnostics(&diags);
+            eprintln!("graygate check: {} error(s)", diags.errors().count());
+            return ExitCode::FAILURE;
+        }
+    };
+    match graygate::rules::load(&config.rules) {
+        Ok(loaded) => {
+            print_diagnostics(&loaded.warnings);
+            let rules = &loaded.model.rules;
+            println!(
+                "graygate check: ok: {} version(s), {} service(s), {} rule(s), {} goal(s) from {} file(s); default version {}",
+                rules.versions.len(),
+                loaded.model.services.len(),
+                rules.rules.len(),
+                rules.goals.len(),
+                loaded.files.len(),
+                rules.version(rules.default).name
+            );
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            print_diagnostics(&diags);
+            eprintln!("graygate check: {} error(s)", diags.errors().count());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            conf,
+            daemon,
+            upgrade,
+        } => {
+            let app = match App::load(&conf) {
+                Ok(app) => app,
+                Err(diags) => {
+                    print_diagnostics(&diags);
+                    anyhow::bail!(
+                        "cannot start: {} error(s) in the configuration",
+                        diags.errors().count()
+                    );
+                }
+            };
+            let snapshot = app.store.current();
+            log::info!(
+                "graygate: serving rules generation {} ({} rules) on {:?}, admin on {}",
+                snapshot.generation,
+                snapshot.rules.rules.len(),
+                app.config.listen,
+                app.config.admin.listen
+            );
+            app.server(RunOptions { daemon, upgrade }).run_forever();
+        }
+        Command::Check { conf } => Ok(check(&conf)),
+        Command::Explain {
+            conf,
+            uid,
+            host,
+            path,
+            method,
+            cookie,
+            header,
+            ip,
+            json,
+        } => {
+            let config = Config::load(&conf).map_err(|d| anyhow::anyhow!("{d}"))?;
+            let store = SnapshotStore::load(&config.rules).map_err(|d| anyhow::anyhow!("{d}"))?;
+            let headers = header
+                .iter()
+                .map(|h| {
+                    h.split_once(':')
+                        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+                        .with_context(|| format!("--header {h:?} is not \"Name: value\""))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let desc = RequestDescription {
+                uid,
+                host,
+                path,
+                method,
+                cookies: cookie,
+                headers,
+                ip,
+            };
+            let report = explain_request(&store.current(), &desc)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Prometheus metrics: one [`Metrics`] owns its registry and every series graygate exports.
+//!
+//! Label values come only from configuration names (services, versions, rules, goals) and
+//! fixed words, never from request data, so the number of series is bounded by the config.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Why a request left its decided group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackReason {
+    /// The service has no group for the decided version.
+    NoGroup,
+    /// The decided group has no healthy peer.
+    Unhealthy,
+    /// Connecting to the decided group failed on every peer tried.
+    Connect,
+}
+
+impl FallbackReason {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackReason::NoGroup => "no_group",
+            FallbackReason::Unhealthy => "unhealthy",
+            FallbackReason::Connect => "connect",
+        }
+    }
+}
+
+/// Every series graygate exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `graygate_requests_total{service,version,status_class}`
+    pub requests: IntCounterVec,
+    /// `graygate_request_duration_seconds{service,version}`
+    pub request_duration: HistogramVec,
+    /// `graygate_upstream_errors_total{service,version,kind}`
+    pub upstream_errors: IntCounterVec,
+    /// `graygate_decisions_total{rule,version}`
+    pub decisions: IntCounterVec,
+    /// `graygate_fallbacks_total{service,from,to,reason}`
+    pub fallbacks: IntCounterVec,
+    /// `graygate_goal_total{goal,version}`
+    pub goals: IntCounterVec,
+    /// `graygate_rules_generation`
+    pub rules_generation: IntGauge,
+    /// `graygate_rules_reload_total{result}`
+    pub rules_reloads: IntCounterVec,
+    /// `graygate_upstream_peer_healthy{service,version,peer}`
+    pub peer_healthy: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates every series in a fresh registry.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
+            c
+        };
+        let requests = counter(
+            "graygate_requests_total",
+            "Requests answered, per service, served version and status class.",
+            &["service", "version", "status_class"],
+        );
+        let upstream_errors = counter(
+            "graygate_upstream_errors_total",
+            "Upstream failures, per service, version and kind.",
+            &["service", "version", "kind"],
+        );
+        let decisions = counter(
+            "graygate_decisions_total",
+            "Routing decisions, per deciding rule and version.",
+            &["rule", "version"],
+        );
+        let fallbacks = counter(
+            "graygate_fallbacks_total",
+            "Requests moved from their decided group to the default version's group.",
+            &["service", "from", "to", "reason"],
+        );
+        let goals = counter(
+            "graygate_goal_total",
+            "Goal conversions, per goal and version.",
+            &["goal", "version"],
+        );
+        let rules_reloads = counter(
+            "graygate_rules_reload_total",
+            "Rules reloads, per result.",
+            &["result"],
+        );
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "graygate_request_duration_seconds",
+                "Time from request to the end of the response, per service and version.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["service", "version"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(request_duration.clone()))
+            .expect("unique metric name");
+        let rules_generation = IntGauge::new(
+            "graygate_rules_generation",
+            "The rules generation serving now.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(rules_generation.clone()))
+            .expect("unique metric name");
+        let peer_healthy = IntGaugeVec::new(
+            Opts::new(
+                "graygate_upstream_peer_healthy",
+                "1 when the peer is in rotation.",
+            ),
+            &["service", "version", "peer"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(peer_healthy.clone()))
+            .expect("unique metric name");
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_errors,
+            decisions,
+            fallbacks,
+            goals,
+            rules_generation,
+            rules_reloads,
+            peer_healthy,
+        }
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `2xx`, `4xx`... for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

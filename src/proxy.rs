@@ -1,0 +1,407 @@
+//! The Pingora glue: a thin [`ProxyHttp`] over facts, decide and upstream.
+//!
+//! `request_filter` gathers the facts, decides the version and finds the service (404 when
+//! none); `upstream_peer` picks a healthy peer of that version's group, falling back to the
+//! default version's group; `fail_to_connect` marks the peer and asks for a retry, which
+//! lands in `upstream_peer` again; `logging` records metrics. No policy lives here.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+use xxhash_rust::xxh64::xxh64;
+
+use crate::facts::bucket::ip_text;
+use crate::facts::{Facts, RequestView};
+use crate::metrics::{status_class, FallbackReason, Metrics};
+use crate::rules::decide;
+use crate::rules::decide::Decision;
+use crate::rules::model::VersionId;
+use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::upstream::{Service, ServiceId};
+
+/// Request header carrying the decided version upstream.
+pub const VERSION_HEADER: &str = "x-graygate-version";
+/// Request header carrying the deciding rule upstream.
+pub const RULE_HEADER: &str = "x-graygate-rule";
+
+/// The proxy service.
+pub struct Gateway {
+    store: Arc<SnapshotStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    /// A gateway serving whatever generation `store` holds.
+    pub fn new(store: Arc<SnapshotStore>, metrics: Arc<Metrics>) -> Self {
+        Gateway { store, metrics }
+    }
+}
+
+/// Where a routed request is going.
+#[derive(Debug)]
+pub struct Route {
+    /// The matched service.
+    pub service: ServiceId,
+    /// The rules' decision.
+    pub decision: Decision,
+    /// The version whose group serves now (the decided one, or the default after a fallback).
+    pub serving: VersionId,
+    /// Consistent-hashing key: XXH64 of the uid, else of the client address.
+    pub balance_key: [u8; 8],
+    /// Peers that refused a connection for this request.
+    pub failed_peers: Vec<SocketAddr>,
+    /// The peer chosen last.
+    pub peer: Option<SocketAddr>,
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    snapshot: Arc<Snapshot>,
+    started: Instant,
+    route: Option<Route>,
+}
+
+impl RequestCtx {
+    /// The routing state, once `request_filter` has run.
+    pub fn route(&self) -> Option<&Route> {
+        self.route.as_ref()
+    }
+}
+
+/// The host a request is for, without port: the URI authority (HTTP/2, absolute form) or
+/// the `Host` header.
+pub fn request_host(req: &RequestHeader) -> &str {
+    let raw = req
+        .uri
+        .host()
+        .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("");
+    strip_port(raw)
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// Writes a small JSON response: `{"error": message, "status": code}`.
+async fn respond_json(session: &mut Session, status: u16, message: &str) -> pingora::Result<()> {
+    let body = Bytes::from(serde_json::json!({ "error": message, "status": status }).to_string());
+    let mut header = ResponseHeader::build(status, Some(3))?;
+    header.insert_header(CONTENT_TYPE, "application/json")?;
+    header.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await
+}
+
+impl Gateway {
+    /// A healthy peer of `version`'s group in `service`, not yet failed for this request.
+    fn pick(service: &Service, version: VersionId, route: &Route) -> Option<SocketAddr> {
+        service
+            .group(version)?
+            .pool
+            .select(&route.balance_key, &route.failed_peers)
+    }
+
+    fn fall_back(
+        &self,
+        snapshot: &Snapshot,
+        service: &Service,
+        route: &mut Route,
+        reason: FallbackReason,
+    ) -> Option<SocketAddr> {
+        let default = snapshot.rules.default;
+        if route.serving == default {
+            return None;
+        }
+        let from = &snapshot.rules.version(route.serving).name;
+        let to = &snapshot.rules.version(default).name;
+        self.metrics
+            .fallbacks
+            .with_label_values(&[&service.name, from, to, reason.as_str()])
+            .inc();
+        log::warn!(
+            "service {}: version {from} falls back to {to} ({})",
+            service.name,
+            reason.as_str()
+        );
+        route.serving = default;
+        Self::pick(service, default, route)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            snapshot: self.store.current(),
+            started: Instant::now(),
+            route: None,
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        let snapshot = &ctx.snapshot;
+        let req = session.req_header();
+        let host = request_host(req);
+        let path = req.uri.path();
+        let view = RequestView {
+            method: &req.method,
+            host,
+            path,
+            query: req.uri.query(),
+            headers: &req.headers,
+            client_ip: client_ip(session),
+        };
+        let Some(service) = snapshot.services.find(host, path) else {
+            respond_json(session, 404, "no service for this host and path").await?;
+            return Ok(true);
+        };
+        let facts = Facts::gather(&snapshot.rules.identity, view);
+        let decision = decide(&snapshot.rules, &facts);
+        let balance_key = match (&facts.uid, facts.req.client_ip) {
+            (Some(uid), _) => xxh64(uid.text.as_bytes(), 0),
+            (None, Some(ip)) => xxh64(ip_text(ip, &mut [0u8; 48]), 0),
+            (None, None) => 0,
+        }
+        .to_le_bytes();
+        ctx.route = Some(Route {
+            service,
+            decision,
+            serving: decision.version,
+            balance_key,
+            failed_peers: Vec::new(),
+            peer: None,
+        });
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let snapshot = Arc::clone(&ctx.snapshot);
+        let Some(route) = ctx.route.as_mut() else {
+            return Error::e_explain(ErrorType::InternalError, "no route for the request");
+        };
+        let service = &snapshot.services.services[route.service];
+        let retry = route.peer.is_some();
+        let peer = if service.group(route.serving).is_none() {
+            self.fall_back(&snapshot, service, route, FallbackReason::NoGroup)
+        } else {
+            Self::pick(service, route.serving, route).or_else(|| {
+                let reason = if retry {
+                    FallbackReason::Connect
+                } else {
+                    FallbackReason::Unhealthy
+                };
+                self.fall_back(&snapshot, service, route, reason)
+            })
+        };
+        let Some(addr) = peer else {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(503),
+                format!("service {}: no healthy upstream left", service.name),
+            );
+        };
+        route.peer = Some(addr);
+        let group = service
+            .group(route.serving)
+            .expect("a peer was picked from this group");
+        let timeouts = group.pool.spec().timeouts;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(timeouts.connect);
+        peer.options.total_connection_timeout = Some(timeouts.connect);
+        peer.options.read_timeout = Some(timeouts.read);
+        peer.options.write_timeout = Some(timeouts.write);
+        peer.options.idle_timeout = Some(timeouts.idle);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(route) = ctx.route.as_mut() {
+            if let Some(addr) = route.peer {
+                route.failed_peers.push(addr);
+                let service = &ctx.snapshot.services.services[route.service];
+                let kind = match e.etype() {
+                    ErrorType::ConnectTimedout => "connect_timeout",
+                    _ => "connect",
+                };
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[
+                        &service.name,
+                        &ctx.snapshot.rules.version(route.serving).name,
+                        kind,
+                    ])
+                    .inc();
+            }
+            // A refused connection never reached the upstream: safe to retry any method.
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Ok(());
+        };
+        let rules = &ctx.snapshot.rules;
+        upstream.remove_header(VERSION_HEADER);
+        upstream.remove_header(RULE_HEADER);
+        upstream.insert_header(VERSION_HEADER, &*rules.version(route.decision.version).name)?;
+        upstream.insert_header(RULE_HEADER, route.decision.rule_name(rules))?;
+        if let Some(ip) = client_ip(session) {
+            let mut buf = [0u8; 48];
+            let ip = ip_text(ip, &mut buf);
+            let forwarded = match upstream.headers.get("x-forwarded-for") {
+                Some(prior) => [prior.as_bytes(), b", ", ip].concat(),
+                None => ip.to_vec(),
+            };
+            upstream.insert_header("x-forwarded-for", forwarded)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let status = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => match e.etype() {
+                    ErrorType::ReadTimedout
+                    | ErrorType::WriteTimedout
+                    | ErrorType::ConnectTimedout => 504,
+                    _ => 502,
+                },
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if status > 0 && session.response_written().is_none() {
+            let message = match status {
+                503 => "no healthy upstream",
+                502 => "bad gateway: the upstream failed",
+                504 => "gateway timeout: the upstream did not answer in time",
+                400 => "bad request",
+                _ => "internal error",
+            };
+            if let Err(write_err) = respond_json(session, status, message).await {
+                log::debug!("cannot send the {status} response: {write_err}");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let Some(route) = ctx.route.as_ref() else {
+            return;
+        };
+        let rules = &ctx.snapshot.rules;
+        let service = &ctx.snapshot.services.services[route.service];
+        let served = &*rules.version(route.serving).name;
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(if e.is_some() { 502 } else { 0 });
+        self.metrics
+            .decisions
+            .with_label_values(&[
+                route.decision.rule_name(rules),
+                &rules.version(route.decision.version).name,
+            ])
+            .inc();
+        if status > 0 {
+            self.metrics
+                .requests
+                .with_label_values(&[&service.name, served, status_class(status)])
+                .inc();
+        }
+        self.metrics
+            .request_duration
+            .with_label_values(&[&service.name, served])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(e) = e {
+            if e.esource() == &ErrorSource::Upstream {
+                let kind = match e.etype() {
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
+                    ErrorType::ConnectionClosed => "reset",
+                    ErrorType::ReadError | ErrorType::WriteError => "io",
+                    ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error => {
+                        "protocol"
+                    }
+                    _ => "other",
+                };
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[&service.name, served, kind])
+                    .inc();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_without_ports() {
+        assert_eq!(strip_port("www.example.com:8080"), "www.example.com");
+        assert_eq!(strip_port("www.example.com"), "www.example.com");
+        assert_eq!(strip_port("[::1]:8080"), "::1");
+        assert_eq!(strip_port("[::1]"), "::1");
+        assert_eq!(strip_port("a:b"), "a:b");
+        assert_eq!(strip_port(""), "");
+    }
+}

@@ -1,0 +1,1200 @@
+//! Validation and compilation of the rules files into the [`model`](super::model).
+//!
+//! Every file of the rules directory is parsed on its own; the sections are merged (a name
+//! defined twice is an error), then each item is validated and compiled. All problems are
+//! collected with their file and line; the model is only returned when there are none.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::Method;
+use indexmap::IndexMap;
+use ipnet::IpNet;
+use regex::RegexSet;
+use serde::de::DeserializeOwned;
+use xxhash_rust::xxh64::xxh64;
+
+use super::model::*;
+use super::raw::*;
+use crate::diagnostics::{Diagnostics, Severity, SourceFile};
+
+/// One rules file's text.
+#[derive(Debug, Clone)]
+pub struct RuleSource {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Its content.
+    pub text: String,
+}
+
+/// A compiled rules generation with what it was built from.
+#[derive(Debug, Clone)]
+pub struct LoadedRules {
+    /// The compiled model.
+    pub model: RoutingModel,
+    /// Warnings found (no errors: those reject the load).
+    pub warnings: Diagnostics,
+    /// The files read, in merge order.
+    pub files: Vec<PathBuf>,
+    /// XXH64 of every file's path and content.
+    pub content_hash: u64,
+}
+
+/// Reads the rules file, or every `*.yaml` / `*.yml` file of the rules directory in name
+/// order, and compiles them.
+pub fn load(path: &Path) -> Result<LoadedRules, Diagnostics> {
+    let file: Arc<Path> = Arc::from(path);
+    let mut diags = Diagnostics::default();
+    let paths = if path.is_dir() {
+        match std::fs::read_dir(path) {
+            Ok(entries) => {
+                let mut paths: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.is_file()
+                            && matches!(
+                                p.extension().and_then(|e| e.to_str()),
+                                Some("yaml" | "yml")
+                            )
+                    })
+                    .collect();
+                paths.sort();
+                if paths.is_empty() {
+                    diags.push(
+                        Severity::Error,
+                        &file,
+                        None,
+                        "no *.yaml rules file in this directory".into(),
+                    );
+                }
+                paths
+            }
+            Err(e) => {
+                diags.push(
+                    Severity::Error,
+                    &file,
+                    None,
+                    format!("cannot read the rules directory: {e}"),
+                );
+                Vec::new()
+            }
+        }
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut sources = Vec::new();
+    for path in paths {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => sources.push(RuleSource { path, text }),
+            Err(e) => diags.push(
+                Severity::Error,
+                &Arc::from(path.as_path()),
+                None,
+                format!("cannot read: {e}"),
+            ),
+        }
+    }
+    if diags.has_errors() {
+        return Err(diags);
+    }
+    compile(&sources)
+}
+
+/// Validates and compiles rules files already read.
+pub fn compile(sources: &[RuleSource]) -> Result<LoadedRules, Diagnostics> {
+    let mut c = Compiler::default();
+    let mut merged = Merged::default();
+    for source in sources {
+        c.add_file(source, &mut merged);
+    }
+    let model = c.build(merged);
+    let mut hash_input = Vec::new();
+    for source in sources {
+        hash_input.extend_from_slice(source.path.to_string_lossy().as_bytes());
+        hash_input.push(0);
+        hash_input.extend_from_slice(source.text.as_bytes());
+        hash_input.push(0);
+    }
+    if c.diags.has_errors() {
+        return Err(c.diags);
+    }
+    Ok(LoadedRules {
+        model: model.expect("a model is built whenever there are no errors"),
+        warnings: c.diags,
+        files: sources.iter().map(|s| s.path.clone()).collect(),
+        content_hash: xxh64(&hash_input, 0),
+    })
+}
+
+/// Where an item came from: its file and its path inside that file.
+#[derive(Debug, Clone)]
+struct At {
+    file: usize,
+    path: String,
+}
+
+#[derive(Default)]
+struct Merged {
+    versions: IndexMap<String, (At, serde_yaml::Value)>,
+    default: Option<(At, String)>,
+    identity: Option<(At, serde_yaml::Value)>,
+    assignments: Option<(At, ())>,
+    services: IndexMap<String, (At, serde_yaml::Value)>,
+    rules: Vec<(At, serde_yaml::Value)>,
+    goals: Vec<(At, serde_yaml::Value)>,
+    channels: Option<(At, ())>,
+    address_api: Option<(At, ())>,
+}
+
+#[derive(Default)]
+struct Compiler {
+    files: Vec<SourceFile>,
+    diags: Diagnostics,
+}
+
+const NOT_YET: &str = "is not supported by this build yet";
+
+impl Compiler {
+    fn error(&mut self, at: &At, message: String) {
+        let file = &self.files[at.file];
+        let line = file.line(&at.path);
+        let path = file.path.clone();
+        self.diags.push(Severity::Error, &path, line, message);
+    }
+
+    fn warning(&mut self, at: &At, message: String) {
+        let file = &self.files[at.file];
+        let line = file.line(&at.path);
+        let path = file.path.clone();
+        self.diags.push(Severity::Warning, &path, line, message);
+    }
+
+    fn at(&self, file: usize, path: impl Into<String>) -> At {
+        At {
+            file,
+            path: path.into(),
+        }
+    }
+
+    fn describe(&self, at: &At) -> String {
+        let file = &self.files[at.file];
+        match file.line(&at.path) {
+            Some(line) => format!("{}:{line}", file.path.display()),
+            None => file.path.display().to_string(),
+        }
+    }
+
+    /// Parses one item; a failure is reported at the item's line.
+    fn parse<T: DeserializeOwned>(
+        &mut self,
+        at: &At,
+        what: &str,
+        value: serde_yaml::Value,
+    ) -> Option<T> {
+        match serde_yaml::from_value(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error(at, format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn add_file(&mut self, source: &RuleSource, merged: &mut Merged) {
+        let index = self.files.len();
+        self.files.push(SourceFile::new(&source.path, &source.text));
+        let raw: RawRuleFile = match serde_yaml::from_str::<Option<RawRuleFile>>(&source.text) {
+            Ok(raw) => raw.unwrap_or_default(),
+            Err(e) => {
+                let path = self.files[index].path.clone();
+                crate::config::yaml_error(&mut self.diags, &path, &e);
+                return;
+            }
+        };
+        for (name, value) in raw.versions.into_iter().flatten() {
+            let at = self.at(index, format!("versions.{name}"));
+            if let Some((first, _)) = merged.versions.get(&name) {
+                let msg = format!(
+                    "version \"{name}\" is defined twice (first at {})",
+                    self.describe(first)
+                );
+                self.error(&at, msg);
+            } else {
+                merged.versions.insert(name, (at, value));
+            }
+        }
+        for (name, value) in raw.services.into_iter().flatten() {
+            let at = self.at(index, format!("services.{name}"));
+            if let Some((first, _)) = merged.services.get(&name) {
+                let msg = format!(
+                    "service \"{name}\" is defined twice (first at {})",
+                    self.describe(first)
+                );
+                self.error(&at, msg);
+            } else {
+                merged.services.insert(name, (at, value));
+            }
+        }
+        for (i, value) in raw.rules.into_iter().flatten().enumerate() {
+            merged
+                .rules
+                .push((self.at(index, format!("rules.{i}")), value));
+        }
+        for (i, value) in raw.goals.into_iter().flatten().enumerate() {
+            merged
+                .goals
+                .push((self.at(index, format!("goals.{i}")), value));
+        }
+        self.once(index, "default", raw.default, &mut merged.default);
+        self.once(index, "identity", raw.identity, &mut merged.identity);
+        // Sections this build does not support yet: kept only to report them.
+        self.once(
+            index,
+            "assignments",
+            raw.assignments.map(drop),
+            &mut merged.assignments,
+        );
+        self.once(
+            index,
+            "channels",
+            raw.channels.map(drop),
+            &mut merged.channels,
+        );
+        self.once(
+            index,
+            "address_api",
+            raw.address_api.map(drop),
+            &mut merged.address_api,
+        );
+    }
+
+    /// Keeps a section that may be defined in one file only.
+    fn once<T>(&mut self, file: usize, key: &str, value: Option<T>, slot: &mut Option<(At, T)>) {
+        let Some(value) = value else { return };
+        let at = self.at(file, key);
+        if let Some((first, _)) = slot {
+            let msg = format!("{key} is defined twice (first at {})", self.describe(first));
+            self.error(&at, msg);
+        } else {
+            *slot = Some((at, value));
+        }
+    }
+
+    fn build(&mut self, merged: Merged) -> Option<RoutingModel> {
+        for (key, at) in [
+            ("assignments", &merged.assignments),
+            ("channels", &merged.channels),
+            ("address_api", &merged.address_api),
+        ] {
+            if let Some((at, ())) = at {
+                self.error(at, format!("{key}: {key} {NOT_YET}"));
+            }
+        }
+        let versions = self.versions(&merged.versions);
+        let names: HashMap<&str, VersionId> = versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (&*v.name, VersionId(i as u16)))
+            .collect();
+        let default = match &merged.default {
+            Some((at, name)) => match names.get(name.as_str()) {
+                Some(id) => Some(*id),
+                None => {
+                    self.error(at, format!("default: unknown version \"{name}\""));
+                    None
+                }
+            },
+            None => {
+                if let Some(file) = self.files.first() {
+                    let path = file.path.clone();
+                    self.diags.push(
+                        Severity::Error,
+                        &path,
+                        None,
+                        "default: missing; name the version that serves when no rule decides"
+                            .into(),
+                    );
+                }
+                None
+            }
+        };
+        let identity = self.identity(merged.identity);
+        let services = self.services(&merged.services, &names, default, &versions);
+        let rules = self.rules(merged.rules, &names, &versions);
+        let goals = self.goals(merged.goals);
+        if versions.is_empty() && !self.files.is_empty() {
+            let path = self.files[0].path.clone();
+            self.diags.push(
+                Severity::Error,
+                &path,
+                None,
+                "versions: at least one version is needed".into(),
+            );
+        }
+        Some(RoutingModel {
+            rules: RuleSet {
+                versions,
+                default: default?,
+                identity: identity?,
+                rules,
+                goals,
+            },
+            services,
+        })
+    }
+
+    fn versions(&mut self, raw: &IndexMap<String, (At, serde_yaml::Value)>) -> Vec<Version> {
+        let mut versions = Vec::new();
+        for (name, (at, value)) in raw {
+            if !is_name(name) {
+                self.error(
+                    at,
+                    format!("version \"{name}\": names may only use letters, digits, '-' and '_'"),
+                );
+            }
+            let value = if value.is_null() {
+                serde_yaml::Value::Mapping(Default::default())
+            } else {
+                value.clone()
+            };
+            let Some(v) = self.parse::<RawVersion>(at, &format!("version \"{name}\""), value)
+            else {
+                continue;
+            };
+            versions.push(Version {
+                name: Arc::from(name.as_str()),
+                description: v.description.unwrap_or_default(),
+                selectable: v.selectable,
+                restricted: v.restricted,
+            });
+        }
+        if versions.len() > u16::MAX as usize {
+            let at = raw[0].0.clone();
+            self.error(&at, "versions: too many".into());
+        }
+        versions
+    }
+
+    fn source(&mut self, at: &At, what: &str, text: &str) -> Option<Source> {
+        let parsed = text.split_once(':').and_then(|(kind, name)| {
+            let name = name.trim();
+            if name.is_empty() {
+                return None;
+            }
+            match kind.trim() {
+                "cookie" => Some(Source::Cookie(name.into())),
+                "header" => HeaderName::from_bytes(name.as_bytes())
+                    .ok()
+                    .map(Source::Header),
+                "query" => Some(Source::Query(name.into())),
+                _ => None,
+            }
+        });
+        if parsed.is_none() {
+            self.error(at, format!("{what}: \"{text}\" is not a source like cookie:NAME, header:NAME or query:NAME"));
+        }
+        parsed
+    }
+
+    fn identity(&mut self, raw: Option<(At, serde_yaml::Value)>) -> Option<Identity> {
+        let (at, raw) = match raw {
+            Some((at, value)) => {
+                let raw = self.parse::<RawIdentity>(&at, "identity", value)?;
+                (at, raw)
+            }
+            None => (self.at(0, "identity"), RawIdentity::default()),
+        };
+        let uid_texts = raw.uid.map(|u| u.0).unwrap_or_else(|| {
+            vec![
+                "cookie:uid".into(),
+                "header:X-User-Id".into(),
+                "query:uid".into(),
+            ]
+        });
+        let uid = uid_texts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                self.source(
+                    &At {
+                        path: format!("{}.uid.{i}", at.path),
+                        ..at.clone()
+                    },
+                    "identity.uid",
+                    t,
+                )
+            })
+            .collect();
+        let tier_raw = raw.tier.unwrap_or_default();
+        let tier_at = At {
+            path: format!("{}.tier", at.path),
+            ..at.clone()
+        };
+        if tier_raw.redis_set.is_some() {
+            self.error(&tier_at, format!("identity.tier.redis_set {NOT_YET}"));
+        }
+        let tier_sources = tier_raw
+            .sources
+            .0
+            .iter()
+            .filter_map(|t| self.source(&tier_at, "identity.tier.sources", t))
+            .collect();
+        let default = match tier_raw.default.as_deref() {
+            None => Tier::Trial,
+            Some(text) => Tier::parse(text).unwrap_or_else(|| {
+                self.error(
+                    &tier_at,
+                    format!("identity.tier.default: \"{text}\" is neither paid nor trial"),
+                );
+                Tier::Trial
+            }),
+        };
+        let internal_raw = raw.internal.unwrap_or_default();
+        let internal_at = At {
+            path: format!("{}.internal", at.path),
+            ..at.clone()
+        };
+        if internal_raw.redis_set.is_some() {
+            self.error(
+                &internal_at,
+                format!("identity.internal.redis_set {NOT_YET}"),
+            );
+        }
+        let cidrs = internal_raw
+            .cidrs
+            .iter()
+            .filter_map(|c| self.cidr(&internal_at, "identity.internal.cidrs", c))
+            .collect();
+        Some(Identity {
+            uid,
+            tier: TierPolicy {
+                sources: tier_sources,
+                paid_uids: tier_raw.paid_uids.into_iter().map(|t| t.0.into()).collect(),
+                default,
+            },
+            internal: InternalPolicy {
+                uids: internal_raw.uids.into_iter().map(|t| t.0.into()).collect(),
+                cidrs,
+            },
+        })
+    }
+
+    fn cidr(&mut self, at: &At, what: &str, text: &str) -> Option<IpNet> {
+        let parsed = text
+            .parse::<IpNet>()
+            .ok()
+            .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+            .map(|net| net.trunc());
+        if parsed.is_none() {
+            self.error(
+                at,
+                format!("{what}: \"{text}\" is not a CIDR like 10.0.0.0/8"),
+            );
+        }
+        parsed
+    }
+
+    fn host_pattern(&mut self, at: &At, what: &str, text: &str) -> Option<HostPattern> {
+        let text = text.trim().to_ascii_lowercase();
+        let valid_name = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        };
+        let pattern = if text == "*" {
+            Some(HostPattern::Any)
+        } else if let Some(suffix) = text.strip_prefix("*.") {
+            valid_name(suffix).then(|| HostPattern::Suffix(format!(".{suffix}").into()))
+        } else {
+            valid_name(&text).then(|| HostPattern::Exact(text.clone().into()))
+        };
+        if pattern.is_none() {
+            self.error(
+                at,
+                format!("{what}: \"{text}\" is not a host, \"*.suffix\" or \"*\""),
+            );
+        }
+        pattern
+    }
+
+    fn services(
+        &mut self,
+        raw: &IndexMap<String, (At, serde_yaml::Value)>,
+        names: &HashMap<&str, VersionId>,
+        default: Option<VersionId>,
+        versions: &[Version],
+    ) -> Vec<ServiceSpec> {
+        let mut services = Vec::new();
+        let mut claimed: HashMap<(HostPattern, String), String> = HashMap::new();
+        for (name, (at, value)) in raw {
+            let what = format!("service \"{name}\"");
+            if !is_name(name) {
+                self.error(
+                    at,
+                    format!("{what}: names may only use letters, digits, '-' and '_'"),
+                );
+            }
+            let Some(s) = self.parse::<RawService>(at, &what, value.clone()) else {
+                continue;
+            };
+            let hosts_at = At {
+                path: format!("{}.hosts", at.path),
+                ..at.clone()
+            };
+            if s.hosts.0.is_empty() {
+                self.error(&hosts_at, format!("{what}: hosts is empty"));
+            }
+            let hosts: Vec<HostPattern> = s
+                .hosts
+                .0
+                .iter()
+                .filter_map(|h| self.host_pattern(&hosts_at, &format!("{what}: hosts"), h))
+                .collect();
+            let prefix = s.path_prefix.unwrap_or_else(|| "/".into());
+            if !prefix.starts_with('/') {
+                let at = At {
+                    path: format!("{}.path_prefix", at.path),
+                    ..at.clone()
+                };
+                self.error(
+                    &at,
+                    format!("{what}: path_prefix \"{prefix}\" must start with /"),
+                );
+            }
+            for host in &hosts {
+                if let Some(other) = claimed.insert((host.clone(), prefix.clone()), name.clone()) {
+                    self.error(
+                        &hosts_at,
+                        format!("{what}: host \"{host}\" with path_prefix \"{prefix}\" is already served by service \"{other}\""),
+                    );
+                }
+            }
+            let mut groups = Vec::new();
+            for (version, value) in &s.groups {
+                let group_at = At {
+                    path: format!("{}.groups.{version}", at.path),
+                    ..at.clone()
+                };
+                let gwhat = format!("{what} group \"{version}\"");
+                let Some(id) = names.get(version.as_str()).copied() else {
+                    self.error(
+                        &group_at,
+                        format!("{what}: group for unknown version \"{version}\""),
+                    );
+                    continue;
+                };
+                if let Some(group) = self.group(&group_at, &gwhat, value.clone()) {
+                    groups.push(GroupConfig {
+                        version: id,
+                        ..group
+                    });
+                }
+            }
+            if let Some(default) = default {
+                if !s.groups.is_empty()
+                    && !groups.iter().any(|g| g.version == default)
+                    && !s.groups.contains_key(&*versions[default.index()].name)
+                {
+                    let groups_at = At {
+                        path: format!("{}.groups", at.path),
+                        ..at.clone()
+                    };
+                    self.error(
+                        &groups_at,
+                        format!(
+                            "{what}: no group for the default version \"{}\"",
+                            versions[default.index()].name
+                        ),
+                    );
+                }
+                if s.groups.is_empty() {
+                    self.error(at, format!("{what}: no groups"));
+                }
+            }
+            services.push(ServiceSpec {
+                name: Arc::from(name.as_str()),
+                hosts,
+                path_prefix: prefix.into(),
+                groups,
+            });
+        }
+        services
+    }
+
+    fn group(&mut self, at: &At, what: &str, value: serde_yaml::Value) -> Option<GroupConfig> {
+        let g = self.parse::<RawGroup>(at, what, value)?;
+        if g.peers.is_empty() {
+            self.error(at, format!("{what}: peers is empty"));
+        }
+        let mut peers = Vec::new();
+        for (i, peer) in g.peers.iter().enumerate() {
+            let peer_at = At {
+                path: format!("{}.peers.{i}", at.path),
+                ..at.clone()
+            };
+            match resolve_peer(peer) {
+                Ok(addrs) => {
+                    for addr in addrs {
+                        if !peers.contains(&addr) {
+                            peers.push(addr);
+                        }
+                    }
+                }
+                Err(why) => self.error(&peer_at, format!("{what}: peer \"{peer}\" {why}")),
+            }
+        }
+        let lb = match g.lb.as_deref() {
+            None | Some("round_robin") => LbPolicy::RoundRobin,
+            Some("consistent") => LbPolicy::Consistent,
+            Some(other) => {
+                let lb_at = At {
+                    path: format!("{}.lb", at.path),
+                    ..at.clone()
+                };
+                self.error(
+                    &lb_at,
+                    format!("{what}: lb \"{other}\" is neither round_robin nor consistent"),
+                );
+                LbPolicy::RoundRobin
+            }
+        };
+        let health_check = g.health_check.and_then(|h| {
+            let hc_at = At {
+                path: format!("{}.health_check", at.path),
+                ..at.clone()
+            };
+            let kind = match h.kind.as_str() {
+                "tcp" => HealthCheckKind::Tcp,
+                "http" => {
+                    let path = h.path.unwrap_or_else(|| "/".into());
+                    if !path.starts_with('/') {
+                        self.error(
+                            &hc_at,
+                            format!("{what}: health_check path \"{path}\" must start with /"),
+                        );
+                    }
+                    HealthCheckKind::Http {
+                        path,
+                        host: h.host.unwrap_or_else(|| "localhost".into()),
+                    }
+                }
+                other => {
+                    self.error(
+                        &hc_at,
+                        format!("{what}: health_check type \"{other}\" is neither http nor tcp"),
+                    );
+                    return None;
+                }
+            };
+            let interval = h.interval.map(|d| d.0).unwrap_or(Duration::from_secs(2));
+            let timeout = h.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(1));
+            if interval.is_zero() || timeout.is_zero() {
+                self.error(
+                    &hc_at,
+                    format!("{what}: health_check interval and timeout must be above 0"),
+                );
+            }
+            let (rise, fall) = (h.rise.unwrap_or(1), h.fall.unwrap_or(1));
+            if rise == 0 || fall == 0 {
+                self.error(
+                    &hc_at,
+                    format!("{what}: health_check rise and fall must be at least 1"),
+                );
+            }
+            Some(HealthCheckSpec {
+                kind,
+                interval,
+                timeout,
+                rise: rise.max(1),
+                fall: fall.max(1),
+            })
+        });
+        let defaults = UpstreamTimeouts::default();
+        let t = g.timeouts.unwrap_or_default();
+        let timeouts = UpstreamTimeouts {
+            connect: t.connect.map(|d| d.0).unwrap_or(defaults.connect),
+            read: t.read.map(|d| d.0).unwrap_or(defaults.read),
+            write: t.write.map(|d| d.0).unwrap_or(defaults.write),
+            idle: t.idle.map(|d| d.0).unwrap_or(defaults.idle),
+        };
+        let public_addresses = g
+            .public_addresses
+            .unwrap_or_else(|| peers.iter().map(|p| format!("http://{p}")).collect());
+        Some(GroupConfig {
+            version: VersionId(0),
+            spec: GroupSpec {
+                peers,
+                lb,
+                health_check,
+                timeouts,
+            },
+            public_addresses,
+        })
+    }
+
+    fn version_ref(
+        &mut self,
+        at: &At,
+        what: &str,
+        name: &str,
+        names: &HashMap<&str, VersionId>,
+    ) -> Option<VersionId> {
+        match name {
+            "$assigned" => {
+                self.error(
+                    at,
+                    format!("{what}: version $assigned {NOT_YET} (it needs the assignment store)"),
+                );
+                None
+            }
+            "$channel" => {
+                self.error(
+                    at,
+                    format!("{what}: version $channel {NOT_YET} (it needs the channel cookie)"),
+                );
+                None
+            }
+            _ => {
+                let id = names.get(name).copied();
+                if id.is_none() {
+                    self.error(at, format!("{what}: unknown version \"{name}\""));
+                }
+                id
+            }
+        }
+    }
+
+    fn rules(
+        &mut self,
+        raw: Vec<(At, serde_yaml::Value)>,
+        names: &HashMap<&str, VersionId>,
+        versions: &[Version],
+    ) -> Vec<Rule> {
+        let mut rules = Vec::new();
+        let mut seen: HashMap<String, At> = HashMap::new();
+        let mut always_decides: Option<String> = None;
+        for (at, value) in raw {
+            let Some(r) = self.parse::<RawRule>(&at, &format!("rule #{}", rules.len() + 1), value)
+            else {
+                continue;
+            };
+            let what = format!("rule \"{}\"", r.name);
+            if !is_rule_name(&r.name) {
+                self.error(
+                    &at,
+                    format!("{what}: names may only use letters, digits, '-', '_' and '.'"),
+                );
+            }
+            if let Some(first) = seen.get(&r.name) {
+                let msg = format!(
+                    "{what} is defined twice (first at {})",
+                    self.describe(first)
+                );
+                self.error(&at, msg);
+            } else {
+                seen.insert(r.name.clone(), at.clone());
+            }
+            if let Some(earlier) = &always_decides {
+                self.warning(
+                    &at,
+                    format!("{what} is unreachable: rule \"{earlier}\" above it has no conditions and always decides"),
+                );
+            }
+            let when_at = At {
+                path: format!("{}.when", at.path),
+                ..at.clone()
+            };
+            let conditions = self.conditions(&when_at, &what, r.when);
+            let action = match (r.version, r.split) {
+                (Some(version), None) => {
+                    let v_at = At {
+                        path: format!("{}.version", at.path),
+                        ..at.clone()
+                    };
+                    self.version_ref(&v_at, &what, &version, names)
+                        .map(Action::Version)
+                }
+                (None, Some(split)) => {
+                    let s_at = At {
+                        path: format!("{}.split", at.path),
+                        ..at.clone()
+                    };
+                    self.split(&s_at, &what, &r.name, split, names)
+                        .map(Action::Split)
+                }
+                _ => {
+                    self.error(
+                        &at,
+                        format!("{what}: needs exactly one action: version or split"),
+                    );
+                    None
+                }
+            };
+            let Some(action) = action else { continue };
+            if conditions.is_empty() && always_decides.is_none() {
+                let decides = match &action {
+                    Action::Version(v) => !versions[v.index()].restricted,
+                    Action::Split(s) => {
+                        s.by == SplitKey::Random
+                            && s.arms
+                                .iter()
+                                .all(|a| a.weight == 0 || !versions[a.version.index()].restricted)
+                    }
+                };
+                if decides {
+                    always_decides = Some(r.name.clone());
+                }
+            }
+            rules.push(Rule {
+                name: Arc::from(r.name.as_str()),
+                conditions,
+                action,
+            });
+        }
+        rules
+    }
+
+    fn split(
+        &mut self,
+        at: &At,
+        what: &str,
+        rule_name: &str,
+        raw: RawSplit,
+        names: &HashMap<&str, VersionId>,
+    ) -> Option<Split> {
+        if raw.sticky {
+            self.error(
+                at,
+                format!("{what}: split sticky: true {NOT_YET} (it needs the channel cookie)"),
+            );
+        }
+        let by = match raw.by.as_str() {
+            "uid" => Some(SplitKey::Uid),
+            "client_ip" => Some(SplitKey::ClientIp),
+            "random" => Some(SplitKey::Random),
+            other => match other.split_once(':') {
+                Some(("cookie", name)) if !name.is_empty() => Some(SplitKey::Cookie(name.into())),
+                Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
+                    .ok()
+                    .map(SplitKey::Header),
+                _ => None,
+            },
+        };
+        if by.is_none() {
+            self.error(
+                at,
+                format!("{what}: split by \"{}\" is not uid, client_ip, random, cookie:NAME or header:NAME", raw.by),
+            );
+        }
+        if raw.weights.is_empty() {
+            self.error(at, format!("{what}: split weights are empty"));
+        }
+        let mut arms = Vec::new();
+        let mut total: u64 = 0;
+        let mut ok = true;
+        for (name, weight) in &raw.weights {
+            let Some(version) = self.version_ref(at, what, name, names) else {
+                ok = false;
+                continue;
+            };
+            if *weight < 0 || *weight > 1_000_000 {
+                self.error(
+                    at,
+                    format!("{what}: weight {weight} of \"{name}\" is not between 0 and 1000000"),
+                );
+                ok = false;
+                continue;
+            }
+            total += *weight as u64;
+            arms.push(SplitArm {
+                version,
+                weight: *weight as u64,
+                upper: total,
+            });
+        }
+        if ok && !raw.weights.is_empty() && total == 0 {
+            self.error(at, format!("{what}: split weights sum to 0"));
+            ok = false;
+        }
+        Some(Split {
+            by: by?,
+            salt: raw
+                .salt
+                .unwrap_or_else(|| rule_name.to_string())
+                .into_bytes()
+                .into(),
+            arms,
+            total,
+        })
+        .filter(|_| ok)
+    }
+
+    fn conditions(&mut self, at: &At, what: &str, w: RawWhen) -> Vec<Condition> {
+        let mut out = Vec::new();
+        let sub = |key: &str| At {
+            path: format!("{}.{key}", at.path),
+            ..at.clone()
+        };
+        if let Some(hosts) = w.host {
+            let a = sub("host");
+            let patterns = hosts
+                .0
+                .iter()
+                .filter_map(|h| self.host_pattern(&a, &format!("{what}: host"), h))
+                .collect();
+            out.push(Condition::Host(patterns));
+        }
+        if let Some(prefixes) = w.path_prefix {
+            for p in &prefixes.0 {
+                if !p.starts_with('/') {
+                    self.error(
+                        &sub("path_prefix"),
+                        format!("{what}: path_prefix \"{p}\" must start with /"),
+                    );
+                }
+            }
+            out.push(Condition::PathPrefix(
+                prefixes.0.into_iter().map(Into::into).collect(),
+            ));
+        }
+        if let Some(regexes) = w.path_regex {
+            match RegexSet::new(&regexes.0) {
+                Ok(set) => out.push(Condition::PathRegex(set)),
+                Err(e) => {
+                    let msg = e
+                        .to_string()
+                        .lines()
+                        .map(str::trim_end)
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    self.error(
+                        &sub("path_regex"),
+                        format!("{what}: path_regex is invalid: {msg}"),
+                    );
+                }
+            }
+        }
+        if let Some(methods) = w.method {
+            let a = sub("method");
+            let mut parsed = Vec::new();
+            for m in &methods.0 {
+                match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                    Ok(method) => parsed.push(method),
+                    Err(_) => {
+                        self.error(&a, format!("{what}: method \"{m}\" is not an HTTP method"))
+                    }
+                }
+            }
+            out.push(Condition::Method(parsed));
+        }
+        if let Some(headers) = w.header {
+            let a = sub("header");
+            let mut pairs = Vec::new();
+            for (name, values) in headers {
+                match HeaderName::from_bytes(name.as_bytes()) {
+                    Ok(h) => pairs.push((h, value_match(values))),
+                    Err(_) => self.error(&a, format!("{what}: \"{name}\" is not a header name")),
+                }
+            }
+            out.push(Condition::Header(pairs));
+        }
+        if let Some(cookies) = w.cookie {
+            out.push(Condition::Cookie(
+                cookies
+                    .into_iter()
+                    .map(|(n, v)| (n.into(), value_match(v)))
+                    .collect(),
+            ));
+        }
+        if let Some(query) = w.query {
+            out.push(Condition::Query(
+                query
+                    .into_iter()
+                    .map(|(n, v)| (n.into(), value_match(v)))
+                    .collect(),
+            ));
+        }
+        if let Some(nets) = w.client_ip {
+            let a = sub("client_ip");
+            let nets = nets
+                .0
+                .iter()
+                .filter_map(|c| self.cidr(&a, &format!("{what}: client_ip"), c))
+                .collect();
+            out.push(Condition::ClientIp(nets));
+        }
+        if let Some(tails) = w.uid_tail {
+            let mut mask = 0u16;
+            for t in &tails.0 {
+                match t.0.parse::<u8>() {
+                    Ok(d) if d <= 9 && t.0.len() == 1 => mask |= 1 << d,
+                    _ => self.error(
+                        &sub("uid_tail"),
+                        format!("{what}: uid_tail \"{}\" is not a digit 0-9", t.0),
+                    ),
+                }
+            }
+            out.push(Condition::UidTail(mask));
+        }
+        if let Some(suffixes) = w.uid_suffix {
+            if suffixes.0.iter().any(|s| s.0.is_empty()) {
+                self.error(
+                    &sub("uid_suffix"),
+                    format!("{what}: uid_suffix has an empty suffix"),
+                );
+            }
+            out.push(Condition::UidSuffix(
+                suffixes.0.into_iter().map(|t| t.0.into()).collect(),
+            ));
+        }
+        if let Some(uids) = w.uid_in {
+            out.push(Condition::UidIn(
+                uids.0
+                    .into_iter()
+                    .map(|t| t.0.into())
+                    .collect::<HashSet<_>>(),
+            ));
+        }
+        if let Some(range) = w.uid_range {
+            match range[..] {
+                [min, max] if min <= max => out.push(Condition::UidRange(min, max)),
+                _ => self.error(
+                    &sub("uid_range"),
+                    format!("{what}: uid_range must be [min, max] with min <= max"),
+                ),
+            }
+        }
+        if let Some(has) = w.has_uid {
+            out.push(Condition::HasUid(has));
+        }
+        if let Some(tier) = w.tier {
+            match Tier::parse(&tier) {
+                Some(t) => out.push(Condition::Tier(t)),
+                None => self.error(
+                    &sub("tier"),
+                    format!("{what}: tier \"{tier}\" is neither paid nor trial"),
+                ),
+            }
+        }
+        if let Some(internal) = w.internal {
+            out.push(Condition::Internal(internal));
+        }
+        if w.channel.is_some() {
+            self.error(
+                &sub("channel"),
+                format!("{what}: the channel condition {NOT_YET} (it needs the channel cookie)"),
+            );
+        }
+        out
+    }
+
+    fn goals(&mut self, raw: Vec<(At, serde_yaml::Value)>) -> Vec<Goal> {
+        let mut goals = Vec::new();
+        let mut seen = HashSet::new();
+        for (at, value) in raw {
+            let Some(g) = self.parse::<RawGoal>(&at, &format!("goal #{}", goals.len() + 1), value)
+            else {
+                continue;
+            };
+            let what = format!("goal \"{}\"", g.name);
+            if !is_rule_name(&g.name) {
+                self.error(
+                    &at,
+                    format!("{what}: names may only use letters, digits, '-', '_' and '.'"),
+                );
+            }
+            if !seen.insert(g.name.clone()) {
+                self.error(&at, format!("{what} is defined twice"));
+            }
+            let when_at = At {
+                path: format!("{}.when", at.path),
+                ..at.clone()
+            };
+            let conditions = self.conditions(&when_at, &what, g.when);
+            let mut status = StatusMatch {
+                classes: 0,
+                codes: Vec::new(),
+            };
+            let texts = g
+                .status
+                .map(|s| s.0)
+                .unwrap_or_else(|| vec![Text("2xx".into())]);
+            for t in texts {
+                let t = t.0.to_ascii_lowercase();
+                match (
+                    t.strip_suffix("xx").map(|c| c.parse::<u8>()),
+                    t.parse::<u16>(),
+                ) {
+                    (Some(Ok(class @ 1..=5)), _) => status.classes |= 1 << class,
+                    (None, Ok(code @ 100..=599)) => status.codes.push(code),
+                    _ => self.error(
+                        &at,
+                        format!(
+                            "{what}: status \"{t}\" is not a code like 201 or a class like 2xx"
+                        ),
+                    ),
+                }
+            }
+            goals.push(Goal {
+                name: Arc::from(g.name.as_str()),
+                conditions,
+                status,
+            });
+        }
+        goals
+    }
+}
+
+fn value_match(values: OneOrMany<String>) -> ValueMatch {
+    if values.0.iter().any(|v| v == "*") {
+        ValueMatch::Present
+    } else {
+        ValueMatch::AnyOf(values.0.into_iter().map(Into::into).collect())
+    }
+}
+
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn is_rule_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Resolves `ip:port` directly and `host:port` with the system resolver, at compile time
+/// (never on the request path).
+fn resolve_peer(peer: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = peer.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    if peer
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .is_none()
+    {
+        return Err("is not host:port".into());
+    }
+    match peer.to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<SocketAddr> = addrs.collect();
+            if addrs.is_empty() {
+                Err("resolves to no address".into())
+            } else {
+                Ok(addrs)
+            }
+        }
+        Err(e) => Err(format!("cannot be resolved: {e}")),
+    }
+}

@@ -1,0 +1,438 @@
+//! The compiled routing model: what the request path reads.
+//!
+//! Everything here is built once per rule-set generation by [`super::compile`]: names are
+//! resolved to indices, regexes compiled, CIDRs parsed, split buckets laid out. Nothing on
+//! the request path parses or allocates to evaluate it.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::Method;
+use ipnet::IpNet;
+use regex::RegexSet;
+
+/// Index of a version in [`RuleSet::versions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VersionId(pub u16);
+
+impl VersionId {
+    /// The index into the versions table.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// A release version label: stable, canary, beta, dev...
+#[derive(Debug, Clone)]
+pub struct Version {
+    /// The label used in rules, headers and metrics.
+    pub name: Arc<str>,
+    /// Free text shown to operators and on the channel page.
+    pub description: String,
+    /// Users may pick it on the channel page.
+    pub selectable: bool,
+    /// Only internal users may be routed to it.
+    pub restricted: bool,
+}
+
+/// Paid (high-risk) or trial (low-risk) user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// A paying user, shielded from canaries.
+    Paid,
+    /// A trial user, canaried first.
+    Trial,
+}
+
+impl Tier {
+    /// Parses `paid` / `trial`, ignoring ASCII case.
+    pub fn parse(text: &str) -> Option<Tier> {
+        if text.eq_ignore_ascii_case("paid") {
+            Some(Tier::Paid)
+        } else if text.eq_ignore_ascii_case("trial") {
+            Some(Tier::Trial)
+        } else {
+            None
+        }
+    }
+
+    /// `paid` or `trial`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Paid => "paid",
+            Tier::Trial => "trial",
+        }
+    }
+}
+
+/// Where a request carries an identity value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `cookie:NAME`
+    Cookie(Box<str>),
+    /// `header:NAME`
+    Header(HeaderName),
+    /// `query:NAME`
+    Query(Box<str>),
+}
+
+/// How the user's uid, tier and internal flag are found.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// uid sources in order; the first present and valid wins.
+    pub uid: Vec<Source>,
+    /// Paid or trial.
+    pub tier: TierPolicy,
+    /// Who counts as internal.
+    pub internal: InternalPolicy,
+}
+
+/// How the tier is found.
+#[derive(Debug, Clone)]
+pub struct TierPolicy {
+    /// Request sources whose value is `paid` or `trial`.
+    pub sources: Vec<Source>,
+    /// uids that are paid whatever the request says.
+    pub paid_uids: HashSet<Box<str>>,
+    /// The tier when nothing says otherwise.
+    pub default: Tier,
+}
+
+/// Who is internal: may be routed to, and may select, restricted versions.
+#[derive(Debug, Clone, Default)]
+pub struct InternalPolicy {
+    /// Internal uids.
+    pub uids: HashSet<Box<str>>,
+    /// Internal client networks.
+    pub cidrs: Vec<IpNet>,
+}
+
+/// A host pattern: `www.example.com`, `*.example.com` or `*`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// The exact host, lowercase.
+    Exact(Box<str>),
+    /// `*.example.com`, stored as `.example.com`: any host ending in it (not the bare domain).
+    Suffix(Box<str>),
+    /// `*`: any host.
+    Any,
+}
+
+impl HostPattern {
+    /// Whether `host` (without port, any case) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(exact) => host.eq_ignore_ascii_case(exact),
+            HostPattern::Suffix(suffix) => {
+                let (host, suffix) = (host.as_bytes(), suffix.as_bytes());
+                host.len() > suffix.len()
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+            HostPattern::Any => true,
+        }
+    }
+
+    /// Exact beats suffix beats any; a longer suffix beats a shorter one.
+    pub fn specificity(&self) -> usize {
+        match self {
+            HostPattern::Exact(_) => usize::MAX,
+            HostPattern::Suffix(s) => s.len(),
+            HostPattern::Any => 0,
+        }
+    }
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Suffix(s) => write!(f, "*{s}"),
+            HostPattern::Any => f.write_str("*"),
+        }
+    }
+}
+
+/// What a header, cookie or query parameter must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueMatch {
+    /// `"*"`: present with any value.
+    Present,
+    /// Equal to one of these.
+    AnyOf(Vec<Box<str>>),
+}
+
+impl ValueMatch {
+    /// Whether a value (absent = `None`) matches.
+    pub fn matches(&self, value: Option<&str>) -> bool {
+        match (self, value) {
+            (_, None) => false,
+            (ValueMatch::Present, Some(_)) => true,
+            (ValueMatch::AnyOf(values), Some(v)) => values.iter().any(|x| **x == *v),
+        }
+    }
+}
+
+/// One condition of a rule's `when`.
+#[derive(Debug, Clone)]
+pub enum Condition {
+    /// The request host matches one of the patterns.
+    Host(Vec<HostPattern>),
+    /// The path starts with one of the prefixes.
+    PathPrefix(Vec<Box<str>>),
+    /// The path matches one of the regexes.
+    PathRegex(RegexSet),
+    /// The method is one of these.
+    Method(Vec<Method>),
+    /// Every named header matches.
+    Header(Vec<(HeaderName, ValueMatch)>),
+    /// Every named cookie matches.
+    Cookie(Vec<(Box<str>, ValueMatch)>),
+    /// Every named query parameter matches.
+    Query(Vec<(Box<str>, ValueMatch)>),
+    /// The client address is in one of the networks.
+    ClientIp(Vec<IpNet>),
+    /// Bit `d` set: a numeric uid ending in digit `d` matches.
+    UidTail(u16),
+    /// The uid ends with one of these.
+    UidSuffix(Vec<Box<str>>),
+    /// The uid is one of these.
+    UidIn(HashSet<Box<str>>),
+    /// A numeric uid within `[min, max]`.
+    UidRange(u64, u64),
+    /// The request has (or lacks) a uid.
+    HasUid(bool),
+    /// The user's tier.
+    Tier(Tier),
+    /// The user is (or is not) internal.
+    Internal(bool),
+}
+
+/// What a split hashes to place a request in a bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitKey {
+    /// The uid text.
+    Uid,
+    /// The client address in its standard text form (`203.0.113.7`, `2001:db8::1`).
+    ClientIp,
+    /// A fresh random number per request.
+    Random,
+    /// A cookie's value.
+    Cookie(Box<str>),
+    /// A header's value.
+    Header(HeaderName),
+}
+
+/// One version's slice of a split: hash points below `upper` (and at or above the previous
+/// arm's `upper`) go to `version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitArm {
+    /// The version of this slice.
+    pub version: VersionId,
+    /// The weight as written.
+    pub weight: u64,
+    /// Cumulative weight up to and including this arm.
+    pub upper: u64,
+}
+
+/// A weighted split, buckets laid out in the order written.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// What is hashed.
+    pub by: SplitKey,
+    /// Mixed into the hash; defaults to the rule name.
+    pub salt: Box<[u8]>,
+    /// The slices, in the order written.
+    pub arms: Vec<SplitArm>,
+    /// Sum of the weights (> 0).
+    pub total: u64,
+}
+
+/// What a rule does when its conditions hold.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Decide this version.
+    Version(VersionId),
+    /// Decide by a weighted split.
+    Split(Split),
+}
+
+/// One rule: conditions and an action.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Unique name, used in headers, logs and metrics.
+    pub name: Arc<str>,
+    /// All must hold.
+    pub conditions: Vec<Condition>,
+    /// What to decide.
+    pub action: Action,
+}
+
+/// Which response statuses count as a goal's conversion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusMatch {
+    /// Bit `c` set: status class `c`xx matches (1..=5).
+    pub classes: u8,
+    /// Exact codes that match.
+    pub codes: Vec<u16>,
+}
+
+impl StatusMatch {
+    /// Whether `status` matches.
+    pub fn matches(&self, status: u16) -> bool {
+        let class = status / 100;
+        (class < 8 && self.classes & (1 << class) != 0) || self.codes.contains(&status)
+    }
+}
+
+/// A conversion counted per version.
+#[derive(Debug, Clone)]
+pub struct Goal {
+    /// The goal's name (a metric label).
+    pub name: Arc<str>,
+    /// Which requests are attempts.
+    pub conditions: Vec<Condition>,
+    /// Which responses are conversions.
+    pub status: StatusMatch,
+}
+
+/// The compiled rules: versions, identity, the ordered rules and goals.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    /// Every version, indexed by [`VersionId`].
+    pub versions: Vec<Version>,
+    /// The last full release: used when no rule decides.
+    pub default: VersionId,
+    /// How the user is identified.
+    pub identity: Identity,
+    /// Top to bottom; the first rule that decides wins.
+    pub rules: Vec<Rule>,
+    /// Conversions to count.
+    pub goals: Vec<Goal>,
+}
+
+impl RuleSet {
+    /// The version with this id.
+    pub fn version(&self, id: VersionId) -> &Version {
+        &self.versions[id.index()]
+    }
+
+    /// The id of the version with this name.
+    pub fn version_id(&self, name: &str) -> Option<VersionId> {
+        self.versions
+            .iter()
+            .position(|v| &*v.name == name)
+            .map(|i| VersionId(i as u16))
+    }
+}
+
+/// Load balancing inside one group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LbPolicy {
+    /// Each peer in turn.
+    RoundRobin,
+    /// Ketama consistent hashing, keyed by uid, else client IP.
+    Consistent,
+}
+
+/// Active health checking of a group's peers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheckSpec {
+    /// What a probe does.
+    pub kind: HealthCheckKind,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Time a probe may take.
+    pub timeout: Duration,
+    /// Consecutive successes to become healthy.
+    pub rise: usize,
+    /// Consecutive failures to become unhealthy.
+    pub fall: usize,
+}
+
+/// A TCP connect or an HTTP GET.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HealthCheckKind {
+    /// The peer accepts a TCP connection.
+    Tcp,
+    /// `GET path` with `Host: host` answers 2xx or 3xx.
+    Http {
+        /// The request path.
+        path: String,
+        /// The Host header.
+        host: String,
+    },
+}
+
+/// Timeouts of upstream connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UpstreamTimeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Between reads of the response.
+    pub read: Duration,
+    /// Between writes of the request.
+    pub write: Duration,
+    /// An idle pooled connection is closed after this.
+    pub idle: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        UpstreamTimeouts {
+            connect: Duration::from_secs(1),
+            read: Duration::from_secs(60),
+            write: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One version's upstream group as configured: the part that, when unchanged across a
+/// reload, lets the live group (and its health state) be reused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GroupSpec {
+    /// Resolved peer addresses, in the order written.
+    pub peers: Vec<SocketAddr>,
+    /// Load balancing.
+    pub lb: LbPolicy,
+    /// Active health checks, if any.
+    pub health_check: Option<HealthCheckSpec>,
+    /// Connection timeouts.
+    pub timeouts: UpstreamTimeouts,
+}
+
+/// One service as configured.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// Unique name (a metric label).
+    pub name: Arc<str>,
+    /// Hosts it serves.
+    pub hosts: Vec<HostPattern>,
+    /// Path prefix it serves.
+    pub path_prefix: Box<str>,
+    /// Groups per version.
+    pub groups: Vec<GroupConfig>,
+}
+
+/// One version's group inside a service.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// The version it serves.
+    pub version: VersionId,
+    /// Peers and how to balance and check them.
+    pub spec: GroupSpec,
+    /// What the address API hands out for this group.
+    pub public_addresses: Vec<String>,
+}
+
+/// The whole compiled model of one rules generation.
+#[derive(Debug, Clone)]
+pub struct RoutingModel {
+    /// Versions, identity, rules, goals.
+    pub rules: RuleSet,
+    /// Services and their groups.
+    pub services: Vec<ServiceSpec>,
+}

@@ -1,0 +1,202 @@
+//! The rules files as written: serde types with unknown keys rejected.
+//!
+//! These types never reach the request path; [`super::compile`] validates them and builds
+//! the [`super::model`]. Sections are parsed item by item (one rule, one service, one group
+//! at a time) so that one bad item does not hide the errors of the next.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Deserializer};
+
+use crate::config::Duration;
+
+/// One value or a list of them: `method: GET` and `method: [GET, HEAD]` mean the same.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OneOrMany<T>(pub Vec<T>);
+
+impl<T> Default for OneOrMany<T> {
+    fn default() -> Self {
+        OneOrMany(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either<T> {
+            Many(Vec<T>),
+            One(T),
+        }
+        Ok(match Either::deserialize(deserializer)? {
+            Either::Many(v) => OneOrMany(v),
+            Either::One(v) => OneOrMany(vec![v]),
+        })
+    }
+}
+
+/// A scalar read as text: uids and digits may be written `10001` or `"10001"`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Text(pub String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            Int(u64),
+            Str(String),
+        }
+        Ok(Text(match Scalar::deserialize(deserializer)? {
+            Scalar::Int(n) => n.to_string(),
+            Scalar::Str(s) => s,
+        }))
+    }
+}
+
+/// The top level of one rules file. Every section is optional in one file; the merged set
+/// must have what it needs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuleFile {
+    pub versions: Option<IndexMap<String, serde_yaml::Value>>,
+    pub default: Option<String>,
+    pub identity: Option<serde_yaml::Value>,
+    pub assignments: Option<serde_yaml::Value>,
+    pub services: Option<IndexMap<String, serde_yaml::Value>>,
+    pub rules: Option<Vec<serde_yaml::Value>>,
+    pub goals: Option<Vec<serde_yaml::Value>>,
+    pub channels: Option<serde_yaml::Value>,
+    pub address_api: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVersion {
+    pub description: Option<String>,
+    #[serde(default)]
+    pub selectable: bool,
+    #[serde(default)]
+    pub restricted: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub uid: Option<OneOrMany<String>>,
+    pub tier: Option<RawTier>,
+    pub internal: Option<RawInternal>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    #[serde(default)]
+    pub sources: OneOrMany<String>,
+    #[serde(default)]
+    pub paid_uids: Vec<Text>,
+    pub redis_set: Option<String>,
+    pub default: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInternal {
+    #[serde(default)]
+    pub uids: Vec<Text>,
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    pub redis_set: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub hosts: OneOrMany<String>,
+    pub path_prefix: Option<String>,
+    pub groups: IndexMap<String, serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    pub peers: Vec<String>,
+    pub lb: Option<String>,
+    pub health_check: Option<RawHealthCheck>,
+    pub public_addresses: Option<Vec<String>>,
+    pub timeouts: Option<RawTimeouts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    /// Consecutive successes that mark a peer healthy again.
+    pub rise: Option<usize>,
+    /// Consecutive failures that mark a peer unhealthy.
+    pub fall: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<Duration>,
+    pub read: Option<Duration>,
+    pub write: Option<Duration>,
+    pub idle: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    #[serde(default)]
+    pub when: RawWhen,
+    pub version: Option<String>,
+    pub split: Option<RawSplit>,
+}
+
+/// Conditions; every one listed must hold, a list inside one means any of its values.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhen {
+    pub host: Option<OneOrMany<String>>,
+    pub path_prefix: Option<OneOrMany<String>>,
+    pub path_regex: Option<OneOrMany<String>>,
+    pub method: Option<OneOrMany<String>>,
+    pub header: Option<IndexMap<String, OneOrMany<String>>>,
+    pub cookie: Option<IndexMap<String, OneOrMany<String>>>,
+    pub query: Option<IndexMap<String, OneOrMany<String>>>,
+    pub client_ip: Option<OneOrMany<String>>,
+    pub uid_tail: Option<OneOrMany<Text>>,
+    pub uid_suffix: Option<OneOrMany<Text>>,
+    pub uid_in: Option<OneOrMany<Text>>,
+    pub uid_range: Option<Vec<u64>>,
+    pub has_uid: Option<bool>,
+    pub tier: Option<String>,
+    pub internal: Option<bool>,
+    pub channel: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSplit {
+    pub by: String,
+    pub weights: IndexMap<String, i64>,
+    pub salt: Option<String>,
+    #[serde(default)]
+    pub sticky: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGoal {
+    pub name: String,
+    #[serde(default)]
+    pub when: RawWhen,
+    pub status: Option<OneOrMany<Text>>,
+}

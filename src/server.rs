@@ -1,0 +1,99 @@
+//! Assembles the Pingora server: proxy listeners, the admin listener and health checks.
+//!
+//! `main` and the integration tests share this, so tests run the real server in-process.
+
+use std::sync::Arc;
+
+use pingora::apps::http_app::HttpServer;
+use pingora::proxy::http_proxy_service;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::admin::AdminApp;
+use crate::config::Config;
+use crate::diagnostics::Diagnostics;
+use crate::metrics::Metrics;
+use crate::proxy::Gateway;
+use crate::snapshot::SnapshotStore;
+use crate::upstream::HealthChecker;
+
+/// Flags of `graygate run` that Pingora acts on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Detach into the background.
+    pub daemon: bool,
+    /// Take the listeners over from a running instance (graceful upgrade).
+    pub upgrade: bool,
+}
+
+/// A loaded configuration with its live state.
+pub struct App {
+    /// Server settings.
+    pub config: Config,
+    /// The current rules generation.
+    pub store: Arc<SnapshotStore>,
+    /// Every exported series.
+    pub metrics: Arc<Metrics>,
+}
+
+impl App {
+    /// Reads the config and the rules it names; all problems are returned together.
+    pub fn load(config_path: &std::path::Path) -> Result<App, Diagnostics> {
+        let config = Config::load(config_path)?;
+        let store = Arc::new(SnapshotStore::load(&config.rules)?);
+        let metrics = Arc::new(Metrics::new());
+        metrics
+            .rules_generation
+            .set(store.current().generation as i64);
+        Ok(App {
+            config,
+            store,
+            metrics,
+        })
+    }
+
+    /// The Pingora server, bootstrapped, with every service added; call `run` on it.
+    pub fn server(&self, options: RunOptions) -> Server {
+        let settings = &self.config.server;
+        let conf = ServerConf {
+            threads: settings.threads,
+            daemon: options.daemon,
+            grace_period_seconds: Some(settings.grace_period_seconds),
+            graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout_seconds),
+            pid_file: settings.pid_file.to_string_lossy().into_owned(),
+            upgrade_sock: settings.upgrade_sock.to_string_lossy().into_owned(),
+            error_log: settings
+                .error_log
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+            ..ServerConf::default()
+        };
+        let opt = Opt {
+            upgrade: options.upgrade,
+            daemon: options.daemon,
+            ..Opt::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(opt, conf);
+        server.bootstrap();
+
+        let gateway = Gateway::new(Arc::clone(&self.store), Arc::clone(&self.metrics));
+        let mut proxy = http_proxy_service(&server.configuration, gateway);
+        for addr in &self.config.listen {
+            proxy.add_tcp(&addr.to_string());
+        }
+        let admin_app = AdminApp::new(Arc::clone(&self.metrics), Arc::clone(&self.store));
+        let mut admin = Service::new("graygate admin".to_string(), HttpServer::new_app(admin_app));
+        admin.threads = Some(1);
+        admin.add_tcp(&self.config.admin.listen.to_string());
+        let health = background_service(
+            "graygate health checks",
+            HealthChecker::new(Arc::clone(&self.store), Arc::clone(&self.metrics)),
+        );
+        server.add_service(proxy);
+        server.add_service(admin);
+        server.add_service(health);
+        server
+    }
+}
