@@ -13,6 +13,8 @@
 //! Only `std` and `tempfile` are used here (no async runtime).
 #![allow(dead_code)]
 
+pub mod graygate;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -1,0 +1,85 @@
+//! Runs the real graygate server in-process on free loopback ports.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use graygate::server::{App, RunOptions};
+use graygate::snapshot::SnapshotStore;
+use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
+use tokio::sync::watch;
+
+use super::{free_port, wait_for_listen};
+
+struct ChannelSignal(watch::Receiver<bool>);
+
+#[async_trait]
+impl ShutdownSignalWatch for ChannelSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// A graygate instance serving `rules` on loopback.
+pub struct Graygate {
+    /// The proxy listener.
+    pub proxy: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// The rules generation store, for assertions and reloads.
+    pub store: Arc<SnapshotStore>,
+    /// Where the config and rules were written.
+    pub dir: tempfile::TempDir,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Graygate {
+    /// Writes `rules` to a temporary rules directory and starts graygate on free ports.
+    pub fn start(rules: &str) -> Graygate {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rules_dir = dir.path().join("rules");
+        std::fs::create_dir(&rules_dir).expect("rules dir");
+        std::fs::write(rules_dir.join("rules.yaml"), rules).expect("write rules");
+        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let conf = format!(
+            "listen: [\"{proxy}\"]\nadmin: {{ listen: \"{admin}\" }}\nrules: rules\nserver:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n  pid_file: graygate.pid\n  upgrade_sock: upgrade.sock\n"
+        );
+        let conf_path: PathBuf = dir.path().join("graygate.yaml");
+        std::fs::write(&conf_path, conf).expect("write conf");
+        let app = App::load(&conf_path).unwrap_or_else(|d| panic!("config does not load:\n{d}"));
+        let store = Arc::clone(&app.store);
+        let (stop, stop_rx) = watch::channel(false);
+        let thread = std::thread::spawn(move || {
+            let server = app.server(RunOptions::default());
+            server.run(RunArgs {
+                shutdown_signal: Box::new(ChannelSignal(stop_rx)),
+            });
+        });
+        wait_for_listen(proxy, Duration::from_secs(10));
+        wait_for_listen(admin, Duration::from_secs(10));
+        Graygate {
+            proxy,
+            admin,
+            store,
+            dir,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Graygate {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
