@@ -98,6 +98,12 @@ impl Diagnostics {
         self.errors().next().is_some()
     }
 
+    /// Orders the list by file, then line (stable: same-line items keep their order).
+    pub fn sort(&mut self) {
+        self.items
+            .sort_by(|a, b| a.file.cmp(&b.file).then(a.line.cmp(&b.line)));
+    }
+
     /// Appends another list.
     pub fn extend(&mut self, other: Diagnostics) {
         self.items.extend(other.items);

@@ -6,8 +6,9 @@
 //! lands in `upstream_peer` again; `logging` records metrics. No policy lives here.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -36,12 +37,59 @@ pub const RULE_HEADER: &str = "x-graygate-rule";
 pub struct Gateway {
     store: Arc<SnapshotStore>,
     metrics: Arc<Metrics>,
+    fallback_log: LogThrottle,
 }
 
 impl Gateway {
     /// A gateway serving whatever generation `store` holds.
     pub fn new(store: Arc<SnapshotStore>, metrics: Arc<Metrics>) -> Self {
-        Gateway { store, metrics }
+        Gateway {
+            store,
+            metrics,
+            fallback_log: LogThrottle::new(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Lets one log line through per period and counts the ones held back, so that a failing
+/// group under load yields a line a second, not a line a request.
+struct LogThrottle {
+    epoch: Instant,
+    period_ms: u64,
+    next_ms: AtomicU64,
+    held_back: AtomicU64,
+}
+
+impl LogThrottle {
+    fn new(period: Duration) -> Self {
+        LogThrottle {
+            epoch: Instant::now(),
+            period_ms: period.as_millis() as u64,
+            next_ms: AtomicU64::new(0),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be logged now.
+    fn admit(&self) -> Option<u64> {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now + self.period_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            Some(self.held_back.swap(0, Ordering::Relaxed))
+        } else {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
 }
 
@@ -142,11 +190,13 @@ impl Gateway {
             .fallbacks
             .with_label_values(&[&service.name, from, to, reason.as_str()])
             .inc();
-        log::warn!(
-            "service {}: version {from} falls back to {to} ({})",
-            service.name,
-            reason.as_str()
-        );
+        if let Some(held_back) = self.fallback_log.admit() {
+            log::warn!(
+                "service {}: version {from} falls back to {to} ({}); {held_back} similar line(s) held back",
+                service.name,
+                reason.as_str()
+            );
+        }
         route.serving = default;
         Self::pick(service, default, route)
     }
@@ -394,6 +444,16 @@ impl ProxyHttp for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttle_admits_one_line_per_period() {
+        let throttle = LogThrottle::new(Duration::from_secs(3600));
+        assert_eq!(throttle.admit(), Some(0));
+        assert_eq!(throttle.admit(), None);
+        assert_eq!(throttle.admit(), None);
+        throttle.next_ms.store(0, Ordering::Relaxed);
+        assert_eq!(throttle.admit(), Some(2), "reports the lines held back");
+    }
 
     #[test]
     fn hosts_without_ports() {

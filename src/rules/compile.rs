@@ -119,6 +119,7 @@ pub fn compile(sources: &[RuleSource]) -> Result<LoadedRules, Diagnostics> {
         hash_input.extend_from_slice(source.text.as_bytes());
         hash_input.push(0);
     }
+    c.diags.sort();
     if c.diags.has_errors() {
         return Err(c.diags);
     }
@@ -777,8 +778,9 @@ impl Compiler {
         let mut rules = Vec::new();
         let mut seen: HashMap<String, At> = HashMap::new();
         let mut always_decides: Option<String> = None;
-        for (at, value) in raw {
-            let Some(r) = self.parse::<RawRule>(&at, &format!("rule #{}", rules.len() + 1), value)
+        for (position, (at, value)) in raw.into_iter().enumerate() {
+            let errors_before = self.diags.errors().count();
+            let Some(r) = self.parse::<RawRule>(&at, &format!("rule #{}", position + 1), value)
             else {
                 continue;
             };
@@ -835,7 +837,9 @@ impl Compiler {
                 }
             };
             let Some(action) = action else { continue };
-            if conditions.is_empty() && always_decides.is_none() {
+            // A rule with errors may have lost conditions: it says nothing about reachability.
+            let clean = self.diags.errors().count() == errors_before;
+            if clean && conditions.is_empty() && always_decides.is_none() {
                 let decides = match &action {
                     Action::Version(v) => !versions[v.index()].restricted,
                     Action::Split(s) => {
@@ -962,19 +966,28 @@ impl Compiler {
             ));
         }
         if let Some(regexes) = w.path_regex {
-            match RegexSet::new(&regexes.0) {
-                Ok(set) => out.push(Condition::PathRegex(set)),
-                Err(e) => {
-                    let msg = e
-                        .to_string()
+            let mut valid = true;
+            for pattern in &regexes.0 {
+                if let Err(e) = regex::Regex::new(pattern) {
+                    // The crate's message ends with the reason on its last line.
+                    let text = e.to_string();
+                    let reason = text
                         .lines()
-                        .map(str::trim_end)
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    self.error(
-                        &sub("path_regex"),
-                        format!("{what}: path_regex is invalid: {msg}"),
-                    );
+                        .last()
+                        .unwrap_or("")
+                        .trim_start_matches("error: ");
+                    let msg = format!("{what}: path_regex \"{pattern}\" is invalid: {reason}");
+                    self.error(&sub("path_regex"), msg);
+                    valid = false;
+                }
+            }
+            if valid {
+                match RegexSet::new(&regexes.0) {
+                    Ok(set) => out.push(Condition::PathRegex(set)),
+                    Err(e) => {
+                        let msg = format!("{what}: path_regex is invalid: {e}");
+                        self.error(&sub("path_regex"), msg);
+                    }
                 }
             }
         }

@@ -339,7 +339,8 @@ pub fn write_steps(f: &mut impl fmt::Write, steps: &[Step]) -> fmt::Result {
             Outcome::Skipped(why) => ("skipped    ", why.as_str()),
             Outcome::NotReached => ("not reached", ""),
         };
-        writeln!(f, "{:>3}. {mark} {:<24} {why}", i + 1, step.rule)?;
+        let line = format!("{:>3}. {mark} {:<24} {why}", i + 1, step.rule);
+        writeln!(f, "{}", line.trim_end())?;
     }
     Ok(())
 }
@@ -347,5 +348,371 @@ pub fn write_steps(f: &mut impl fmt::Write, steps: &[Step]) -> fmt::Result {
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write_steps(f, &self.steps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::RequestView;
+    use crate::rules::testing::model;
+    use http::header::{HeaderName, HeaderValue};
+    use http::{HeaderMap, Method};
+
+    const BASE: &str = r#"
+versions:
+  stable: {}
+  canary: {}
+  dev: { restricted: true }
+default: stable
+identity:
+  uid: [cookie:uid, header:X-User-Id, query:uid]
+  tier: { sources: [cookie:tier], paid_uids: [10001] }
+  internal: { uids: [1], cidrs: [10.0.0.0/8] }
+services:
+  web:
+    hosts: ["*"]
+    groups: { stable: { peers: ["127.0.0.1:1"] } }
+"#;
+
+    /// A request for the table: everything optional, GET / on www.example.com by default.
+    #[derive(Clone)]
+    struct Req {
+        method: &'static str,
+        host: &'static str,
+        path: &'static str,
+        query: Option<&'static str>,
+        headers: &'static [(&'static str, &'static str)],
+        ip: &'static str,
+    }
+
+    const GET: Req = Req {
+        method: "GET",
+        host: "www.example.com",
+        path: "/",
+        query: None,
+        headers: &[],
+        ip: "192.0.2.1",
+    };
+
+    fn uid(value: &'static str) -> Req {
+        let headers: &'static [(&'static str, &'static str)] =
+            Box::leak(Box::new([("x-user-id", value)]));
+        Req { headers, ..GET }
+    }
+
+    /// Runs `rules` (YAML list items) on `req`; returns (version, rule).
+    fn run(rules: &str, req: &Req) -> (String, String) {
+        let yaml = format!("{BASE}rules:\n{rules}");
+        let model = model(&yaml);
+        let mut headers = HeaderMap::new();
+        for (name, value) in req.headers {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let method = Method::from_bytes(req.method.as_bytes()).unwrap();
+        let view = RequestView {
+            method: &method,
+            host: req.host,
+            path: req.path,
+            query: req.query,
+            headers: &headers,
+            client_ip: req.ip.parse().ok(),
+        };
+        let facts = Facts::gather(&model.rules.identity, view);
+        let decision = decide(&model.rules, &facts);
+        // The traced evaluation must always agree with the fast one.
+        let explained = explain(&model.rules, &facts);
+        assert_eq!(explained.decision.version, decision.version);
+        assert_eq!(explained.decision.rule, decision.rule);
+        assert_eq!(explained.steps.len(), model.rules.rules.len());
+        (
+            model.rules.version(decision.version).name.to_string(),
+            decision.rule_name(&model.rules).to_string(),
+        )
+    }
+
+    /// One rule `r` with `when` deciding canary.
+    fn when(conditions: &str) -> String {
+        format!("  - {{ name: r, when: {conditions}, version: canary }}\n")
+    }
+
+    #[test]
+    fn every_condition_matches_and_misses() {
+        let hdr = |h: &'static [(&'static str, &'static str)]| Req { headers: h, ..GET };
+        let cases: Vec<(&str, Req, bool)> = vec![
+            ("{ host: www.example.com }", GET, true),
+            ("{ host: [a.example.com, WWW.example.com] }", GET, true),
+            ("{ host: example.com }", GET, false),
+            ("{ host: \"*.example.com\" }", GET, true),
+            (
+                "{ host: \"*.example.com\" }",
+                Req {
+                    host: "example.com",
+                    ..GET
+                },
+                false,
+            ),
+            ("{ host: \"*\" }", GET, true),
+            (
+                "{ path_prefix: /shop }",
+                Req {
+                    path: "/shop/cart",
+                    ..GET
+                },
+                true,
+            ),
+            (
+                "{ path_prefix: [/a, /shop] }",
+                Req {
+                    path: "/sho",
+                    ..GET
+                },
+                false,
+            ),
+            (
+                "{ path_regex: \"^/item/[0-9]+$\" }",
+                Req {
+                    path: "/item/42",
+                    ..GET
+                },
+                true,
+            ),
+            (
+                "{ path_regex: \"^/item/[0-9]+$\" }",
+                Req {
+                    path: "/item/x",
+                    ..GET
+                },
+                false,
+            ),
+            (
+                "{ method: [POST, put] }",
+                Req {
+                    method: "PUT",
+                    ..GET
+                },
+                true,
+            ),
+            ("{ method: POST }", GET, false),
+            (
+                "{ header: { X-Beta: \"yes\" } }",
+                hdr(&[("x-beta", "yes")]),
+                true,
+            ),
+            (
+                "{ header: { X-Beta: [\"1\", \"yes\"] } }",
+                hdr(&[("x-beta", "no")]),
+                false,
+            ),
+            (
+                "{ header: { X-Beta: \"*\" } }",
+                hdr(&[("x-beta", "anything")]),
+                true,
+            ),
+            ("{ header: { X-Beta: \"*\" } }", GET, false),
+            (
+                "{ header: { X-A: \"1\", X-B: \"2\" } }",
+                hdr(&[("x-a", "1")]),
+                false,
+            ),
+            (
+                "{ cookie: { beta: \"1\" } }",
+                hdr(&[("cookie", "a=b; beta=1")]),
+                true,
+            ),
+            (
+                "{ cookie: { beta: \"1\" } }",
+                hdr(&[("cookie", "beta=2")]),
+                false,
+            ),
+            (
+                "{ query: { preview: \"on\" } }",
+                Req {
+                    query: Some("x=1&preview=on"),
+                    ..GET
+                },
+                true,
+            ),
+            (
+                "{ query: { preview: \"*\" } }",
+                Req {
+                    query: Some("x=1"),
+                    ..GET
+                },
+                false,
+            ),
+            ("{ client_ip: [192.0.2.0/24] }", GET, true),
+            (
+                "{ client_ip: [198.51.100.0/24, \"2001:db8::/32\"] }",
+                GET,
+                false,
+            ),
+            ("{ uid_tail: [1, 2, 3] }", uid("13"), true),
+            ("{ uid_tail: [1, 2, 3] }", uid("15"), false),
+            ("{ uid_tail: [1, 2, 3] }", uid("a3"), false),
+            ("{ uid_suffix: [\"07\"] }", uid("1207"), true),
+            ("{ uid_suffix: [\"07\"] }", uid("1217"), false),
+            ("{ uid_in: [42, \"abc\"] }", uid("abc"), true),
+            ("{ uid_in: [42] }", uid("43"), false),
+            ("{ uid_range: [100, 199] }", uid("199"), true),
+            ("{ uid_range: [100, 199] }", uid("200"), false),
+            ("{ has_uid: true }", uid("5"), true),
+            ("{ has_uid: true }", GET, false),
+            ("{ has_uid: false }", GET, true),
+            ("{ tier: paid }", uid("10001"), true),
+            (
+                "{ tier: paid }",
+                hdr(&[("cookie", "uid=5; tier=paid")]),
+                true,
+            ),
+            ("{ tier: trial }", uid("5"), true),
+            ("{ tier: paid }", uid("5"), false),
+            ("{ internal: true }", uid("1"), true),
+            (
+                "{ internal: true }",
+                Req {
+                    ip: "10.9.8.7",
+                    ..GET
+                },
+                true,
+            ),
+            ("{ internal: false }", uid("1"), false),
+            (
+                "{ uid_tail: [3], path_prefix: /api }",
+                Req {
+                    path: "/api",
+                    ..uid("3")
+                },
+                true,
+            ),
+            (
+                "{ uid_tail: [3], path_prefix: /api }",
+                Req {
+                    path: "/web",
+                    ..uid("3")
+                },
+                false,
+            ),
+        ];
+        for (conditions, req, matches) in cases {
+            let expected = if matches {
+                ("canary".to_string(), "r".to_string())
+            } else {
+                ("stable".to_string(), "default".to_string())
+            };
+            assert_eq!(run(&when(conditions), &req), expected, "when: {conditions}");
+        }
+    }
+
+    #[test]
+    fn first_deciding_rule_wins() {
+        let rules = "  - { name: paid, when: { tier: paid }, version: stable }\n  - { name: tail, when: { uid_tail: [1] }, version: canary }\n";
+        assert_eq!(run(rules, &uid("10001")), ("stable".into(), "paid".into()));
+        assert_eq!(run(rules, &uid("11")), ("canary".into(), "tail".into()));
+        assert_eq!(run(rules, &uid("12")), ("stable".into(), "default".into()));
+    }
+
+    #[test]
+    fn restricted_versions_only_for_internal_users() {
+        let rules = "  - { name: to-dev, version: dev }\n  - { name: rest, version: canary }\n";
+        assert_eq!(run(rules, &uid("1")), ("dev".into(), "to-dev".into()));
+        assert_eq!(
+            run(
+                rules,
+                &Req {
+                    ip: "10.0.0.1",
+                    ..GET
+                }
+            ),
+            ("dev".into(), "to-dev".into())
+        );
+        assert_eq!(
+            run(rules, &uid("5")),
+            ("canary".into(), "rest".into()),
+            "skipped, not denied"
+        );
+    }
+
+    #[test]
+    fn splits_by_each_key() {
+        let all_canary = |by: &str| {
+            format!("  - {{ name: s, split: {{ by: \"{by}\", weights: {{ canary: 1, stable: 0 }} }} }}\n")
+        };
+        let hdr = |h: &'static [(&'static str, &'static str)]| Req { headers: h, ..GET };
+        let cases: Vec<(&str, Req, bool)> = vec![
+            ("uid", uid("77"), true),
+            ("uid", GET, false),
+            ("client_ip", GET, true),
+            (
+                "client_ip",
+                Req {
+                    ip: "unknown",
+                    ..GET
+                },
+                false,
+            ),
+            ("random", GET, true),
+            ("cookie:session", hdr(&[("cookie", "session=abc")]), true),
+            ("cookie:session", GET, false),
+            ("header:X-Device", hdr(&[("x-device", "d1")]), true),
+            ("header:X-Device", GET, false),
+        ];
+        for (by, req, key_present) in cases {
+            let expected = if key_present {
+                ("canary".to_string(), "s".to_string())
+            } else {
+                ("stable".to_string(), "default".to_string())
+            };
+            assert_eq!(run(&all_canary(by), &req), expected, "split by {by}");
+        }
+        let none_canary =
+            "  - { name: s, split: { by: uid, weights: { canary: 0, stable: 1 } } }\n";
+        assert_eq!(run(none_canary, &uid("77")), ("stable".into(), "s".into()));
+    }
+
+    #[test]
+    fn split_position_follows_the_documented_hash() {
+        // Python: xxhash.xxh64(b"s:12345").intdigest() * 100 >> 64 == 95, and
+        // xxhash.xxh64(b"other:12345") gives 56: the arm boundary sits exactly there.
+        assert_eq!(scale(split_hash(b"s", b"12345"), 100), 95);
+        let split = |salt: &str, canary: u32| {
+            format!("  - {{ name: s, split: {{ by: uid, salt: {salt}, weights: {{ canary: {canary}, stable: {} }} }} }}\n", 100 - canary)
+        };
+        assert_eq!(run(&split("s", 96), &uid("12345")).0, "canary");
+        assert_eq!(run(&split("s", 95), &uid("12345")).0, "stable");
+        assert_eq!(run(&split("other", 57), &uid("12345")).0, "canary");
+        assert_eq!(run(&split("other", 56), &uid("12345")).0, "stable");
+        // Without `salt`, the rule name is the salt.
+        let unsalted = "  - { name: s, split: { by: uid, weights: { canary: 96, stable: 4 } } }\n";
+        assert_eq!(run(unsalted, &uid("12345")).0, "canary");
+    }
+
+    #[test]
+    fn explanation_says_why() {
+        let yaml = format!(
+            "{BASE}rules:\n  - {{ name: paid, when: {{ tier: paid }}, version: stable }}\n  - {{ name: tail, when: {{ uid_tail: [3] }}, version: canary }}\n  - {{ name: dev, version: dev }}\n  - {{ name: last, version: stable }}\n"
+        );
+        let model = model(&yaml);
+        let headers = HeaderMap::new();
+        let view = RequestView {
+            method: &Method::GET,
+            host: "h",
+            path: "/",
+            query: Some("uid=15"),
+            headers: &headers,
+            client_ip: None,
+        };
+        let facts = Facts::gather(&model.rules.identity, view);
+        let text = explain(&model.rules, &facts).to_string();
+        assert_eq!(
+            text,
+            "  1. no match    paid                     tier is trial, not paid\n  \
+             2. no match    tail                     uid_tail: uid \"15\" ends in 5\n  \
+             3. skipped     dev                      version dev is restricted and the user is not internal\n  \
+             4. DECIDED     last                     stable\n"
+        );
     }
 }

@@ -10,3 +10,37 @@ pub mod raw;
 
 pub use compile::{compile, load, LoadedRules, RuleSource};
 pub use decide::{decide, explain, Decision, Explanation};
+
+/// Helpers for tests: compile YAML text and build requests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::compile::{compile, RuleSource};
+    use super::model::RoutingModel;
+
+    /// Compiles one rules file, panicking with every diagnostic on failure.
+    pub fn model(yaml: &str) -> RoutingModel {
+        compile(&[RuleSource {
+            path: "rules.yaml".into(),
+            text: yaml.to_string(),
+        }])
+        .unwrap_or_else(|d| panic!("rules do not compile:\n{d}"))
+        .model
+    }
+
+    /// The diagnostics (errors and warnings) of one rules file, as printed by `check`.
+    pub fn diagnostics(yaml: &str) -> Vec<String> {
+        let sources = [RuleSource {
+            path: "rules.yaml".into(),
+            text: yaml.to_string(),
+        }];
+        match compile(&sources) {
+            Ok(loaded) => loaded
+                .warnings
+                .items()
+                .iter()
+                .map(|d| d.to_string())
+                .collect(),
+            Err(diags) => diags.items().iter().map(|d| d.to_string()).collect(),
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! Pools are keyed by their [`GroupSpec`], so a reload that leaves a group's peers and
 //! settings alone hands the very same pool (health state, round-robin position) to the new
 //! generation. Health probes run in one background task ([`HealthChecker`]) over whatever
-//! pools the current snapshot holds.
+//! pools the current snapshot holds; Pingora logs each peer's change of health.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, LoadBalancer};
 use pingora::server::ShutdownWatch;
@@ -53,22 +53,6 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-struct LogHealthChange;
-
-#[async_trait]
-impl HealthObserve for LogHealthChange {
-    async fn observe(&self, target: &Backend, healthy: bool) {
-        if healthy {
-            log::info!("upstream {} is healthy again", target.addr);
-        } else {
-            log::warn!(
-                "upstream {} failed its health check and is out of rotation",
-                target.addr
-            );
-        }
-    }
-}
-
 fn health_check(spec: &HealthCheckSpec) -> Box<dyn HealthCheck + Send + Sync> {
     match &spec.kind {
         HealthCheckKind::Tcp => {
@@ -77,7 +61,6 @@ fn health_check(spec: &HealthCheckSpec) -> Box<dyn HealthCheck + Send + Sync> {
             hc.peer_template.options.total_connection_timeout = Some(spec.timeout);
             hc.consecutive_success = spec.rise;
             hc.consecutive_failure = spec.fall;
-            hc.health_changed_callback = Some(Box::new(LogHealthChange));
             hc
         }
         HealthCheckKind::Http { path, host } => {
@@ -107,7 +90,6 @@ fn health_check(spec: &HealthCheckSpec) -> Box<dyn HealthCheck + Send + Sync> {
                     )
                 }
             }));
-            hc.health_changed_callback = Some(Box::new(LogHealthChange));
             Box::new(hc)
         }
     }

@@ -1,0 +1,120 @@
+//! The `graygate` binary: `check` on the shipped and on a broken configuration, `explain`.
+
+use std::process::Command;
+
+fn graygate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_graygate"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run graygate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_passes_on_the_shipped_configuration() {
+    let (code, stdout, stderr) = graygate(&["check", "-c", "conf/graygate.yaml"]);
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "graygate check: ok: 4 version(s), 2 service(s), 5 rule(s), 1 goal(s) from 2 file(s); default version stable"
+    );
+    assert_eq!(stderr, "", "no warnings on the shipped rules");
+}
+
+#[test]
+fn check_lists_every_error_of_a_broken_configuration() {
+    let (code, stdout, stderr) = graygate(&["check", "-c", "tests/fixtures/broken/graygate.yaml"]);
+    assert_eq!(code, 1, "stdout: {stdout}");
+    let a = "tests/fixtures/broken/rules/a.yaml";
+    let b = "tests/fixtures/broken/rules/b.yaml";
+    let expected = [
+        format!("{a}:4: error: version \"bad name\": names may only use letters, digits, '-' and '_'"),
+        format!("{a}:5: error: default: unknown version \"stabel\""),
+        format!("{a}:7: error: identity.uid: \"phone:X\" is not a source like cookie:NAME, header:NAME or query:NAME"),
+        format!("{a}:8: error: identity.internal.cidrs: \"10.0.0.0/33\" is not a CIDR like 10.0.0.0/8"),
+        format!("{a}:14: error: service \"web\": group for unknown version \"nightly\""),
+        format!("{a}:17: error: rule \"tail\": uid_tail \"12\" is not a digit 0-9"),
+        format!("{a}:18: error: rule \"tail\": unknown version \"canry\""),
+        format!("{a}:20: error: rule \"regex\": path_regex \"(\" is invalid: unclosed group"),
+        format!("{a}:23: error: rule \"zero\": split weights sum to 0"),
+        format!("{a}:24: error: rule \"tail\" is defined twice (first at {a}:16)"),
+        format!("{a}:26: error: rule #5: unknown field `whn`, expected one of `name`, `when`, `version`, `split`"),
+        format!("{a}:31: warning: rule \"late\" is unreachable: rule \"everyone\" above it has no conditions and always decides"),
+        format!("{b}:2: error: version \"canary\" is defined twice (first at {a}:3)"),
+        format!("{b}:6: error: service \"api\": path_prefix \"api\" must start with /"),
+        format!("{b}:8: error: service \"api\" group \"stable\": peer \"not-an-address\" is not host:port"),
+        format!("{b}:8: error: service \"api\" group \"stable\": lb \"fastest\" is neither round_robin nor consistent"),
+        format!("{b}:8: error: service \"api\" group \"stable\": health_check type \"udp\" is neither http nor tcp"),
+        "graygate check: 16 error(s)".to_string(),
+    ];
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines, expected, "full stderr:\n{stderr}");
+}
+
+#[test]
+fn check_reports_a_config_file_error_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("graygate.yaml");
+    std::fs::write(
+        &conf,
+        "listen: [\"127.0.0.1:8080\"]\nrules: rules\nthreads: 4\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = graygate(&["check", "-c", conf.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.ends_with(":3: error: unknown field `threads`, expected one of `listen`, `admin`, `rules`, `redis`, `cookie_secret_env`, `server`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn explain_prints_every_rule_and_the_decision() {
+    let (code, stdout, stderr) = graygate(&[
+        "explain",
+        "-c",
+        "conf/graygate.yaml",
+        "--uid",
+        "13",
+        "--host",
+        "www.example.com",
+        "--path",
+        "/api/orders",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let expected = "\
+facts: uid=13 tier=trial internal=false
+rules (generation 1):
+  1. no match    shield-paid              tier is trial, not paid
+  2. no match    internal-dev             header x-graygate-channel is absent
+  3. DECIDED     tail-30pct               canary
+  4. not reached ab-register
+  5. not reached anonymous-5pct
+decision: canary (rule tail-30pct)
+service: api, group canary: 127.0.0.1:18002
+";
+    assert_eq!(stdout, expected);
+
+    let (code, stdout, _) = graygate(&[
+        "explain",
+        "-c",
+        "conf/graygate.yaml",
+        "--uid",
+        "10001",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    assert_eq!(report["version"], "stable");
+    assert_eq!(report["rule"], "shield-paid");
+    assert_eq!(report["tier"], "paid");
+    assert_eq!(report["steps"][0]["outcome"], "decided");
+    assert_eq!(report["steps"][1]["outcome"], "not_reached");
+}

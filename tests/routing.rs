@@ -1,0 +1,763 @@
+//! End-to-end routing: rules decide a version, the service is chosen by host and path, the
+//! version's group serves, failures fall back to the default version (SPEC 2.2 and 3).
+//!
+//! Every test runs the real server in-process against real loopback backends. A backend
+//! answers with its own name, so the body tells which group served; it echoes the
+//! `X-Graygate-Version` / `X-Graygate-Rule` it received as `X-Seen-Version` / `X-Seen-Rule`,
+//! which tell what graygate decided.
+
+mod support;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::graygate::Graygate;
+use support::{assert_eventually, get, http_request, Backend, Response};
+
+const HOST: &str = "www.example.com";
+
+const VERSIONS: &str = "versions:\n  stable: {}\n  canary: {}\ndefault: stable\n";
+
+const IDENTITY: &str = "identity:\n  uid: [cookie:uid, header:X-User-Id]\n  tier:\n    sources: [cookie:tier]\n    paid_uids: [10001]\n";
+
+/// shield-paid, then tails 1, 2, 3 to canary; everyone else gets the default (stable).
+const TAIL_RULES: &str = "rules:\n  - name: shield-paid\n    when: { tier: paid }\n    version: stable\n  - name: tail-30pct\n    when: { uid_tail: [1, 2, 3] }\n    version: canary\n";
+
+const HEALTH_CHECK: &str =
+    "health_check: { type: http, path: /healthz, interval: 200ms, timeout: 200ms }";
+
+/// One group line of a service: `version: { peers: [...] }`, optionally health checked.
+fn group(version: &str, peers: &[&Backend], health_check: bool) -> String {
+    let peers: Vec<String> = peers.iter().map(|b| format!("\"{}\"", b.addr())).collect();
+    let hc = if health_check {
+        format!(", {HEALTH_CHECK}")
+    } else {
+        String::new()
+    };
+    format!("      {version}: {{ peers: [{}]{hc} }}\n", peers.join(", "))
+}
+
+/// One service; `hosts` is a YAML flow list such as `["*"]`.
+fn service(name: &str, hosts: &str, path_prefix: &str, groups: &[String]) -> String {
+    format!(
+        "  {name}:\n    hosts: {hosts}\n    path_prefix: {path_prefix}\n    groups:\n{}",
+        groups.concat()
+    )
+}
+
+/// A complete rules file: stable/canary versions, [`IDENTITY`], the services, then `rules`.
+fn rules_yaml(services: &[String], rules: &str) -> String {
+    format!(
+        "{VERSIONS}{IDENTITY}services:\n{}{rules}",
+        services.concat()
+    )
+}
+
+/// The usual single service `web` for any host, with a stable and a canary group.
+fn web_rules(stable: &Backend, canary: &Backend, health_check: bool, rules: &str) -> String {
+    rules_yaml(
+        &[service(
+            "web",
+            "[\"*\"]",
+            "/",
+            &[
+                group("stable", &[stable], health_check),
+                group("canary", &[canary], health_check),
+            ],
+        )],
+        rules,
+    )
+}
+
+/// A short description of a response for assertion messages.
+fn describe(r: &Response) -> String {
+    format!(
+        "status {} body {:?} X-Seen-Version {:?} X-Seen-Rule {:?}",
+        r.status,
+        r.body_text(),
+        r.header_all("x-seen-version"),
+        r.header_all("x-seen-rule")
+    )
+}
+
+/// Asserts a 200 from the backend named `body`, with the decided `version` and `rule`.
+fn assert_served(r: &Response, body: &str, version: &str, rule: &str, what: &str) {
+    let ok = r.status == 200
+        && r.body_text() == body
+        && r.header_all("x-seen-version") == [version]
+        && r.header_all("x-seen-rule") == [rule];
+    assert!(
+        ok,
+        "{what}: expected 200 from backend {body:?} with decided version {version:?} by rule \
+         {rule:?}, got {}",
+        describe(r)
+    );
+}
+
+/// Asserts a JSON error response with the given status (`{"status": status, ...}`).
+fn assert_json_error(r: &Response, status: u16, what: &str) {
+    assert_eq!(r.status, status, "{what}: {}", describe(r));
+    let content_type = r.header("content-type").unwrap_or_default();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{what}: expected Content-Type application/json, got {content_type:?}"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("{what}: body is not JSON ({e}): {:?}", r.body_text()));
+    assert_eq!(
+        body["status"],
+        serde_json::json!(status),
+        "{what}: JSON body {body} lacks \"status\":{status}"
+    );
+}
+
+fn scrape(gg: &Graygate) -> String {
+    let r = get(gg.admin, "127.0.0.1", "/metrics", &[]);
+    assert_eq!(r.status, 200, "GET /metrics on the admin listener");
+    r.body_text()
+}
+
+/// The sum of the samples of `name` whose labels include every pair of `labels`, or `None`
+/// when no sample matches (Prometheus text format; label values never hold `,` or `"` here).
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.strip_suffix('}').unwrap_or(rest)),
+            None => (series, ""),
+        };
+        if metric_name != name {
+            continue;
+        }
+        let pairs: Vec<(&str, &str)> = label_text
+            .split(',')
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+            .collect();
+        if labels.iter().all(|want| pairs.contains(want)) {
+            let v: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad sample value in metrics line {line:?}"));
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// Does uid `n` fall in the tail-30pct rule (last digit 1, 2 or 3)?
+fn tail_version(n: u64) -> &'static str {
+    if matches!(n % 10, 1..=3) {
+        "canary"
+    } else {
+        "stable"
+    }
+}
+
+#[test]
+fn uid_tails_1_2_3_reach_canary_others_stable() {
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    let gg = Graygate::start(&web_rules(&stable, &canary, false, TAIL_RULES));
+
+    for n in 0..=99u64 {
+        let uid = n.to_string();
+        let cookie = format!("uid={n}");
+        // The uid sources are [cookie:uid, header:X-User-Id]: the first present wins, so a
+        // header uid with another tail beside the cookie must not change the decision.
+        let other = (n + 1).to_string();
+        let (source, headers): (&str, Vec<(&str, &[u8])>) = match n % 3 {
+            0 => ("cookie", vec![("Cookie", cookie.as_bytes())]),
+            1 => ("header", vec![("X-User-Id", uid.as_bytes())]),
+            _ => (
+                "cookie beside another header uid",
+                vec![
+                    ("Cookie", cookie.as_bytes()),
+                    ("X-User-Id", other.as_bytes()),
+                ],
+            ),
+        };
+        let r = get(gg.proxy, HOST, "/", &headers);
+        let (version, rule) = match tail_version(n) {
+            "canary" => ("canary", "tail-30pct"),
+            _ => ("stable", "default"),
+        };
+        assert_served(&r, version, version, rule, &format!("uid {n} via {source}"));
+    }
+    assert_eq!(canary.requests(), 30, "exactly the 30 uids with tail 1/2/3");
+    assert_eq!(stable.requests(), 70, "the 70 other uids");
+
+    // 10001 ends in 1 but is in paid_uids: shielded.
+    let r = get(gg.proxy, HOST, "/", &[("X-User-Id", b"10001")]);
+    assert_served(&r, "stable", "stable", "shield-paid", "paid uid 10001");
+    let r = get(gg.proxy, HOST, "/", &[("Cookie", b"uid=10001")]);
+    assert_served(
+        &r,
+        "stable",
+        "stable",
+        "shield-paid",
+        "paid uid 10001 (cookie)",
+    );
+
+    // A user paid by the tier cookie (tier.sources: [cookie:tier]) is shielded too.
+    let r = get(gg.proxy, HOST, "/", &[("Cookie", b"uid=13; tier=paid")]);
+    assert_served(
+        &r,
+        "stable",
+        "stable",
+        "shield-paid",
+        "uid 13, Cookie tier=paid",
+    );
+    let r = get(
+        gg.proxy,
+        HOST,
+        "/",
+        &[("Cookie", b"tier=paid"), ("X-User-Id", b"21")],
+    );
+    assert_served(
+        &r,
+        "stable",
+        "stable",
+        "shield-paid",
+        "uid 21, Cookie tier=paid",
+    );
+    // ... while tier=trial changes nothing.
+    let r = get(gg.proxy, HOST, "/", &[("Cookie", b"uid=13; tier=trial")]);
+    assert_served(
+        &r,
+        "canary",
+        "canary",
+        "tail-30pct",
+        "uid 13, Cookie tier=trial",
+    );
+}
+
+#[test]
+fn split_30_70_over_10000_uids_is_within_1_5_points() {
+    const USERS: u64 = 10_000;
+    const WORKERS: u64 = 8;
+    const FIRST_UID: u64 = 100_000;
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    let rules =
+        "rules:\n  - name: ramp\n    split: { by: uid, weights: { canary: 30, stable: 70 } }\n";
+    let gg = Graygate::start(&web_rules(&stable, &canary, false, rules));
+    let proxy = gg.proxy;
+
+    let started = Instant::now();
+    let mut first: Vec<(u64, Response)> = thread::scope(|s| {
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|w| {
+                s.spawn(move || {
+                    (FIRST_UID + w..FIRST_UID + USERS)
+                        .step_by(WORKERS as usize)
+                        .map(|uid| {
+                            let id = uid.to_string();
+                            (uid, get(proxy, HOST, "/", &[("X-User-Id", id.as_bytes())]))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|h| h.join().expect("a request worker panicked (see above)"))
+            .collect()
+    });
+    let elapsed = started.elapsed();
+    first.sort_by_key(|(uid, _)| *uid);
+    assert_eq!(first.len() as u64, USERS);
+
+    for (uid, r) in &first {
+        let version = r.body_text();
+        assert!(
+            version == "canary" || version == "stable",
+            "uid {uid}: {}",
+            describe(r)
+        );
+        assert_served(r, &version, &version, "ramp", &format!("uid {uid}"));
+    }
+    let on_canary = first.iter().filter(|(_, r)| r.body == b"canary").count();
+    let share = on_canary as f64 * 100.0 / USERS as f64;
+    assert!(
+        (28.5..=31.5).contains(&share),
+        "split canary:30/stable:70 put {on_canary} of {USERS} uids ({share:.2}%) on canary; \
+         expected 30 +- 1.5 points (sent in {elapsed:?})"
+    );
+    assert_eq!(canary.requests(), on_canary, "canary backend request count");
+    assert_eq!(
+        stable.requests() as u64,
+        USERS - on_canary as u64,
+        "stable backend request count"
+    );
+
+    // Sticky per user: the same uid decides the same, even from another source (cookie).
+    for (uid, r) in first.iter().step_by((USERS / 200) as usize) {
+        let cookie = format!("uid={uid}");
+        let again = get(gg.proxy, HOST, "/", &[("Cookie", cookie.as_bytes())]);
+        let version = r.body_text();
+        assert_served(
+            &again,
+            &version,
+            &version,
+            "ramp",
+            &format!("uid {uid} sent again (first time it got {version})"),
+        );
+    }
+}
+
+#[test]
+fn same_decision_across_web_and_api_services() {
+    let web_stable = Backend::start("web-stable");
+    let web_canary = Backend::start("web-canary");
+    let api_stable = Backend::start("api-stable");
+    let api_canary = Backend::start("api-canary");
+    let gg = Graygate::start(&rules_yaml(
+        &[
+            service(
+                "web",
+                "[\"*\"]",
+                "/",
+                &[
+                    group("stable", &[&web_stable], false),
+                    group("canary", &[&web_canary], false),
+                ],
+            ),
+            service(
+                "api",
+                "[\"*\"]",
+                "/api",
+                &[
+                    group("stable", &[&api_stable], false),
+                    group("canary", &[&api_canary], false),
+                ],
+            ),
+        ],
+        TAIL_RULES,
+    ));
+
+    for n in 0..50u64 {
+        let uid = n.to_string();
+        let headers = [("X-User-Id", uid.as_bytes())];
+        let web = get(gg.proxy, HOST, "/", &headers);
+        let api = get(gg.proxy, HOST, "/api/x", &headers);
+        let web_version = web.body_text().strip_prefix("web-").map(str::to_owned);
+        let api_version = api.body_text().strip_prefix("api-").map(str::to_owned);
+        assert!(
+            web.status == 200 && web_version.is_some(),
+            "uid {n}: / must be served by a web backend, got {}",
+            describe(&web)
+        );
+        assert!(
+            api.status == 200 && api_version.is_some(),
+            "uid {n}: /api/x must be served by an api backend, got {}",
+            describe(&api)
+        );
+        assert_eq!(
+            web_version,
+            api_version,
+            "uid {n}: web and api must serve the same version (web: {}; api: {})",
+            describe(&web),
+            describe(&api)
+        );
+        let expected = tail_version(n);
+        assert_eq!(web_version.as_deref(), Some(expected), "uid {n}: version");
+        assert_eq!(web.header_all("x-seen-version"), [expected], "uid {n} on /");
+        assert_eq!(
+            api.header_all("x-seen-version"),
+            [expected],
+            "uid {n} on /api/x"
+        );
+    }
+    assert_eq!(
+        web_stable.requests() + web_canary.requests(),
+        50,
+        "web requests"
+    );
+    assert_eq!(
+        api_stable.requests() + api_canary.requests(),
+        50,
+        "api requests"
+    );
+    assert_eq!(
+        web_canary.requests(),
+        15,
+        "uids 0..50 with tail 1/2/3 on web"
+    );
+    assert_eq!(
+        api_canary.requests(),
+        15,
+        "uids 0..50 with tail 1/2/3 on api"
+    );
+}
+
+#[test]
+fn canary_killed_goes_to_stable_without_failed_requests() {
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    let gg = Graygate::start(&web_rules(&stable, &canary, true, TAIL_RULES));
+    let uid13: [(&str, &[u8]); 1] = [("X-User-Id", b"13")];
+    let uid4: [(&str, &[u8]); 1] = [("X-User-Id", b"4")];
+    let fallbacks = |text: &str, reason: &str| {
+        metric(
+            text,
+            "graygate_fallbacks_total",
+            &[
+                ("service", "web"),
+                ("from", "canary"),
+                ("to", "stable"),
+                ("reason", reason),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    let peer_health = |version: &str, peer: &Backend| {
+        let peer = peer.addr().to_string();
+        metric(
+            &scrape(&gg),
+            "graygate_upstream_peer_healthy",
+            &[("service", "web"), ("version", version), ("peer", &peer)],
+        )
+    };
+
+    let r = get(gg.proxy, HOST, "/", &uid13);
+    assert_served(
+        &r,
+        "canary",
+        "canary",
+        "tail-30pct",
+        "uid 13 before the kill",
+    );
+    let text = scrape(&gg);
+    let before = fallbacks(&text, "connect") + fallbacks(&text, "unhealthy");
+
+    canary.stop();
+    let started = Instant::now();
+    let (mut sent, mut failed) = (0, Vec::new());
+    while started.elapsed() < Duration::from_secs(2) {
+        let r = get(gg.proxy, HOST, "/", &uid13);
+        sent += 1;
+        if r.status != 200 || r.body_text() != "stable" {
+            failed.push(format!(
+                "#{sent} at {:?}: {}",
+                started.elapsed(),
+                describe(&r)
+            ));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests for uid 13 after the canary was killed were not answered 200 \
+         by stable; first ones: {:#?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(sent >= 10, "only {sent} requests went through in 2 s");
+
+    let text = scrape(&gg);
+    let after = fallbacks(&text, "connect") + fallbacks(&text, "unhealthy");
+    assert!(
+        after > before,
+        "graygate_fallbacks_total{{service=\"web\",from=\"canary\",to=\"stable\",\
+         reason=\"connect\"|\"unhealthy\"}} did not rise ({before} -> {after}); metrics:\n{text}"
+    );
+
+    // The health check (every 200 ms) has noticed by now; the group is skipped up front.
+    assert_eventually(
+        Duration::from_secs(3),
+        "graygate_upstream_peer_healthy of the killed canary peer is 0",
+        || peer_health("canary", &canary) == Some(0.0),
+    );
+    let unhealthy_before = fallbacks(&scrape(&gg), "unhealthy");
+    let r = get(gg.proxy, HOST, "/", &uid13);
+    assert_eq!(
+        (r.status, r.body_text()),
+        (200, "stable".to_string()),
+        "uid 13 once the canary is marked unhealthy: {}",
+        describe(&r)
+    );
+    let unhealthy_after = fallbacks(&scrape(&gg), "unhealthy");
+    assert!(
+        unhealthy_after > unhealthy_before,
+        "a request decided for the unhealthy canary group must count a fallback with \
+         reason=\"unhealthy\" ({unhealthy_before} -> {unhealthy_after})"
+    );
+
+    // Nothing healthy left: 503 with a JSON body, before and after the health check notices.
+    stable.stop();
+    let r = get(gg.proxy, HOST, "/", &uid13);
+    assert_json_error(&r, 503, "uid 13 (canary) with every peer down");
+    let r = get(gg.proxy, HOST, "/", &uid4);
+    assert_json_error(&r, 503, "uid 4 (stable) with every peer down");
+    assert_eventually(
+        Duration::from_secs(3),
+        "graygate_upstream_peer_healthy of the killed stable peer is 0",
+        || peer_health("stable", &stable) == Some(0.0),
+    );
+    let r = get(gg.proxy, HOST, "/", &uid13);
+    assert_json_error(&r, 503, "uid 13, every peer marked unhealthy");
+    let r = get(gg.proxy, HOST, "/", &uid4);
+    assert_json_error(&r, 503, "uid 4, every peer marked unhealthy");
+}
+
+#[test]
+fn peer_retry_within_group() {
+    let stable = Backend::start("stable-live");
+    let canary = Backend::start("canary-live");
+    let dead_stable = Backend::start("stable-dead");
+    let dead_canary = Backend::start("canary-dead");
+    dead_stable.stop();
+    dead_canary.stop();
+    // No health check: only the connect failure tells graygate that a peer is down.
+    let gg = Graygate::start(&rules_yaml(
+        &[service(
+            "web",
+            "[\"*\"]",
+            "/",
+            &[
+                group("stable", &[&dead_stable, &stable], false),
+                group("canary", &[&dead_canary, &canary], false),
+            ],
+        )],
+        TAIL_RULES,
+    ));
+
+    for i in 0..20 {
+        let r = get(gg.proxy, HOST, "/", &[("X-User-Id", b"4")]);
+        assert_served(
+            &r,
+            "stable-live",
+            "stable",
+            "default",
+            &format!("uid 4, #{i}"),
+        );
+    }
+    assert_eq!(
+        stable.requests(),
+        20,
+        "every stable request on the live peer"
+    );
+    // A canary request is retried on the canary group's other peer before any fallback.
+    for i in 0..20 {
+        let r = get(gg.proxy, HOST, "/", &[("X-User-Id", b"13")]);
+        assert_served(
+            &r,
+            "canary-live",
+            "canary",
+            "tail-30pct",
+            &format!("uid 13, #{i}"),
+        );
+    }
+    assert_eq!(
+        canary.requests(),
+        20,
+        "every canary request on the live canary peer"
+    );
+    assert_eq!(
+        stable.requests(),
+        20,
+        "no canary request fell back to stable"
+    );
+
+    let text = scrape(&gg);
+    for version in ["stable", "canary"] {
+        let errors = metric(
+            &text,
+            "graygate_upstream_errors_total",
+            &[
+                ("service", "web"),
+                ("version", version),
+                ("kind", "connect"),
+            ],
+        )
+        .unwrap_or(0.0);
+        assert!(
+            errors >= 1.0,
+            "the dead {version} peer was never tried (round robin over two peers, 20 \
+             requests): upstream_errors_total{{kind=\"connect\"}} = {errors}"
+        );
+    }
+    let fallbacks = metric(&text, "graygate_fallbacks_total", &[]).unwrap_or(0.0);
+    assert_eq!(
+        fallbacks, 0.0,
+        "no fallback while a live canary peer remains"
+    );
+}
+
+/// A raw GET with the given header lines (arbitrary bytes) and `Connection: close`.
+fn raw_get(gg: &Graygate, header_lines: &[&[u8]]) -> Response {
+    let mut raw = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n").into_bytes();
+    for line in header_lines {
+        raw.extend_from_slice(line);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"Connection: close\r\n\r\n");
+    http_request(gg.proxy, &raw).unwrap_or_else(|e| {
+        panic!(
+            "request {:?} failed: {e} (did graygate drop the connection?)",
+            String::from_utf8_lossy(&raw)
+        )
+    })
+}
+
+#[test]
+fn bad_input_is_routed_to_default_without_panic() {
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    let gg = Graygate::start(&web_rules(&stable, &canary, false, TAIL_RULES));
+
+    let long_uid = format!("X-User-Id: {}1", "9".repeat(10 * 1024 - 1));
+    let long_cookie = format!("Cookie: uid={}1", "9".repeat(10 * 1024 - 1));
+    let bad: [(&str, &[u8]); 9] = [
+        ("separators only", b"Cookie: ;;;=;uid"),
+        ("unterminated quote", b"Cookie: uid=\""),
+        ("non-UTF-8 cookie", b"Cookie: \xff\xfe=1; uid=\x80"),
+        ("empty cookie uid", b"Cookie: uid="),
+        ("non-numeric uid", b"X-User-Id: abc"),
+        ("10 KB uid ending in 1", long_uid.as_bytes()),
+        ("10 KB cookie uid ending in 1", long_cookie.as_bytes()),
+        ("non-UTF-8 uid header", b"X-User-Id: \xff\xfe13"),
+        ("uid with a space", b"X-User-Id: 1 3"),
+    ];
+    for (what, line) in bad {
+        let r = raw_get(&gg, &[line]);
+        assert_served(&r, "stable", "stable", "default", what);
+    }
+    assert_eq!(canary.requests(), 0, "no bad input reached canary");
+
+    // The server is alive and still routes a normal uid.
+    let r = get(gg.proxy, HOST, "/", &[("X-User-Id", b"13")]);
+    assert_served(
+        &r,
+        "canary",
+        "canary",
+        "tail-30pct",
+        "uid 13 after bad input",
+    );
+
+    // Client-sent routing headers are replaced by the decided ones (all copies, any case).
+    let r = raw_get(
+        &gg,
+        &[
+            b"X-Graygate-Version: canary",
+            b"x-graygate-VERSION: beta",
+            b"X-Graygate-Rule: forged",
+        ],
+    );
+    assert_served(&r, "stable", "stable", "default", "forged headers, no uid");
+    let seen = stable.last_request().expect("stable saw the request");
+    assert_eq!(seen.header_all("x-graygate-version"), ["stable"]);
+    assert_eq!(seen.header_all("x-graygate-rule"), ["default"]);
+
+    let r = raw_get(
+        &gg,
+        &[
+            b"X-User-Id: 13",
+            b"X-Graygate-Version: stable",
+            b"X-Graygate-Rule: forged",
+        ],
+    );
+    assert_served(
+        &r,
+        "canary",
+        "canary",
+        "tail-30pct",
+        "forged headers, uid 13",
+    );
+    assert_eq!(
+        canary.seen_versions().last().cloned(),
+        Some(vec!["canary".to_string()]),
+        "canary must see exactly one X-Graygate-Version, the decided one"
+    );
+    let seen = canary.last_request().expect("canary saw the request");
+    assert_eq!(seen.header_all("x-graygate-rule"), ["tail-30pct"]);
+}
+
+#[test]
+fn unknown_host_or_path_gets_json_404() {
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    let gg = Graygate::start(&rules_yaml(
+        &[service(
+            "app",
+            "[www.example.com]",
+            "/app",
+            &[
+                group("stable", &[&stable], false),
+                group("canary", &[&canary], false),
+            ],
+        )],
+        TAIL_RULES,
+    ));
+
+    let r = get(gg.proxy, "other.example.org", "/app/x", &[]);
+    assert_json_error(&r, 404, "Host other.example.org");
+    let r = get(
+        gg.proxy,
+        "other.example.org",
+        "/app/x",
+        &[("X-User-Id", b"13")],
+    );
+    assert_json_error(&r, 404, "Host other.example.org, uid 13");
+    let r = get(gg.proxy, HOST, "/", &[]);
+    assert_json_error(&r, 404, "www.example.com/ outside the /app prefix");
+    assert_eq!(stable.requests() + canary.requests(), 0, "nothing proxied");
+
+    let r = get(gg.proxy, HOST, "/app/x", &[]);
+    assert_served(&r, "stable", "stable", "default", "www.example.com/app/x");
+}
+
+#[test]
+fn host_and_longest_prefix_select_the_service() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let c = Backend::start("c");
+    let gg = Graygate::start(&rules_yaml(
+        &[
+            service(
+                "a",
+                "[www.example.com]",
+                "/",
+                &[group("stable", &[&a], false)],
+            ),
+            service(
+                "b",
+                "[\"*.example.com\"]",
+                "/shop",
+                &[group("stable", &[&b], false)],
+            ),
+            service(
+                "c",
+                "[\"*\"]",
+                "/shop/api",
+                &[group("stable", &[&c], false)],
+            ),
+        ],
+        "",
+    ));
+
+    let cases = [
+        ("www.example.com", "/", "a"),
+        ("www.example.com", "/about", "a"),
+        ("www.example.com", "/shop/x", "b"),
+        ("m.example.com", "/shop", "b"),
+        ("www.example.com", "/shop/api/x", "c"),
+        ("other.example.org", "/shop/api/x", "c"),
+        ("WWW.EXAMPLE.COM:8080", "/", "a"),
+        ("Www.Example.Com", "/shop/x", "b"),
+    ];
+    for (host, path, backend) in cases {
+        let r = get(gg.proxy, host, path, &[]);
+        assert_served(&r, backend, "stable", "default", &format!("{host}{path}"));
+    }
+    let r = get(gg.proxy, "m.example.com", "/", &[]);
+    assert_json_error(&r, 404, "m.example.com/ (no service for / on that host)");
+    let r = get(gg.proxy, "example.com", "/shop/x", &[]);
+    assert_json_error(
+        &r,
+        404,
+        "example.com/shop/x (*.example.com excludes the bare domain)",
+    );
+}
