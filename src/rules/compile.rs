@@ -155,6 +155,8 @@ struct Merged {
 struct Compiler {
     files: Vec<SourceFile>,
     diags: Diagnostics,
+    /// A file could not be parsed: what seems missing from the set may be in it.
+    unparsed_file: bool,
 }
 
 const NOT_YET: &str = "is not supported by this build yet";
@@ -213,6 +215,7 @@ impl Compiler {
             Err(e) => {
                 let path = self.files[index].path.clone();
                 crate::config::yaml_error(&mut self.diags, &path, &e);
+                self.unparsed_file = true;
                 return;
             }
         };
@@ -310,7 +313,7 @@ impl Compiler {
                 }
             },
             None => {
-                if let Some(file) = self.files.first() {
+                if let Some(file) = self.files.first().filter(|_| !self.unparsed_file) {
                     let path = file.path.clone();
                     self.diags.push(
                         Severity::Error,
@@ -327,7 +330,7 @@ impl Compiler {
         let services = self.services(&merged.services, &names, default, &versions);
         let rules = self.rules(merged.rules, &names, &versions);
         let goals = self.goals(merged.goals);
-        if versions.is_empty() && !self.files.is_empty() {
+        if versions.is_empty() && !self.files.is_empty() && !self.unparsed_file {
             let path = self.files[0].path.clone();
             self.diags.push(
                 Severity::Error,
@@ -1209,5 +1212,136 @@ fn resolve_peer(peer: &str) -> Result<Vec<SocketAddr>, String> {
             }
         }
         Err(e) => Err(format!("cannot be resolved: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::testing::diagnostics;
+
+    const HEAD: &str = "versions: { stable: {}, canary: {} }\ndefault: stable\nservices:\n  web:\n    hosts: [\"*\"]\n    groups: { stable: { peers: [\"127.0.0.1:1\"] } }\n";
+
+    fn with_rules(rules: &str) -> Vec<String> {
+        diagnostics(&format!("{HEAD}rules:\n{rules}"))
+    }
+
+    #[test]
+    fn features_of_later_releases_are_reported_not_ignored() {
+        assert_eq!(
+            with_rules("  - { name: a, version: $assigned }\n  - { name: c, version: $channel }\n  - { name: s, split: { by: random, sticky: true, weights: { canary: 1 } } }\n  - { name: ch, when: { channel: any }, version: canary }\n"),
+            vec![
+                "rules.yaml:8: error: rule \"a\": version $assigned is not supported by this build yet (it needs the assignment store)",
+                "rules.yaml:9: error: rule \"c\": version $channel is not supported by this build yet (it needs the channel cookie)",
+                "rules.yaml:10: error: rule \"s\": split sticky: true is not supported by this build yet (it needs the channel cookie)",
+                "rules.yaml:11: error: rule \"ch\": the channel condition is not supported by this build yet (it needs the channel cookie)",
+            ]
+        );
+        assert_eq!(
+            diagnostics(&format!("{HEAD}assignments: {{ key: \"gray:{{uid}}\" }}\nidentity: {{ tier: {{ redis_set: gray:paid }} }}\n")),
+            vec![
+                "rules.yaml:7: error: assignments: assignments is not supported by this build yet",
+                "rules.yaml:8: error: identity.tier.redis_set is not supported by this build yet",
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_default_and_default_group() {
+        assert_eq!(
+            diagnostics("versions: { stable: {} }\n"),
+            vec!["rules.yaml: error: default: missing; name the version that serves when no rule decides"]
+        );
+        assert_eq!(
+            diagnostics("versions: { stable: {}, canary: {} }\ndefault: stable\nservices:\n  web:\n    hosts: [\"*\"]\n    groups:\n      canary: { peers: [\"127.0.0.1:1\"] }\n"),
+            vec!["rules.yaml:6: error: service \"web\": no group for the default version \"stable\""]
+        );
+    }
+
+    #[test]
+    fn split_and_condition_values() {
+        assert_eq!(
+            with_rules("  - { name: s, split: { by: device, weights: { canary: -1, beta: 2 } } }\n  - { name: t, when: { tier: gold, uid_range: [9, 1], method: \"G T\", client_ip: [\"1.2.3\"], host: \"a*b\" }, version: canary }\n"),
+            vec![
+                "rules.yaml:8: error: rule \"s\": split by \"device\" is not uid, client_ip, random, cookie:NAME or header:NAME",
+                "rules.yaml:8: error: rule \"s\": weight -1 of \"canary\" is not between 0 and 1000000",
+                "rules.yaml:8: error: rule \"s\": unknown version \"beta\"",
+                "rules.yaml:9: error: rule \"t\": host: \"a*b\" is not a host, \"*.suffix\" or \"*\"",
+                "rules.yaml:9: error: rule \"t\": method \"G T\" is not an HTTP method",
+                "rules.yaml:9: error: rule \"t\": client_ip: \"1.2.3\" is not a CIDR like 10.0.0.0/8",
+                "rules.yaml:9: error: rule \"t\": uid_range must be [min, max] with min <= max",
+                "rules.yaml:9: error: rule \"t\": tier \"gold\" is neither paid nor trial",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_action_is_required_and_unique() {
+        assert_eq!(
+            with_rules("  - { name: none }\n  - { name: both, version: canary, split: { by: uid, weights: { canary: 1 } } }\n"),
+            vec![
+                "rules.yaml:8: error: rule \"none\": needs exactly one action: version or split",
+                "rules.yaml:9: error: rule \"both\": needs exactly one action: version or split",
+            ]
+        );
+    }
+
+    #[test]
+    fn overlapping_services_are_rejected() {
+        let yaml = "versions: { stable: {} }\ndefault: stable\nservices:\n  a:\n    hosts: [www.example.com]\n    groups: { stable: { peers: [\"127.0.0.1:1\"] } }\n  b:\n    hosts: [WWW.example.com]\n    groups: { stable: { peers: [\"127.0.0.1:2\"] } }\n";
+        assert_eq!(
+            diagnostics(yaml),
+            vec!["rules.yaml:8: error: service \"b\": host \"www.example.com\" with path_prefix \"/\" is already served by service \"a\""]
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_key_and_bad_yaml_have_lines() {
+        assert_eq!(
+            diagnostics(&format!("{HEAD}rulez: []\n")),
+            vec!["rules.yaml:7: error: unknown field `rulez`, expected one of `versions`, `default`, `identity`, `assignments`, `services`, `rules`, `goals`, `channels`, `address_api`"]
+        );
+        let bad = diagnostics("versions: { stable: {}\ndefault: stable\n");
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].starts_with("rules.yaml:2: error: "), "{bad:?}");
+    }
+
+    #[test]
+    fn names_defined_twice_across_files() {
+        let sources = [
+            RuleSource { path: "a.yaml".into(), text: HEAD.into() },
+            RuleSource { path: "b.yaml".into(), text: "default: canary\nservices:\n  web:\n    hosts: [\"*\"]\n    groups: { stable: { peers: [\"127.0.0.1:1\"] } }\n".into() },
+        ];
+        let errors: Vec<String> = compile(&sources)
+            .unwrap_err()
+            .items()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(
+            errors,
+            vec![
+                "b.yaml:1: error: default is defined twice (first at a.yaml:2)",
+                "b.yaml:3: error: service \"web\" is defined twice (first at a.yaml:4)",
+            ]
+        );
+    }
+
+    #[test]
+    fn compiled_split_lays_buckets_out_in_order() {
+        let model = crate::rules::testing::model(&format!(
+            "{HEAD}rules:\n  - {{ name: s, split: {{ by: uid, weights: {{ canary: 30, stable: 70 }} }} }}\n"
+        ));
+        let Action::Split(split) = &model.rules.rules[0].action else {
+            panic!("a split")
+        };
+        assert_eq!(split.total, 100);
+        assert_eq!(&*split.salt, b"s");
+        let arms: Vec<(&str, u64)> = split
+            .arms
+            .iter()
+            .map(|a| (&*model.rules.version(a.version).name, a.upper))
+            .collect();
+        assert_eq!(arms, vec![("canary", 30), ("stable", 100)]);
     }
 }
