@@ -22,8 +22,8 @@ use xxhash_rust::xxh64::xxh64;
 use crate::facts::bucket::ip_text;
 use crate::facts::{Facts, RequestView};
 use crate::metrics::{status_class, FallbackReason, Metrics};
-use crate::rules::decide;
 use crate::rules::decide::Decision;
+use crate::rules::decide::{decide, holds};
 use crate::rules::model::VersionId;
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::upstream::{Service, ServiceId};
@@ -32,6 +32,9 @@ use crate::upstream::{Service, ServiceId};
 pub const VERSION_HEADER: &str = "x-graygate-version";
 /// Request header carrying the deciding rule upstream.
 pub const RULE_HEADER: &str = "x-graygate-rule";
+
+/// How long an idle downstream keep-alive connection is kept.
+const DOWNSTREAM_KEEPALIVE_SECS: u64 = 60;
 
 /// The proxy service.
 pub struct Gateway {
@@ -108,6 +111,8 @@ pub struct Route {
     pub failed_peers: Vec<SocketAddr>,
     /// The peer chosen last.
     pub peer: Option<SocketAddr>,
+    /// Bit `i` set: the request meets goal `i`'s conditions (a conversion if the status fits).
+    pub goal_attempts: u64,
 }
 
 /// Per-request state.
@@ -237,6 +242,13 @@ impl ProxyHttp for Gateway {
         };
         let facts = Facts::gather(&snapshot.rules.identity, view);
         let decision = decide(&snapshot.rules, &facts);
+        let goal_attempts = snapshot
+            .rules
+            .goals
+            .iter()
+            .enumerate()
+            .filter(|(_, goal)| goal.conditions.iter().all(|c| holds(c, &facts)))
+            .fold(0u64, |bits, (i, _)| bits | 1 << i);
         let balance_key = match (&facts.uid, facts.req.client_ip) {
             (Some(uid), _) => xxh64(uid.text.as_bytes(), 0),
             (None, Some(ip)) => xxh64(ip_text(ip, &mut [0u8; 48]), 0),
@@ -250,7 +262,9 @@ impl ProxyHttp for Gateway {
             balance_key,
             failed_peers: Vec::new(),
             peer: None,
+            goal_attempts,
         });
+        session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
         Ok(false)
     }
 
@@ -411,6 +425,15 @@ impl ProxyHttp for Gateway {
                 &rules.version(route.decision.version).name,
             ])
             .inc();
+        let decided = &*rules.version(route.decision.version).name;
+        for (i, goal) in rules.goals.iter().enumerate() {
+            if route.goal_attempts & (1 << i) != 0 && goal.status.matches(status) {
+                self.metrics
+                    .goals
+                    .with_label_values(&[&*goal.name, decided])
+                    .inc();
+            }
+        }
         if status > 0 {
             self.metrics
                 .requests

@@ -159,6 +159,9 @@ struct Compiler {
     unparsed_file: bool,
 }
 
+/// Goals are tracked per request in a 64-bit set.
+pub const MAX_GOALS: usize = 64;
+
 const NOT_YET: &str = "is not supported by this build yet";
 
 impl Compiler {
@@ -1154,6 +1157,13 @@ impl Compiler {
                         ),
                     ),
                 }
+            }
+            if goals.len() == MAX_GOALS {
+                self.error(
+                    &at,
+                    format!("{what}: at most {MAX_GOALS} goals are supported"),
+                );
+                continue;
             }
             goals.push(Goal {
                 name: Arc::from(g.name.as_str()),
