@@ -8,6 +8,8 @@
 
 mod support;
 
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,9 @@ use support::graygate::Graygate;
 use support::{assert_eventually, get, http_request, Backend, Response};
 
 const HOST: &str = "www.example.com";
+
+/// Request headers as [`get`] takes them.
+type Headers<'a> = &'a [(&'a str, &'a [u8])];
 
 const VERSIONS: &str = "versions:\n  stable: {}\n  canary: {}\ndefault: stable\n";
 
@@ -80,8 +85,13 @@ fn describe(r: &Response) -> String {
     )
 }
 
+/// Asserts a 200 from the backend named `version`, decided by `rule`.
+fn assert_served(r: &Response, version: &str, rule: &str, what: &str) {
+    assert_served_by(r, version, version, rule, what);
+}
+
 /// Asserts a 200 from the backend named `body`, with the decided `version` and `rule`.
-fn assert_served(r: &Response, body: &str, version: &str, rule: &str, what: &str) {
+fn assert_served_by(r: &Response, body: &str, version: &str, rule: &str, what: &str) {
     let ok = r.status == 200
         && r.body_text() == body
         && r.header_all("x-seen-version") == [version]
@@ -147,12 +157,12 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     found
 }
 
-/// Does uid `n` fall in the tail-30pct rule (last digit 1, 2 or 3)?
-fn tail_version(n: u64) -> &'static str {
+/// Version and rule [`TAIL_RULES`] decide for uid `n` (not a paid uid).
+fn tail_decision(n: u64) -> (&'static str, &'static str) {
     if matches!(n % 10, 1..=3) {
-        "canary"
+        ("canary", "tail-30pct")
     } else {
-        "stable"
+        ("stable", "default")
     }
 }
 
@@ -180,58 +190,100 @@ fn uid_tails_1_2_3_reach_canary_others_stable() {
             ),
         };
         let r = get(gg.proxy, HOST, "/", &headers);
-        let (version, rule) = match tail_version(n) {
-            "canary" => ("canary", "tail-30pct"),
-            _ => ("stable", "default"),
-        };
-        assert_served(&r, version, version, rule, &format!("uid {n} via {source}"));
+        let (version, rule) = tail_decision(n);
+        assert_served(&r, version, rule, &format!("uid {n} via {source}"));
     }
     assert_eq!(canary.requests(), 30, "exactly the 30 uids with tail 1/2/3");
     assert_eq!(stable.requests(), 70, "the 70 other uids");
 
-    // 10001 ends in 1 but is in paid_uids: shielded.
-    let r = get(gg.proxy, HOST, "/", &[("X-User-Id", b"10001")]);
-    assert_served(&r, "stable", "stable", "shield-paid", "paid uid 10001");
-    let r = get(gg.proxy, HOST, "/", &[("Cookie", b"uid=10001")]);
-    assert_served(
-        &r,
-        "stable",
-        "stable",
-        "shield-paid",
-        "paid uid 10001 (cookie)",
-    );
+    // 10001 ends in 1 but is in paid_uids; a tier=paid cookie (tier.sources) pays too.
+    let cases: [(Headers, &str, &str); 5] = [
+        (&[("X-User-Id", b"10001")], "stable", "shield-paid"),
+        (&[("Cookie", b"uid=10001")], "stable", "shield-paid"),
+        (&[("Cookie", b"uid=13; tier=paid")], "stable", "shield-paid"),
+        (
+            &[("Cookie", b"tier=paid"), ("X-User-Id", b"21")],
+            "stable",
+            "shield-paid",
+        ),
+        (&[("Cookie", b"uid=13; tier=trial")], "canary", "tail-30pct"),
+    ];
+    for (headers, version, rule) in cases {
+        let r = get(gg.proxy, HOST, "/", headers);
+        let what: Vec<String> = headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v)))
+            .collect();
+        assert_served(&r, version, rule, &what.join(", "));
+    }
+}
 
-    // A user paid by the tier cookie (tier.sources: [cookie:tier]) is shielded too.
-    let r = get(gg.proxy, HOST, "/", &[("Cookie", b"uid=13; tier=paid")]);
-    assert_served(
-        &r,
-        "stable",
-        "stable",
-        "shield-paid",
-        "uid 13, Cookie tier=paid",
-    );
-    let r = get(
-        gg.proxy,
-        HOST,
-        "/",
-        &[("Cookie", b"tier=paid"), ("X-User-Id", b"21")],
-    );
-    assert_served(
-        &r,
-        "stable",
-        "stable",
-        "shield-paid",
-        "uid 21, Cookie tier=paid",
-    );
-    // ... while tier=trial changes nothing.
-    let r = get(gg.proxy, HOST, "/", &[("Cookie", b"uid=13; tier=trial")]);
-    assert_served(
-        &r,
-        "canary",
-        "canary",
-        "tail-30pct",
-        "uid 13, Cookie tier=trial",
-    );
+/// A keep-alive client connection to the proxy (10,000 requests on fresh connections cost
+/// twice as long in a debug build). Responses must carry `Content-Length`.
+struct KeepAlive {
+    addr: SocketAddr,
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    fn connect(addr: SocketAddr) -> KeepAlive {
+        let stream = TcpStream::connect(addr).expect("connect to the proxy");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set a read timeout");
+        stream.set_nodelay(true).expect("set TCP_NODELAY");
+        KeepAlive {
+            addr,
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// `GET /` with `X-User-Id: uid`; reconnects once if the server closed the connection.
+    fn get_uid(&mut self, uid: u64) -> Response {
+        self.try_get_uid(uid).unwrap_or_else(|_| {
+            *self = KeepAlive::connect(self.addr);
+            self.try_get_uid(uid)
+                .unwrap_or_else(|e| panic!("GET / for uid {uid} failed twice: {e}"))
+        })
+    }
+
+    fn try_get_uid(&mut self, uid: u64) -> io::Result<Response> {
+        let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+        let req = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nX-User-Id: {uid}\r\n\r\n");
+        self.reader.get_mut().write_all(req.as_bytes())?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let status = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            let trimmed = line.trim_end();
+            if trimmed.is_empty() {
+                break;
+            }
+            let (name, value) = trimmed
+                .split_once(':')
+                .ok_or_else(|| bad(format!("bad header line {trimmed:?}")))?;
+            headers.push((name.to_string(), value.trim().as_bytes().to_vec()));
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+            .ok_or_else(|| bad("response without Content-Length".into()))?;
+        let mut body = vec![0; len];
+        self.reader.read_exact(&mut body)?;
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
 }
 
 #[test]
@@ -251,12 +303,10 @@ fn split_30_70_over_10000_uids_is_within_1_5_points() {
         let workers: Vec<_> = (0..WORKERS)
             .map(|w| {
                 s.spawn(move || {
+                    let mut conn = KeepAlive::connect(proxy);
                     (FIRST_UID + w..FIRST_UID + USERS)
                         .step_by(WORKERS as usize)
-                        .map(|uid| {
-                            let id = uid.to_string();
-                            (uid, get(proxy, HOST, "/", &[("X-User-Id", id.as_bytes())]))
-                        })
+                        .map(|uid| (uid, conn.get_uid(uid)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -277,7 +327,7 @@ fn split_30_70_over_10000_uids_is_within_1_5_points() {
             "uid {uid}: {}",
             describe(r)
         );
-        assert_served(r, &version, &version, "ramp", &format!("uid {uid}"));
+        assert_served(r, &version, "ramp", &format!("uid {uid}"));
     }
     let on_canary = first.iter().filter(|(_, r)| r.body == b"canary").count();
     let share = on_canary as f64 * 100.0 / USERS as f64;
@@ -300,7 +350,6 @@ fn split_30_70_over_10000_uids_is_within_1_5_points() {
         let version = r.body_text();
         assert_served(
             &again,
-            &version,
             &version,
             "ramp",
             &format!("uid {uid} sent again (first time it got {version})"),
@@ -362,7 +411,7 @@ fn same_decision_across_web_and_api_services() {
             describe(&web),
             describe(&api)
         );
-        let expected = tail_version(n);
+        let expected = tail_decision(n).0;
         assert_eq!(web_version.as_deref(), Some(expected), "uid {n}: version");
         assert_eq!(web.header_all("x-seen-version"), [expected], "uid {n} on /");
         assert_eq!(
@@ -423,13 +472,7 @@ fn canary_killed_goes_to_stable_without_failed_requests() {
     };
 
     let r = get(gg.proxy, HOST, "/", &uid13);
-    assert_served(
-        &r,
-        "canary",
-        "canary",
-        "tail-30pct",
-        "uid 13 before the kill",
-    );
+    assert_served(&r, "canary", "tail-30pct", "uid 13 before the kill");
     let text = scrape(&gg);
     let before = fallbacks(&text, "connect") + fallbacks(&text, "unhealthy");
 
@@ -526,7 +569,7 @@ fn peer_retry_within_group() {
 
     for i in 0..20 {
         let r = get(gg.proxy, HOST, "/", &[("X-User-Id", b"4")]);
-        assert_served(
+        assert_served_by(
             &r,
             "stable-live",
             "stable",
@@ -542,7 +585,7 @@ fn peer_retry_within_group() {
     // A canary request is retried on the canary group's other peer before any fallback.
     for i in 0..20 {
         let r = get(gg.proxy, HOST, "/", &[("X-User-Id", b"13")]);
-        assert_served(
+        assert_served_by(
             &r,
             "canary-live",
             "canary",
@@ -623,19 +666,13 @@ fn bad_input_is_routed_to_default_without_panic() {
     ];
     for (what, line) in bad {
         let r = raw_get(&gg, &[line]);
-        assert_served(&r, "stable", "stable", "default", what);
+        assert_served(&r, "stable", "default", what);
     }
     assert_eq!(canary.requests(), 0, "no bad input reached canary");
 
     // The server is alive and still routes a normal uid.
     let r = get(gg.proxy, HOST, "/", &[("X-User-Id", b"13")]);
-    assert_served(
-        &r,
-        "canary",
-        "canary",
-        "tail-30pct",
-        "uid 13 after bad input",
-    );
+    assert_served(&r, "canary", "tail-30pct", "uid 13 after bad input");
 
     // Client-sent routing headers are replaced by the decided ones (all copies, any case).
     let r = raw_get(
@@ -646,7 +683,7 @@ fn bad_input_is_routed_to_default_without_panic() {
             b"X-Graygate-Rule: forged",
         ],
     );
-    assert_served(&r, "stable", "stable", "default", "forged headers, no uid");
+    assert_served(&r, "stable", "default", "forged headers, no uid");
     let seen = stable.last_request().expect("stable saw the request");
     assert_eq!(seen.header_all("x-graygate-version"), ["stable"]);
     assert_eq!(seen.header_all("x-graygate-rule"), ["default"]);
@@ -659,13 +696,7 @@ fn bad_input_is_routed_to_default_without_panic() {
             b"X-Graygate-Rule: forged",
         ],
     );
-    assert_served(
-        &r,
-        "canary",
-        "canary",
-        "tail-30pct",
-        "forged headers, uid 13",
-    );
+    assert_served(&r, "canary", "tail-30pct", "forged headers, uid 13");
     assert_eq!(
         canary.seen_versions().last().cloned(),
         Some(vec!["canary".to_string()]),
@@ -706,7 +737,7 @@ fn unknown_host_or_path_gets_json_404() {
     assert_eq!(stable.requests() + canary.requests(), 0, "nothing proxied");
 
     let r = get(gg.proxy, HOST, "/app/x", &[]);
-    assert_served(&r, "stable", "stable", "default", "www.example.com/app/x");
+    assert_served(&r, "stable", "default", "www.example.com/app/x");
 }
 
 #[test]
@@ -750,7 +781,7 @@ fn host_and_longest_prefix_select_the_service() {
     ];
     for (host, path, backend) in cases {
         let r = get(gg.proxy, host, path, &[]);
-        assert_served(&r, backend, "stable", "default", &format!("{host}{path}"));
+        assert_served_by(&r, backend, "stable", "default", &format!("{host}{path}"));
     }
     let r = get(gg.proxy, "m.example.com", "/", &[]);
     assert_json_error(&r, 404, "m.example.com/ (no service for / on that host)");
