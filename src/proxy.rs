@@ -28,7 +28,7 @@ use crate::rules::model::VersionId;
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::upstream::{Service, ServiceId};
 
-/// Request header carrying the decided version upstream.
+/// Request header carrying upstream the version whose group serves the request.
 pub const VERSION_HEADER: &str = "x-graygate-version";
 /// Request header carrying the deciding rule upstream.
 pub const RULE_HEADER: &str = "x-graygate-rule";
@@ -353,7 +353,8 @@ impl ProxyHttp for Gateway {
         let rules = &ctx.snapshot.rules;
         upstream.remove_header(VERSION_HEADER);
         upstream.remove_header(RULE_HEADER);
-        upstream.insert_header(VERSION_HEADER, &*rules.version(route.decision.version).name)?;
+        // The version of the build that serves: after a fallback, the default one.
+        upstream.insert_header(VERSION_HEADER, &*rules.version(route.serving).name)?;
         upstream.insert_header(RULE_HEADER, route.decision.rule_name(rules))?;
         if let Some(ip) = client_ip(session) {
             let mut buf = [0u8; 48];
