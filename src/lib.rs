@@ -20,6 +20,7 @@ pub mod explain;
 pub mod facts;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod snapshot;

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::diagnostics::Diagnostics;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
+use crate::reload::{ReloadTriggers, Reloader};
 use crate::snapshot::SnapshotStore;
 use crate::upstream::HealthChecker;
 
@@ -36,6 +37,8 @@ pub struct App {
     pub store: Arc<SnapshotStore>,
     /// Every exported series.
     pub metrics: Arc<Metrics>,
+    /// The admin API's bearer token, read from `admin.token_env`; `None` disables the API.
+    pub admin_token: Option<String>,
 }
 
 impl App {
@@ -47,10 +50,14 @@ impl App {
         metrics
             .rules_generation
             .set(store.current().generation as i64);
+        let admin_token = std::env::var(&config.admin.token_env)
+            .ok()
+            .filter(|t| !t.is_empty());
         Ok(App {
             config,
             store,
             metrics,
+            admin_token,
         })
     }
 
@@ -83,7 +90,23 @@ impl App {
         for addr in &self.config.listen {
             proxy.add_tcp(&addr.to_string());
         }
-        let admin_app = AdminApp::new(Arc::clone(&self.metrics), Arc::clone(&self.store));
+        let reloader = Arc::new(Reloader::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.metrics),
+        ));
+        let token = self.admin_token.clone();
+        if token.is_none() {
+            log::warn!(
+                "{} is not set: the admin API (rules, reload, explain) is disabled",
+                self.config.admin.token_env
+            );
+        }
+        let admin_app = AdminApp::new(
+            Arc::clone(&self.metrics),
+            Arc::clone(&reloader),
+            token,
+            &self.config.admin.token_env,
+        );
         let mut admin = Service::new("graygate admin".to_string(), HttpServer::new_app(admin_app));
         admin.threads = Some(1);
         admin.add_tcp(&self.config.admin.listen.to_string());
@@ -91,9 +114,12 @@ impl App {
             "graygate health checks",
             HealthChecker::new(Arc::clone(&self.store), Arc::clone(&self.metrics)),
         );
+        let triggers =
+            background_service("graygate reload triggers", ReloadTriggers::new(reloader));
         server.add_service(proxy);
         server.add_service(admin);
         server.add_service(health);
+        server.add_service(triggers);
         server
     }
 }

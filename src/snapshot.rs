@@ -61,6 +61,24 @@ impl Snapshot {
     }
 }
 
+/// What a successful reload did.
+#[derive(Debug, Clone)]
+pub enum Reloaded {
+    /// A new generation serves.
+    Swapped(Arc<Snapshot>),
+    /// The files were unchanged; the current generation keeps serving.
+    Unchanged(Arc<Snapshot>),
+}
+
+impl Reloaded {
+    /// The generation serving after the reload.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        match self {
+            Reloaded::Swapped(s) | Reloaded::Unchanged(s) => s,
+        }
+    }
+}
+
 /// Holds the current [`Snapshot`] and knows where to reload it from.
 pub struct SnapshotStore {
     current: ArcSwap<Snapshot>,
@@ -89,11 +107,15 @@ impl SnapshotStore {
     }
 
     /// Loads, validates and compiles the rules again and swaps them in; on any error the
-    /// current generation keeps serving and every error is returned.
-    pub fn reload(&self) -> Result<Arc<Snapshot>, Diagnostics> {
+    /// current generation keeps serving and every error is returned. Files whose content did
+    /// not change leave the current generation in place.
+    pub fn reload(&self) -> Result<Reloaded, Diagnostics> {
         let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.current();
         let loaded = rules::load(&self.rules_path)?;
+        if loaded.content_hash == previous.content_hash && loaded.files == previous.files {
+            return Ok(Reloaded::Unchanged(previous));
+        }
         for warning in loaded.warnings.items() {
             log::warn!("{warning}");
         }
@@ -103,7 +125,7 @@ impl SnapshotStore {
             Some(&previous),
         )?);
         self.current.store(Arc::clone(&next));
-        Ok(next)
+        Ok(Reloaded::Swapped(next))
     }
 
     /// The rules file or directory.

@@ -31,6 +31,8 @@ pub struct Graygate {
     pub proxy: SocketAddr,
     /// The admin listener.
     pub admin: SocketAddr,
+    /// The rules file the instance watches.
+    pub rules_file: PathBuf,
     /// The rules generation store, for assertions and reloads.
     pub store: Arc<SnapshotStore>,
     /// Where the config and rules were written.
@@ -40,8 +42,14 @@ pub struct Graygate {
 }
 
 impl Graygate {
-    /// Writes `rules` to a temporary rules directory and starts graygate on free ports.
+    /// Writes `rules` to a temporary rules directory and starts graygate on free ports,
+    /// with the admin API disabled.
     pub fn start(rules: &str) -> Graygate {
+        Self::start_with_token(rules, None)
+    }
+
+    /// Like [`Graygate::start`], with `token` guarding the admin API.
+    pub fn start_with_token(rules: &str, token: Option<&str>) -> Graygate {
         let dir = tempfile::tempdir().expect("temp dir");
         let rules_dir = dir.path().join("rules");
         std::fs::create_dir(&rules_dir).expect("rules dir");
@@ -53,7 +61,9 @@ impl Graygate {
         );
         let conf_path: PathBuf = dir.path().join("graygate.yaml");
         std::fs::write(&conf_path, conf).expect("write conf");
-        let app = App::load(&conf_path).unwrap_or_else(|d| panic!("config does not load:\n{d}"));
+        let mut app =
+            App::load(&conf_path).unwrap_or_else(|d| panic!("config does not load:\n{d}"));
+        app.admin_token = token.map(str::to_string);
         let store = Arc::clone(&app.store);
         let (stop, stop_rx) = watch::channel(false);
         let thread = std::thread::spawn(move || {
@@ -67,6 +77,7 @@ impl Graygate {
         Graygate {
             proxy,
             admin,
+            rules_file: rules_dir.join("rules.yaml"),
             store,
             dir,
             stop,
