@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::graygate::Graygate;
+use support::graygate::{metric, Graygate};
 use support::{assert_eventually, get, http_request, Backend, Response};
 
 const HOST: &str = "www.example.com";
@@ -119,42 +119,6 @@ fn assert_json_error(r: &Response, status: u16, what: &str) {
         serde_json::json!(status),
         "{what}: JSON body {body} lacks \"status\":{status}"
     );
-}
-
-fn scrape(gg: &Graygate) -> String {
-    let r = get(gg.admin, "127.0.0.1", "/metrics", &[]);
-    assert_eq!(r.status, 200, "GET /metrics on the admin listener");
-    r.body_text()
-}
-
-/// The sum of the samples of `name` whose labels include every pair of `labels`, or `None`
-/// when no sample matches (Prometheus text format; label values never hold `,` or `"` here).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (metric_name, label_text) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.strip_suffix('}').unwrap_or(rest)),
-            None => (series, ""),
-        };
-        if metric_name != name {
-            continue;
-        }
-        let pairs: Vec<(&str, &str)> = label_text
-            .split(',')
-            .filter_map(|p| p.split_once('='))
-            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
-            .collect();
-        if labels.iter().all(|want| pairs.contains(want)) {
-            let v: f64 = value
-                .parse()
-                .unwrap_or_else(|_| panic!("bad sample value in metrics line {line:?}"));
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
 }
 
 /// Version and rule [`TAIL_RULES`] decide for uid `n` (not a paid uid).
@@ -465,7 +429,7 @@ fn canary_killed_goes_to_stable_without_failed_requests() {
     let peer_health = |version: &str, peer: &Backend| {
         let peer = peer.addr().to_string();
         metric(
-            &scrape(&gg),
+            &gg.scrape(),
             "graygate_upstream_peer_healthy",
             &[("service", "web"), ("version", version), ("peer", &peer)],
         )
@@ -473,7 +437,7 @@ fn canary_killed_goes_to_stable_without_failed_requests() {
 
     let r = get(gg.proxy, HOST, "/", &uid13);
     assert_served(&r, "canary", "tail-30pct", "uid 13 before the kill");
-    let text = scrape(&gg);
+    let text = gg.scrape();
     let before = fallbacks(&text, "connect") + fallbacks(&text, "unhealthy");
 
     canary.stop();
@@ -501,7 +465,7 @@ fn canary_killed_goes_to_stable_without_failed_requests() {
     );
     assert!(sent >= 10, "only {sent} requests went through in 2 s");
 
-    let text = scrape(&gg);
+    let text = gg.scrape();
     let after = fallbacks(&text, "connect") + fallbacks(&text, "unhealthy");
     assert!(
         after > before,
@@ -515,7 +479,7 @@ fn canary_killed_goes_to_stable_without_failed_requests() {
         "graygate_upstream_peer_healthy of the killed canary peer is 0",
         || peer_health("canary", &canary) == Some(0.0),
     );
-    let unhealthy_before = fallbacks(&scrape(&gg), "unhealthy");
+    let unhealthy_before = fallbacks(&gg.scrape(), "unhealthy");
     let r = get(gg.proxy, HOST, "/", &uid13);
     assert_eq!(
         (r.status, r.body_text()),
@@ -523,7 +487,7 @@ fn canary_killed_goes_to_stable_without_failed_requests() {
         "uid 13 once the canary is marked unhealthy: {}",
         describe(&r)
     );
-    let unhealthy_after = fallbacks(&scrape(&gg), "unhealthy");
+    let unhealthy_after = fallbacks(&gg.scrape(), "unhealthy");
     assert!(
         unhealthy_after > unhealthy_before,
         "a request decided for the unhealthy canary group must count a fallback with \
@@ -606,7 +570,7 @@ fn peer_retry_within_group() {
         "no canary request fell back to stable"
     );
 
-    let text = scrape(&gg);
+    let text = gg.scrape();
     for version in ["stable", "canary"] {
         let errors = metric(
             &text,

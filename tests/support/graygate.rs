@@ -86,6 +86,45 @@ impl Graygate {
     }
 }
 
+impl Graygate {
+    /// The admin listener's `/metrics` text.
+    pub fn scrape(&self) -> String {
+        let r = super::get(self.admin, "127.0.0.1", "/metrics", &[]);
+        assert_eq!(r.status, 200, "GET /metrics on the admin listener");
+        r.body_text()
+    }
+}
+
+/// The sum of the samples of `name` whose labels include every pair of `labels`, or `None`
+/// when no sample matches (Prometheus text format; label values never hold `,` or `"` here).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.strip_suffix('}').unwrap_or(rest)),
+            None => (series, ""),
+        };
+        if metric_name != name {
+            continue;
+        }
+        let pairs: Vec<(&str, &str)> = label_text
+            .split(',')
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+            .collect();
+        if labels.iter().all(|want| pairs.contains(want)) {
+            let v: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad sample value in metrics line {line:?}"));
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
 impl Drop for Graygate {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
