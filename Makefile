@@ -4,6 +4,7 @@
 #   make run     build, start two demo backends and graygate (scripts/run-demo.sh)
 #   make test    fmt check, clippy, unit + integration + doc tests, config check
 #   make check   validate conf/graygate.yaml with the release binary
+#   make bench   benchmarks (reload of 1,000 rules and 50 services)
 #   make fmt | lint | clean
 
 SHELL := /bin/bash
@@ -13,10 +14,10 @@ SHELL := /bin/bash
 CARGO  ?= cargo
 CONFIG ?= conf/graygate.yaml
 
-.PHONY: help deps-run deps-test build run test check fmt lint clean
+.PHONY: help deps-run deps-test build run test check bench fmt lint clean
 
 help:
-	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
 
 deps-run:
 	@bash scripts/install-deps.sh run
@@ -45,6 +46,9 @@ test: deps-test
 
 check: deps-run
 	$(CARGO) run --quiet --release --locked -- check -c $(CONFIG)
+
+bench: deps-run
+	$(CARGO) bench --locked --bench reload
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,0 +1,75 @@
+//! Time to load, validate, compile and swap a large rule set: 1,000 rules, 50 services.
+//!
+//! `cargo bench --bench reload` (or `make bench`) prints the median and worst of repeated
+//! reloads: once with only the rules changed (every group reused), once with every group's
+//! peers changed (every group rebuilt).
+
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+use graygate::snapshot::{Reloaded, SnapshotStore};
+
+const RULES: usize = 1_000;
+const SERVICES: usize = 50;
+const ROUNDS: usize = 30;
+
+fn rule_set(variant: usize, peer_base: u16) -> String {
+    let mut y = String::from(
+        "versions: { stable: {}, canary: {}, beta: { selectable: true } }\ndefault: stable\n\
+         identity: { uid: [cookie:uid, header:X-User-Id], tier: { sources: [cookie:tier], paid_uids: [10001] } }\nservices:\n",
+    );
+    for s in 0..SERVICES {
+        let port = peer_base + (s as u16) * 2;
+        let _ = writeln!(
+            y,
+            "  svc{s}:\n    hosts: [\"svc{s}.example.com\", \"*.svc{s}.example.net\"]\n    path_prefix: /\n    groups:\n      \
+             stable: {{ peers: [\"127.0.0.1:{port}\"], health_check: {{ type: http, path: /healthz, interval: 2s, timeout: 1s }} }}\n      \
+             canary: {{ peers: [\"127.0.0.1:{}\"], lb: consistent }}",
+            port + 1
+        );
+    }
+    y.push_str("rules:\n");
+    for r in 0..RULES {
+        let _ = match r % 5 {
+            0 => writeln!(y, "  - {{ name: r{r}, when: {{ uid_tail: [{}], host: \"svc{}.example.com\" }}, version: canary }}", r % 10, r % SERVICES),
+            1 => writeln!(y, "  - {{ name: r{r}, when: {{ path_regex: \"^/v{variant}/item/[0-9]+{r}$\" }}, version: beta }}"),
+            2 => writeln!(y, "  - {{ name: r{r}, when: {{ header: {{ X-Exp-{r}: \"on\" }}, client_ip: [10.{}.0.0/16] }}, version: canary }}", r % 256),
+            3 => writeln!(y, "  - {{ name: r{r}, when: {{ uid_range: [{r}000, {r}999], tier: trial }}, version: canary }}"),
+            _ => writeln!(y, "  - {{ name: r{r}, when: {{ path_prefix: /p{r} }}, split: {{ by: uid, weights: {{ canary: {}, stable: 90 }} }} }}", 10 + variant % 10),
+        };
+    }
+    y
+}
+
+fn measure(store: &SnapshotStore, path: &std::path::Path, peer_bases: &[u16]) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for round in 0..ROUNDS {
+        let base = peer_bases[round % peer_bases.len()];
+        std::fs::write(path, rule_set(round + 1, base)).unwrap();
+        let started = Instant::now();
+        let reloaded = store.reload().unwrap_or_else(|d| panic!("{d}"));
+        times.push(started.elapsed());
+        assert!(matches!(reloaded, Reloaded::Swapped(_)));
+    }
+    times.sort();
+    times
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    std::fs::write(&path, rule_set(0, 20_000)).unwrap();
+    let started = Instant::now();
+    let store = SnapshotStore::load(&path).unwrap_or_else(|d| panic!("{d}"));
+    println!("first load: {:?} ({} bytes of YAML)", started.elapsed(), std::fs::metadata(&path).unwrap().len());
+    let report = |what: &str, t: &[Duration]| {
+        println!(
+            "{what}: median {:.1} ms, worst {:.1} ms over {} reloads of {RULES} rules and {SERVICES} services",
+            t[t.len() / 2].as_secs_f64() * 1e3,
+            t[t.len() - 1].as_secs_f64() * 1e3,
+            t.len()
+        );
+    };
+    report("rules changed, groups reused", &measure(&store, &path, &[20_000]));
+    report("every group rebuilt", &measure(&store, &path, &[30_000, 40_000]));
+}
