@@ -758,3 +758,89 @@ fn host_and_longest_prefix_select_the_service() {
         "example.com/shop/x (*.example.com excludes the bare domain)",
     );
 }
+
+/// Rules with one stable group of `peers` balanced by `lb`, with an optional health check.
+fn one_group_rules(peers: &[&Backend], lb: &str, health_check: &str) -> String {
+    let peers: Vec<String> = peers.iter().map(|b| format!("\"{}\"", b.addr())).collect();
+    format!(
+        "versions: {{ stable: {{}} }}\ndefault: stable\nidentity: {{ uid: [header:X-User-Id] }}\n\
+         services:\n  web:\n    hosts: [\"*\"]\n    groups:\n      stable: {{ peers: [{}], lb: {lb}{health_check} }}\n",
+        peers.join(", ")
+    )
+}
+
+#[test]
+fn consistent_hashing_keeps_a_uid_on_one_peer() {
+    let backends = [
+        Backend::start("p0"),
+        Backend::start("p1"),
+        Backend::start("p2"),
+    ];
+    let gg = Graygate::start(&one_group_rules(
+        &backends.iter().collect::<Vec<_>>(),
+        "consistent",
+        "",
+    ));
+    let mut used = std::collections::HashSet::new();
+    for uid in 0..60u32 {
+        let header = uid.to_string();
+        let first = get(gg.proxy, HOST, "/", &[("X-User-Id", header.as_bytes())]).body_text();
+        for _ in 0..3 {
+            let again = get(gg.proxy, HOST, "/", &[("X-User-Id", header.as_bytes())]).body_text();
+            assert_eq!(again, first, "uid {uid} moved between peers");
+        }
+        used.insert(first);
+    }
+    assert_eq!(
+        used.len(),
+        3,
+        "60 uids should reach all three peers, reached {used:?}"
+    );
+}
+
+#[test]
+fn round_robin_spreads_requests_over_every_peer() {
+    let backends = [Backend::start("p0"), Backend::start("p1")];
+    let gg = Graygate::start(&one_group_rules(
+        &backends.iter().collect::<Vec<_>>(),
+        "round_robin",
+        "",
+    ));
+    for _ in 0..20 {
+        assert_eq!(get(gg.proxy, HOST, "/", &[]).status, 200);
+    }
+    assert_eq!((backends[0].requests(), backends[1].requests()), (10, 10));
+}
+
+#[test]
+fn a_tcp_health_check_takes_a_dead_peer_out_of_rotation() {
+    let backends = [Backend::start("p0"), Backend::start("p1")];
+    let check = ", health_check: { type: tcp, interval: 100ms, timeout: 100ms }";
+    let gg = Graygate::start(&one_group_rules(
+        &backends.iter().collect::<Vec<_>>(),
+        "round_robin",
+        check,
+    ));
+    backends[1].stop();
+    let dead = backends[1].addr().to_string();
+    assert_eventually(
+        Duration::from_secs(3),
+        "the TCP probe marks p1 down",
+        || {
+            metric(
+                &gg.scrape(),
+                "graygate_upstream_peer_healthy",
+                &[("peer", dead.as_str())],
+            ) == Some(0.0)
+        },
+    );
+    let errors_before = metric(&gg.scrape(), "graygate_upstream_errors_total", &[]).unwrap_or(0.0);
+    for _ in 0..10 {
+        assert_eq!(get(gg.proxy, HOST, "/", &[]).body_text(), "p0");
+    }
+    let errors_after = metric(&gg.scrape(), "graygate_upstream_errors_total", &[]).unwrap_or(0.0);
+    assert_eq!(
+        errors_after, errors_before,
+        "no connection was tried on the dead peer"
+    );
+}
