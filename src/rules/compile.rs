@@ -222,30 +222,20 @@ impl Compiler {
                 return;
             }
         };
-        for (name, value) in raw.versions.into_iter().flatten() {
-            let at = self.at(index, format!("versions.{name}"));
-            if let Some((first, _)) = merged.versions.get(&name) {
-                let msg = format!(
-                    "version \"{name}\" is defined twice (first at {})",
-                    self.describe(first)
-                );
-                self.error(&at, msg);
-            } else {
-                merged.versions.insert(name, (at, value));
-            }
-        }
-        for (name, value) in raw.services.into_iter().flatten() {
-            let at = self.at(index, format!("services.{name}"));
-            if let Some((first, _)) = merged.services.get(&name) {
-                let msg = format!(
-                    "service \"{name}\" is defined twice (first at {})",
-                    self.describe(first)
-                );
-                self.error(&at, msg);
-            } else {
-                merged.services.insert(name, (at, value));
-            }
-        }
+        self.merge_named(
+            index,
+            "versions",
+            "version",
+            raw.versions,
+            &mut merged.versions,
+        );
+        self.merge_named(
+            index,
+            "services",
+            "service",
+            raw.services,
+            &mut merged.services,
+        );
         for (i, value) in raw.rules.into_iter().flatten().enumerate() {
             merged
                 .rules
@@ -277,6 +267,30 @@ impl Compiler {
             raw.address_api.map(drop),
             &mut merged.address_api,
         );
+    }
+
+    /// Adds a file's named items (versions, services) to the merged set; a name defined
+    /// twice is an error at the second definition.
+    fn merge_named(
+        &mut self,
+        file: usize,
+        section: &str,
+        kind: &str,
+        items: Option<IndexMap<String, serde_yaml::Value>>,
+        merged: &mut IndexMap<String, (At, serde_yaml::Value)>,
+    ) {
+        for (name, value) in items.into_iter().flatten() {
+            let at = self.at(file, format!("{section}.{name}"));
+            if let Some((first, _)) = merged.get(&name) {
+                let msg = format!(
+                    "{kind} \"{name}\" is defined twice (first at {})",
+                    self.describe(first)
+                );
+                self.error(&at, msg);
+            } else {
+                merged.insert(name, (at, value));
+            }
+        }
     }
 
     /// Keeps a section that may be defined in one file only.
