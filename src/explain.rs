@@ -12,9 +12,10 @@ use http::{HeaderMap, Method};
 use serde::Serialize;
 
 use crate::facts::{Facts, RequestView};
-use crate::rules::decide::{explain, Step};
+use crate::rules::decide::Step;
 use crate::rules::model::Source;
 use crate::snapshot::Snapshot;
+use crate::store::Lookups;
 
 /// A request described by an operator.
 #[derive(Debug, Clone, Default)]
@@ -81,8 +82,9 @@ pub enum DescriptionError {
 }
 
 /// Explains how `snapshot` routes the described request.
-pub fn explain_request(
+pub async fn explain_request(
     snapshot: &Snapshot,
+    lookups: &Lookups,
     desc: &RequestDescription,
 ) -> Result<Report, DescriptionError> {
     let rules = &snapshot.rules;
@@ -139,8 +141,8 @@ pub fn explain_request(
         headers: &headers,
         client_ip: desc.ip,
     };
-    let facts = Facts::gather(&rules.identity, view);
-    let explanation = explain(rules, &facts);
+    let mut facts = Facts::gather(&rules.identity, view);
+    let explanation = lookups.explain(rules, &mut facts).await;
     let decision = explanation.decision;
     let service = snapshot
         .services

@@ -24,4 +24,6 @@ pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod snapshot;
+pub mod store;
+pub mod throttle;
 pub mod upstream;

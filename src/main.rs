@@ -3,6 +3,8 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -10,8 +12,12 @@ use clap::{Parser, Subcommand};
 use graygate::config::Config;
 use graygate::diagnostics::Diagnostics;
 use graygate::explain::{explain_request, RequestDescription};
+use graygate::metrics::Metrics;
 use graygate::server::{App, RunOptions};
 use graygate::snapshot::SnapshotStore;
+use graygate::store::embedded::EmbeddedStore;
+use graygate::store::redis::RedisStore;
+use graygate::store::{Lookups, Store};
 
 #[derive(Parser)]
 #[command(
@@ -174,7 +180,24 @@ fn main() -> anyhow::Result<ExitCode> {
                 headers,
                 ip,
             };
-            let report = explain_request(&store.current(), &desc)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(async {
+                let lookup_store: Arc<dyn Store> = match &config.redis {
+                    Some(settings) => {
+                        let redis = RedisStore::new(settings.clone())
+                            .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+                        if let Err(e) = redis.connect_now(Duration::from_secs(1)).await {
+                            eprintln!("warning: redis: {e}; store lookups fail open");
+                        }
+                        redis
+                    }
+                    None => Arc::new(EmbeddedStore::default()),
+                };
+                let lookups = Lookups::new(lookup_store, Arc::new(Metrics::new()));
+                anyhow::Ok(explain_request(&store.current(), &lookups, &desc).await?)
+            })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

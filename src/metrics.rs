@@ -45,6 +45,8 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     /// `graygate_goal_total{goal,version}`
     pub goals: IntCounterVec,
+    /// `graygate_store_lookups_total{kind,result}`
+    pub store_lookups: IntCounterVec,
     /// `graygate_rules_generation`
     pub rules_generation: IntGauge,
     /// `graygate_rules_reload_total{result}`
@@ -89,6 +91,11 @@ impl Metrics {
             "graygate_goal_total",
             "Goal conversions, per goal and version.",
             &["goal", "version"],
+        );
+        let store_lookups = counter(
+            "graygate_store_lookups_total",
+            "Assignment store lookups, per kind (assignment, tier, internal) and result.",
+            &["kind", "result"],
         );
         let rules_reloads = counter(
             "graygate_rules_reload_total",
@@ -136,6 +143,7 @@ impl Metrics {
             decisions,
             fallbacks,
             goals,
+            store_lookups,
             rules_generation,
             rules_reloads,
             peer_healthy,

@@ -6,7 +6,6 @@
 //! lands in `upstream_peer` again; `logging` records metrics. No policy lives here.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,10 +21,12 @@ use xxhash_rust::xxh64::xxh64;
 use crate::facts::bucket::ip_text;
 use crate::facts::{Facts, RequestView};
 use crate::metrics::{status_class, FallbackReason, Metrics};
+use crate::rules::decide::holds;
 use crate::rules::decide::Decision;
-use crate::rules::decide::{decide, holds};
 use crate::rules::model::VersionId;
 use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::store::Lookups;
+use crate::throttle::LogThrottle;
 use crate::upstream::{Service, ServiceId};
 
 /// Request header carrying upstream the version whose group serves the request.
@@ -40,58 +41,18 @@ const DOWNSTREAM_KEEPALIVE_SECS: u64 = 60;
 pub struct Gateway {
     store: Arc<SnapshotStore>,
     metrics: Arc<Metrics>,
+    lookups: Arc<Lookups>,
     fallback_log: LogThrottle,
 }
 
 impl Gateway {
-    /// A gateway serving whatever generation `store` holds.
-    pub fn new(store: Arc<SnapshotStore>, metrics: Arc<Metrics>) -> Self {
+    /// A gateway serving whatever generation `store` holds, with store facts from `lookups`.
+    pub fn new(store: Arc<SnapshotStore>, metrics: Arc<Metrics>, lookups: Arc<Lookups>) -> Self {
         Gateway {
             store,
             metrics,
+            lookups,
             fallback_log: LogThrottle::new(Duration::from_secs(1)),
-        }
-    }
-}
-
-/// Lets one log line through per period and counts the ones held back, so that a failing
-/// group under load yields a line a second, not a line a request.
-struct LogThrottle {
-    epoch: Instant,
-    period_ms: u64,
-    next_ms: AtomicU64,
-    held_back: AtomicU64,
-}
-
-impl LogThrottle {
-    fn new(period: Duration) -> Self {
-        LogThrottle {
-            epoch: Instant::now(),
-            period_ms: period.as_millis() as u64,
-            next_ms: AtomicU64::new(0),
-            held_back: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(lines held back since the last one)` when a line may be logged now.
-    fn admit(&self) -> Option<u64> {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let next = self.next_ms.load(Ordering::Relaxed);
-        if now >= next
-            && self
-                .next_ms
-                .compare_exchange(
-                    next,
-                    now + self.period_ms,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            Some(self.held_back.swap(0, Ordering::Relaxed))
-        } else {
-            self.held_back.fetch_add(1, Ordering::Relaxed);
-            None
         }
     }
 }
@@ -240,8 +201,8 @@ impl ProxyHttp for Gateway {
             respond_json(session, 404, "no service for this host and path").await?;
             return Ok(true);
         };
-        let facts = Facts::gather(&snapshot.rules.identity, view);
-        let decision = decide(&snapshot.rules, &facts);
+        let mut facts = Facts::gather(&snapshot.rules.identity, view);
+        let decision = self.lookups.decide(&snapshot.rules, &mut facts).await;
         let goal_attempts = snapshot
             .rules
             .goals
@@ -468,16 +429,6 @@ impl ProxyHttp for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn throttle_admits_one_line_per_period() {
-        let throttle = LogThrottle::new(Duration::from_secs(3600));
-        assert_eq!(throttle.admit(), Some(0));
-        assert_eq!(throttle.admit(), None);
-        assert_eq!(throttle.admit(), None);
-        throttle.next_ms.store(0, Ordering::Relaxed);
-        assert_eq!(throttle.admit(), Some(2), "reports the lines held back");
-    }
 
     #[test]
     fn hosts_without_ports() {

@@ -13,11 +13,14 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::Config;
-use crate::diagnostics::Diagnostics;
+use crate::diagnostics::{Diagnostics, Severity};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadTriggers, Reloader};
 use crate::snapshot::SnapshotStore;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::redis::{RedisMaintainer, RedisStore};
+use crate::store::{Lookups, Store};
 use crate::upstream::HealthChecker;
 
 /// Flags of `graygate run` that Pingora acts on.
@@ -39,6 +42,10 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// The admin API's bearer token, read from `admin.token_env`; `None` disables the API.
     pub admin_token: Option<String>,
+    /// Store lookups for the decisions (Redis or embedded).
+    pub lookups: Arc<Lookups>,
+    /// The Redis store, when configured, for its background connection service.
+    redis: Option<Arc<RedisStore>>,
 }
 
 impl App {
@@ -53,11 +60,26 @@ impl App {
         let admin_token = std::env::var(&config.admin.token_env)
             .ok()
             .filter(|t| !t.is_empty());
+        let (store_impl, redis): (Arc<dyn Store>, _) = match &config.redis {
+            Some(settings) => {
+                let redis = RedisStore::new(settings.clone()).map_err(|why| {
+                    let mut diags = Diagnostics::default();
+                    let file: Arc<std::path::Path> = Arc::from(config.path.as_path());
+                    diags.push(Severity::Error, &file, None, format!("redis: {why}"));
+                    diags
+                })?;
+                (redis.clone(), Some(redis))
+            }
+            None => (Arc::new(EmbeddedStore::default()), None),
+        };
+        let lookups = Arc::new(Lookups::new(store_impl, Arc::clone(&metrics)));
         Ok(App {
             config,
             store,
             metrics,
             admin_token,
+            lookups,
+            redis,
         })
     }
 
@@ -85,7 +107,11 @@ impl App {
         let mut server = Server::new_with_opt_and_conf(opt, conf);
         server.bootstrap();
 
-        let gateway = Gateway::new(Arc::clone(&self.store), Arc::clone(&self.metrics));
+        let gateway = Gateway::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.metrics),
+            Arc::clone(&self.lookups),
+        );
         let mut proxy = http_proxy_service(&server.configuration, gateway);
         for addr in &self.config.listen {
             proxy.add_tcp(&addr.to_string());
@@ -104,6 +130,7 @@ impl App {
         let admin_app = AdminApp::new(
             Arc::clone(&self.metrics),
             Arc::clone(&reloader),
+            Arc::clone(&self.lookups),
             token,
             &self.config.admin.token_env,
         );
@@ -120,6 +147,12 @@ impl App {
         server.add_service(admin);
         server.add_service(health);
         server.add_service(triggers);
+        if let Some(redis) = &self.redis {
+            server.add_service(background_service(
+                "graygate redis",
+                RedisMaintainer::new(Arc::clone(redis)),
+            ));
+        }
         server
     }
 }

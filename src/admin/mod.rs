@@ -8,6 +8,8 @@
 //! - `GET /-/rules`: generation, content hash, load time, files and a summary.
 //! - `POST /-/reload`: reload the rules now (200 with the generation, 422 with every error).
 //! - `GET /-/explain?uid=&host=&path=&ip=&cookie=&method=`: the decision trace as JSON.
+//! - `GET|PUT|DELETE /-/assignments/{uid}`: the uid's stored version (Redis when configured,
+//!   else the embedded store); `PUT` takes the version name, bare or as `{"version": ...}`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use crate::explain::{explain_request, RequestDescription};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::snapshot::{Reloaded, Snapshot};
+use crate::store::Lookups;
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -31,6 +34,7 @@ const MAX_BODY: usize = 64 * 1024;
 pub struct AdminApp {
     metrics: Arc<Metrics>,
     reloader: Arc<Reloader>,
+    lookups: Arc<Lookups>,
     token: Option<String>,
     token_env: String,
 }
@@ -40,12 +44,14 @@ impl AdminApp {
     pub fn new(
         metrics: Arc<Metrics>,
         reloader: Arc<Reloader>,
+        lookups: Arc<Lookups>,
         token: Option<String>,
         token_env: &str,
     ) -> Self {
         AdminApp {
             metrics,
             reloader,
+            lookups,
             token: token.filter(|t| !t.is_empty()),
             token_env: token_env.to_string(),
         }
@@ -148,19 +154,91 @@ fn rules_summary(snapshot: &Snapshot) -> serde_json::Value {
 }
 
 impl AdminApp {
-    async fn drain_body(session: &mut ServerSession) -> bool {
-        let mut read = 0;
+    /// The request body, or `None` when it is over [`MAX_BODY`] or unreadable.
+    async fn read_body(session: &mut ServerSession) -> Option<Vec<u8>> {
+        let mut body = Vec::new();
         loop {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => {
-                    read += chunk.len();
-                    if read > MAX_BODY {
-                        return false;
+                    if body.len() + chunk.len() > MAX_BODY {
+                        return None;
                     }
+                    body.extend_from_slice(&chunk);
                 }
-                Ok(None) => return true,
-                Err(_) => return false,
+                Ok(None) => return Some(body),
+                Err(_) => return None,
             }
+        }
+    }
+
+    /// `GET|PUT|DELETE /-/assignments/{uid}`: the uid's stored version.
+    async fn assignment(&self, method: &str, uid: &str, body: &[u8]) -> Response<Vec<u8>> {
+        let snapshot = self.reloader.store().current();
+        let rules = &snapshot.rules;
+        if crate::facts::Uid::parse(uid.into()).is_none() {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": "not a valid uid", "status": 400 }),
+            );
+        }
+        let key = rules.assignments.key(uid);
+        let store = self.lookups.store();
+        let failed = |e: crate::store::StoreError| {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": format!("the store failed: {e}"), "status": 503 }),
+            )
+        };
+        match method {
+            "GET" => match store.get(&key).await {
+                Ok(answer) => match answer.value {
+                    Some(version) => json_response(
+                        StatusCode::OK,
+                        json!({ "uid": uid, "key": key, "version": &*version, "known": rules.version_id(&version).is_some() }),
+                    ),
+                    None => json_response(
+                        StatusCode::NOT_FOUND,
+                        json!({ "uid": uid, "key": key, "error": "no assignment", "status": 404 }),
+                    ),
+                },
+                Err(e) => failed(e),
+            },
+            "PUT" => {
+                // Either the bare version name or {"version": "..."}.
+                let text = String::from_utf8_lossy(body);
+                let version = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("version")
+                            .and_then(|v| v.as_str())
+                            .map(str::to_string)
+                    })
+                    .unwrap_or_else(|| text.trim().to_string());
+                if rules.version_id(&version).is_none() {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        json!({ "error": format!("unknown version {version:?}"), "status": 400 }),
+                    );
+                }
+                match store.set(&key, &version).await {
+                    Ok(()) => json_response(
+                        StatusCode::OK,
+                        json!({ "uid": uid, "key": key, "version": version }),
+                    ),
+                    Err(e) => failed(e),
+                }
+            }
+            "DELETE" => match store.delete(&key).await {
+                Ok(existed) => json_response(
+                    StatusCode::OK,
+                    json!({ "uid": uid, "key": key, "deleted": existed }),
+                ),
+                Err(e) => failed(e),
+            },
+            _ => json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({ "error": "method not allowed", "status": 405 }),
+            ),
         }
     }
 
@@ -184,7 +262,7 @@ impl AdminApp {
         }
     }
 
-    fn explain(&self, query: Option<&str>) -> Response<Vec<u8>> {
+    async fn explain(&self, query: Option<&str>) -> Response<Vec<u8>> {
         let params = query_params(query);
         let first = |key: &str| params.get(key).and_then(|v| v.first()).cloned();
         let ip = match first("ip").map(|ip| ip.parse()) {
@@ -206,7 +284,8 @@ impl AdminApp {
             headers: Vec::new(),
             ip,
         };
-        match explain_request(&self.reloader.store().current(), &desc) {
+        let snapshot = self.reloader.store().current();
+        match explain_request(&snapshot, &self.lookups, &desc).await {
             Ok(report) => json_response(
                 StatusCode::OK,
                 serde_json::to_value(report).unwrap_or_default(),
@@ -225,12 +304,12 @@ impl ServeHttp for AdminApp {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         let query = session.req_header().uri.query().map(str::to_string);
-        if !Self::drain_body(session).await {
+        let Some(body) = Self::read_body(session).await else {
             return json_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({ "error": "body too large", "status": 413 }),
             );
-        }
+        };
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => response(
                 StatusCode::OK,
@@ -248,7 +327,7 @@ impl ServeHttp for AdminApp {
                         rules_summary(&self.reloader.store().current()),
                     ),
                     ("POST", "/-/reload") => self.reload(),
-                    ("GET", "/-/explain") => self.explain(query.as_deref()),
+                    ("GET", "/-/explain") => self.explain(query.as_deref()).await,
                     _ => json_response(
                         StatusCode::METHOD_NOT_ALLOWED,
                         json!({ "error": "method not allowed", "status": 405 }),
@@ -257,10 +336,12 @@ impl ServeHttp for AdminApp {
             }
             (_, p) if p.starts_with("/-/assignments/") => match self.denial(session) {
                 Some(denied) => denied,
-                None => json_response(
-                    StatusCode::NOT_IMPLEMENTED,
-                    json!({ "error": "the assignment store is not supported by this build yet", "status": 501 }),
-                ),
+                None => {
+                    let uid = percent_encoding::percent_decode_str(&p["/-/assignments/".len()..])
+                        .decode_utf8_lossy()
+                        .into_owned();
+                    self.assignment(method.as_str(), &uid, &body).await
+                }
             },
             _ => not_found(),
         }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::diagnostics::{Diagnostics, Severity, SourceFile};
+use crate::store::redis::RedisSettings;
 
 /// Validated server settings.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The rules file or directory, resolved against the config file's directory.
     pub rules: PathBuf,
+    /// The Redis assignment store; `None` means the embedded store.
+    pub redis: Option<RedisSettings>,
     /// The name of the environment variable holding the channel-cookie key.
     pub cookie_secret_env: String,
     /// Settings handed to Pingora.
@@ -94,11 +97,8 @@ impl Default for RawAdmin {
     }
 }
 
-/// Accepted so that a SPEC-shaped file parses with its keys checked; the assignment store
-/// itself is not part of this build yet, so loading reports it as unsupported.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct RawRedis {
     url: String,
     #[serde(default)]
@@ -204,12 +204,32 @@ impl Config {
             );
             SocketAddr::from(([127, 0, 0, 1], 9901))
         });
-        if raw.redis.is_some() {
-            error(
-                "redis",
-                "redis: the Redis assignment store is not supported by this build yet".into(),
-            );
-        }
+        let redis = raw.redis.map(|r| {
+            if let Err(why) = crate::store::redis::check_url(&r.url) {
+                error(
+                    "redis.url",
+                    format!("redis.url: \"{}\" is not usable: {why}", r.url),
+                );
+            }
+            let lookup_timeout = r
+                .lookup_timeout
+                .map(|d| d.0)
+                .unwrap_or(std::time::Duration::from_millis(20));
+            if lookup_timeout.is_zero() {
+                error(
+                    "redis.lookup_timeout",
+                    "redis.lookup_timeout: must be above 0".into(),
+                );
+            }
+            RedisSettings {
+                url: r.url,
+                lookup_timeout,
+                cache_ttl: r
+                    .cache_ttl
+                    .map(|d| d.0)
+                    .unwrap_or(std::time::Duration::from_secs(30)),
+            }
+        });
         let threads = raw.server.threads.unwrap_or(2);
         if threads == 0 {
             error(
@@ -234,6 +254,7 @@ impl Config {
                 token_env: raw.admin.token_env,
             },
             rules: resolve(&raw.rules),
+            redis,
             cookie_secret_env: raw.cookie_secret_env,
             server: ServerSettings {
                 threads: threads.max(1),
@@ -278,6 +299,26 @@ mod tests {
         assert_eq!(config.admin.token_env, "GRAYGATE_ADMIN_TOKEN");
         assert_eq!(config.server.threads, 2);
         assert_eq!(config.server.grace_period_seconds, 5);
+    }
+
+    #[test]
+    fn redis_settings_and_defaults() {
+        let config = load_text("redis:\n  url: redis://127.0.0.1:6379/0\n").unwrap();
+        let redis = config.redis.unwrap();
+        assert_eq!(redis.lookup_timeout, std::time::Duration::from_millis(20));
+        assert_eq!(redis.cache_ttl, std::time::Duration::from_secs(30));
+        let config = load_text("redis: { url: \"redis-cluster://10.0.0.1:7000\", lookup_timeout: 5ms, cache_ttl: 1m }\n").unwrap();
+        assert_eq!(
+            config.redis.unwrap().cache_ttl,
+            std::time::Duration::from_secs(60)
+        );
+        let err = load_text("redis:\n  url: \"mysql://x\"\n").unwrap_err();
+        assert!(
+            err.items()[0]
+                .to_string()
+                .contains(":2: error: redis.url: \"mysql://x\" is not usable"),
+            "{err}"
+        );
     }
 
     #[test]

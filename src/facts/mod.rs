@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use http::header::HeaderName;
 use http::{HeaderMap, Method};
 
-use crate::rules::model::{Identity, Source, Tier};
+use crate::rules::model::{Identity, Source, Tier, VersionId};
 
 /// Longest uid accepted; a longer one is ignored (routed as if absent).
 pub const MAX_UID_LEN: usize = 128;
@@ -111,6 +111,18 @@ impl<'a> Uid<'a> {
     }
 }
 
+/// The stored assignment of the request's uid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assigned {
+    /// No uid: nothing to look up.
+    NoUid,
+    /// Not looked up yet; a rule needing it asks for the lookup.
+    Unresolved,
+    /// Looked up: the stored version, or `None` (nothing stored, an unknown version, or the
+    /// store failed or timed out).
+    Known(Option<VersionId>),
+}
+
 /// Everything the rules decide on.
 #[derive(Debug, Clone)]
 pub struct Facts<'a> {
@@ -120,8 +132,14 @@ pub struct Facts<'a> {
     pub uid: Option<Uid<'a>>,
     /// Paid or trial.
     pub tier: Tier,
+    /// `tier` may still become paid through the store's paid set.
+    pub tier_unresolved: bool,
     /// Internal user (uid or network).
     pub internal: bool,
+    /// `internal` may still become true through the store's internal set.
+    pub internal_unresolved: bool,
+    /// The uid's stored assignment.
+    pub assigned: Assigned,
 }
 
 impl<'a> Facts<'a> {
@@ -146,8 +164,16 @@ impl<'a> Facts<'a> {
             || req
                 .client_ip
                 .is_some_and(|ip| identity.internal.cidrs.iter().any(|net| net.contains(&ip)));
+        let has_uid = uid.is_some();
         Facts {
             req,
+            tier_unresolved: has_uid && tier != Tier::Paid && identity.tier.redis_set.is_some(),
+            internal_unresolved: has_uid && !internal && identity.internal.redis_set.is_some(),
+            assigned: if has_uid {
+                Assigned::Unresolved
+            } else {
+                Assigned::NoUid
+            },
             uid,
             tier,
             internal,
@@ -171,10 +197,12 @@ mod tests {
                 sources: vec![Source::Cookie("tier".into())],
                 paid_uids: ["10001".into()].into_iter().collect(),
                 default: Tier::Trial,
+                redis_set: None,
             },
             internal: InternalPolicy {
                 uids: ["1".into()].into_iter().collect(),
                 cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+                redis_set: None,
             },
         }
     }

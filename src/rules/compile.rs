@@ -143,7 +143,7 @@ struct Merged {
     versions: IndexMap<String, (At, serde_yaml::Value)>,
     default: Option<(At, String)>,
     identity: Option<(At, serde_yaml::Value)>,
-    assignments: Option<(At, ())>,
+    assignments: Option<(At, serde_yaml::Value)>,
     services: IndexMap<String, (At, serde_yaml::Value)>,
     rules: Vec<(At, serde_yaml::Value)>,
     goals: Vec<(At, serde_yaml::Value)>,
@@ -248,13 +248,13 @@ impl Compiler {
         }
         self.once(index, "default", raw.default, &mut merged.default);
         self.once(index, "identity", raw.identity, &mut merged.identity);
-        // Sections this build does not support yet: kept only to report them.
         self.once(
             index,
             "assignments",
-            raw.assignments.map(drop),
+            raw.assignments,
             &mut merged.assignments,
         );
+        // Sections this build does not support yet: kept only to report them.
         self.once(
             index,
             "channels",
@@ -307,7 +307,6 @@ impl Compiler {
 
     fn build(&mut self, merged: Merged) -> Option<RoutingModel> {
         for (key, at) in [
-            ("assignments", &merged.assignments),
             ("channels", &merged.channels),
             ("address_api", &merged.address_api),
         ] {
@@ -344,6 +343,7 @@ impl Compiler {
             }
         };
         let identity = self.identity(merged.identity);
+        let assignments = self.assignments(merged.assignments);
         let services = self.services(&merged.services, &names, default, &versions);
         let rules = self.rules(merged.rules, &names, &versions);
         let goals = self.goals(merged.goals);
@@ -363,6 +363,7 @@ impl Compiler {
                 identity: identity?,
                 rules,
                 goals,
+                assignments: assignments?,
             },
             services,
         })
@@ -421,6 +422,27 @@ impl Compiler {
         parsed
     }
 
+    fn assignments(&mut self, raw: Option<(At, serde_yaml::Value)>) -> Option<KeyTemplate> {
+        let Some((at, value)) = raw else {
+            return Some(KeyTemplate::default());
+        };
+        let raw = self.parse::<RawAssignments>(&at, "assignments", value)?;
+        match raw.key.split_once("{uid}") {
+            Some((prefix, suffix)) if !suffix.contains("{uid}") => Some(KeyTemplate {
+                prefix: prefix.into(),
+                suffix: suffix.into(),
+            }),
+            _ => {
+                let msg = format!(
+                    "assignments.key: \"{}\" must contain {{uid}} exactly once",
+                    raw.key
+                );
+                self.error(&at, msg);
+                None
+            }
+        }
+    }
+
     fn identity(&mut self, raw: Option<(At, serde_yaml::Value)>) -> Option<Identity> {
         let (at, raw) = match raw {
             Some((at, value)) => {
@@ -455,9 +477,6 @@ impl Compiler {
             path: format!("{}.tier", at.path),
             ..at.clone()
         };
-        if tier_raw.redis_set.is_some() {
-            self.error(&tier_at, format!("identity.tier.redis_set {NOT_YET}"));
-        }
         let tier_sources = tier_raw
             .sources
             .0
@@ -479,12 +498,6 @@ impl Compiler {
             path: format!("{}.internal", at.path),
             ..at.clone()
         };
-        if internal_raw.redis_set.is_some() {
-            self.error(
-                &internal_at,
-                format!("identity.internal.redis_set {NOT_YET}"),
-            );
-        }
         let cidrs = internal_raw
             .cidrs
             .iter()
@@ -496,10 +509,12 @@ impl Compiler {
                 sources: tier_sources,
                 paid_uids: tier_raw.paid_uids.into_iter().map(|t| t.0.into()).collect(),
                 default,
+                redis_set: tier_raw.redis_set.map(Into::into),
             },
             internal: InternalPolicy {
                 uids: internal_raw.uids.into_iter().map(|t| t.0.into()).collect(),
                 cidrs,
+                redis_set: internal_raw.redis_set.map(Into::into),
             },
         })
     }
@@ -765,13 +780,6 @@ impl Compiler {
         names: &HashMap<&str, VersionId>,
     ) -> Option<VersionId> {
         match name {
-            "$assigned" => {
-                self.error(
-                    at,
-                    format!("{what}: version $assigned {NOT_YET} (it needs the assignment store)"),
-                );
-                None
-            }
             "$channel" => {
                 self.error(
                     at,
@@ -832,6 +840,7 @@ impl Compiler {
             };
             let conditions = self.conditions(&when_at, &what, r.when);
             let action = match (r.version, r.split) {
+                (Some(version), None) if version == "$assigned" => Some(Action::Assigned),
                 (Some(version), None) => {
                     let v_at = At {
                         path: format!("{}.version", at.path),
@@ -868,6 +877,7 @@ impl Compiler {
                                 .iter()
                                 .all(|a| a.weight == 0 || !versions[a.version.index()].restricted)
                     }
+                    Action::Assigned => false,
                 };
                 if decides {
                     always_decides = Some(r.name.clone());
@@ -1251,22 +1261,18 @@ mod tests {
     }
 
     #[test]
-    fn features_of_later_releases_are_reported_not_ignored() {
+    fn unsupported_features_are_reported_not_ignored() {
         assert_eq!(
             with_rules("  - { name: a, version: $assigned }\n  - { name: c, version: $channel }\n  - { name: s, split: { by: random, sticky: true, weights: { canary: 1 } } }\n  - { name: ch, when: { channel: any }, version: canary }\n"),
             vec![
-                "rules.yaml:8: error: rule \"a\": version $assigned is not supported by this build yet (it needs the assignment store)",
                 "rules.yaml:9: error: rule \"c\": version $channel is not supported by this build yet (it needs the channel cookie)",
                 "rules.yaml:10: error: rule \"s\": split sticky: true is not supported by this build yet (it needs the channel cookie)",
                 "rules.yaml:11: error: rule \"ch\": the channel condition is not supported by this build yet (it needs the channel cookie)",
             ]
         );
         assert_eq!(
-            diagnostics(&format!("{HEAD}assignments: {{ key: \"gray:{{uid}}\" }}\nidentity: {{ tier: {{ redis_set: gray:paid }} }}\n")),
-            vec![
-                "rules.yaml:7: error: assignments: assignments is not supported by this build yet",
-                "rules.yaml:8: error: identity.tier.redis_set is not supported by this build yet",
-            ]
+            diagnostics(&format!("{HEAD}assignments: {{ key: \"gray:version\" }}\n")),
+            vec!["rules.yaml:7: error: assignments.key: \"gray:version\" must contain {uid} exactly once"]
         );
     }
 

@@ -11,7 +11,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::facts::bucket::{ip_text, scale, split_hash};
-use crate::facts::Facts;
+use crate::facts::{Assigned, Facts};
 use crate::rules::model::{Action, Condition, RuleSet, Split, SplitKey, ValueMatch, VersionId};
 
 /// Why a version was decided.
@@ -24,6 +24,8 @@ pub enum Reason {
         /// The key's position.
         point: u64,
     },
+    /// The uid's stored assignment.
+    Assigned,
     /// No rule decided.
     Default,
 }
@@ -101,31 +103,56 @@ impl Trace for Vec<Step> {
     }
 }
 
-/// Decides the version for a request.
-pub fn decide(rules: &RuleSet, facts: &Facts) -> Decision {
+/// A fact the rules reached but the facts do not hold yet: look it up and decide again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// The uid's stored assignment (`version: $assigned`).
+    Assignment,
+    /// Membership of the uid in the paid set (`tier:` condition).
+    Tier,
+    /// Membership of the uid in the internal set (`internal:` condition, restricted guard).
+    Internal,
+}
+
+/// Decides the version for a request, or names the first store fact a reached rule needs.
+pub fn decide(rules: &RuleSet, facts: &Facts) -> Result<Decision, Missing> {
     evaluate(rules, facts, &mut ())
 }
 
 /// Decides and explains every rule's part in the decision.
-pub fn explain(rules: &RuleSet, facts: &Facts) -> Explanation {
+pub fn explain(rules: &RuleSet, facts: &Facts) -> Result<Explanation, Missing> {
     let mut steps = Vec::with_capacity(rules.rules.len());
-    let decision = evaluate(rules, facts, &mut steps);
+    let decision = evaluate(rules, facts, &mut steps)?;
     for rule in &rules.rules[steps.len()..] {
         steps.push(Step {
             rule: rule.name.to_string(),
             outcome: Outcome::NotReached,
         });
     }
-    Explanation { steps, decision }
+    Ok(Explanation { steps, decision })
 }
 
-fn evaluate(rules: &RuleSet, facts: &Facts, trace: &mut impl Trace) -> Decision {
-    for (index, rule) in rules.rules.iter().enumerate() {
-        if let Some(failed) = rule.conditions.iter().find(|c| !holds(c, facts)) {
-            trace.record(&rule.name, || {
-                Outcome::NotMatched(describe_miss(failed, facts))
-            });
-            continue;
+/// The store fact `condition` needs that `facts` does not hold yet.
+fn needs(condition: &Condition, facts: &Facts) -> Option<Missing> {
+    match condition {
+        Condition::Tier(_) if facts.tier_unresolved => Some(Missing::Tier),
+        Condition::Internal(_) if facts.internal_unresolved => Some(Missing::Internal),
+        _ => None,
+    }
+}
+
+fn evaluate(rules: &RuleSet, facts: &Facts, trace: &mut impl Trace) -> Result<Decision, Missing> {
+    'rules: for (index, rule) in rules.rules.iter().enumerate() {
+        for condition in &rule.conditions {
+            if let Some(missing) = needs(condition, facts) {
+                return Err(missing);
+            }
+            if !holds(condition, facts) {
+                trace.record(&rule.name, || {
+                    Outcome::NotMatched(describe_miss(condition, facts))
+                });
+                continue 'rules;
+            }
         }
         let (version, reason) = match &rule.action {
             Action::Version(version) => (*version, Reason::Rule),
@@ -141,8 +168,29 @@ fn evaluate(rules: &RuleSet, facts: &Facts, trace: &mut impl Trace) -> Decision 
                     continue;
                 }
             },
+            Action::Assigned => match facts.assigned {
+                Assigned::Unresolved => return Err(Missing::Assignment),
+                Assigned::Known(Some(version)) => (version, Reason::Assigned),
+                Assigned::NoUid => {
+                    trace.record(&rule.name, || {
+                        Outcome::Skipped("no uid, so no stored assignment".into())
+                    });
+                    continue;
+                }
+                Assigned::Known(None) => {
+                    trace.record(&rule.name, || {
+                        Outcome::Skipped(
+                            "no usable assignment stored (none, an unknown version, or the store failed)".into(),
+                        )
+                    });
+                    continue;
+                }
+            },
         };
         if rules.version(version).restricted && !facts.internal {
+            if facts.internal_unresolved {
+                return Err(Missing::Internal);
+            }
             trace.record(&rule.name, || {
                 Outcome::Skipped(format!(
                     "version {} is restricted and the user is not internal",
@@ -159,20 +207,21 @@ fn evaluate(rules: &RuleSet, facts: &Facts, trace: &mut impl Trace) -> Decision 
                     key_name(&split.by),
                     split.total
                 ),
+                (Reason::Assigned, _) => format!("{name}: the stored assignment"),
                 _ => name.to_string(),
             })
         });
-        return Decision {
+        return Ok(Decision {
             version,
             rule: Some(index),
             reason,
-        };
+        });
     }
-    Decision {
+    Ok(Decision {
         version: rules.default,
         rule: None,
         reason: Reason::Default,
-    }
+    })
 }
 
 /// Where the request's key falls on `[0, split.total)`, or `None` when the key is absent.
@@ -422,9 +471,9 @@ services:
             client_ip: req.ip.parse().ok(),
         };
         let facts = Facts::gather(&model.rules.identity, view);
-        let decision = decide(&model.rules, &facts);
+        let decision = decide(&model.rules, &facts).expect("no store facts in these rules");
         // The traced evaluation must always agree with the fast one.
-        let explained = explain(&model.rules, &facts);
+        let explained = explain(&model.rules, &facts).unwrap();
         assert_eq!(explained.decision.version, decision.version);
         assert_eq!(explained.decision.rule, decision.rule);
         assert_eq!(explained.steps.len(), model.rules.rules.len());
@@ -706,7 +755,7 @@ services:
             client_ip: None,
         };
         let facts = Facts::gather(&model.rules.identity, view);
-        let text = explain(&model.rules, &facts).to_string();
+        let text = explain(&model.rules, &facts).unwrap().to_string();
         assert_eq!(
             text,
             "  1. no match    paid                     tier is trial, not paid\n  \
@@ -739,7 +788,9 @@ services:
                 headers: &headers,
                 client_ip: None,
             };
-            decide(&model.rules, &Facts::gather(&model.rules.identity, view)).version
+            decide(&model.rules, &Facts::gather(&model.rules.identity, view))
+                .unwrap()
+                .version
         }
 
         proptest! {

@@ -99,6 +99,8 @@ pub struct TierPolicy {
     pub paid_uids: HashSet<Box<str>>,
     /// The tier when nothing says otherwise.
     pub default: Tier,
+    /// A store set whose members are paid (`SISMEMBER set uid`).
+    pub redis_set: Option<Box<str>>,
 }
 
 /// Who is internal: may be routed to, and may select, restricted versions.
@@ -108,6 +110,8 @@ pub struct InternalPolicy {
     pub uids: HashSet<Box<str>>,
     /// Internal client networks.
     pub cidrs: Vec<IpNet>,
+    /// A store set whose members are internal (`SISMEMBER set uid`).
+    pub redis_set: Option<Box<str>>,
 }
 
 /// A host pattern: `www.example.com`, `*.example.com` or `*`.
@@ -257,6 +261,37 @@ pub enum Action {
     Version(VersionId),
     /// Decide by a weighted split.
     Split(Split),
+    /// Decide the version stored for the uid (`version: $assigned`).
+    Assigned,
+}
+
+/// The store key of a uid's assignment: `prefix uid suffix` (from `gray:version:{uid}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTemplate {
+    /// Text before `{uid}`.
+    pub prefix: Box<str>,
+    /// Text after `{uid}`.
+    pub suffix: Box<str>,
+}
+
+impl KeyTemplate {
+    /// The key for `uid`.
+    pub fn key(&self, uid: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + uid.len() + self.suffix.len());
+        key.push_str(&self.prefix);
+        key.push_str(uid);
+        key.push_str(&self.suffix);
+        key
+    }
+}
+
+impl Default for KeyTemplate {
+    fn default() -> Self {
+        KeyTemplate {
+            prefix: "gray:version:".into(),
+            suffix: "".into(),
+        }
+    }
 }
 
 /// One rule: conditions and an action.
@@ -311,6 +346,8 @@ pub struct RuleSet {
     pub rules: Vec<Rule>,
     /// Conversions to count.
     pub goals: Vec<Goal>,
+    /// Where assignments are stored.
+    pub assignments: KeyTemplate,
 }
 
 impl RuleSet {

@@ -110,6 +110,12 @@ pub struct RawInternal {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawAssignments {
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawService {
     pub hosts: OneOrMany<String>,
     pub path_prefix: Option<String>,
