@@ -61,7 +61,11 @@ fn main() {
     std::fs::write(&path, rule_set(0, 20_000)).unwrap();
     let started = Instant::now();
     let store = SnapshotStore::load(&path).unwrap_or_else(|d| panic!("{d}"));
-    println!("first load: {:?} ({} bytes of YAML)", started.elapsed(), std::fs::metadata(&path).unwrap().len());
+    println!(
+        "first load: {:?} ({} bytes of YAML)",
+        started.elapsed(),
+        std::fs::metadata(&path).unwrap().len()
+    );
     let report = |what: &str, t: &[Duration]| {
         println!(
             "{what}: median {:.1} ms, worst {:.1} ms over {} reloads of {RULES} rules and {SERVICES} services",
@@ -70,6 +74,12 @@ fn main() {
             t.len()
         );
     };
-    report("rules changed, groups reused", &measure(&store, &path, &[20_000]));
-    report("every group rebuilt", &measure(&store, &path, &[30_000, 40_000]));
+    report(
+        "rules changed, groups reused",
+        &measure(&store, &path, &[20_000]),
+    );
+    report(
+        "every group rebuilt",
+        &measure(&store, &path, &[30_000, 40_000]),
+    );
 }
