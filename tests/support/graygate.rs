@@ -50,6 +50,12 @@ impl Graygate {
 
     /// Like [`Graygate::start`], with `token` guarding the admin API.
     pub fn start_with_token(rules: &str, token: Option<&str>) -> Graygate {
+        Self::start_with(rules, token, "")
+    }
+
+    /// Like [`Graygate::start`], with `token` guarding the admin API and `extra_conf`
+    /// appended to `conf/graygate.yaml` (for example a `redis:` section).
+    pub fn start_with(rules: &str, token: Option<&str>, extra_conf: &str) -> Graygate {
         let dir = tempfile::tempdir().expect("temp dir");
         let rules_dir = dir.path().join("rules");
         std::fs::create_dir(&rules_dir).expect("rules dir");
@@ -60,7 +66,7 @@ impl Graygate {
             "listen: [\"{proxy}\"]\nadmin: {{ listen: \"{admin}\" }}\nrules: rules\nserver:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n  pid_file: graygate.pid\n  upgrade_sock: upgrade.sock\n"
         );
         let conf_path: PathBuf = dir.path().join("graygate.yaml");
-        std::fs::write(&conf_path, conf).expect("write conf");
+        std::fs::write(&conf_path, conf + extra_conf).expect("write conf");
         let mut app =
             App::load(&conf_path).unwrap_or_else(|d| panic!("config does not load:\n{d}"));
         app.admin_token = token.map(str::to_string);
