@@ -2,7 +2,7 @@
 #
 #   make build   release build  -> target/release/graygate
 #   make run     build, start two demo backends and graygate (scripts/run-demo.sh)
-#   make test    fmt check, clippy, unit + integration + doc tests, config check
+#   make test    fmt check, clippy, unit + integration + doc tests, config check, deploy/ checks
 #   make check   validate conf/graygate.yaml with the release binary
 #   make bench   benchmarks (reload of 1,000 rules and 50 services)
 #   make fmt | lint | clean
@@ -14,7 +14,7 @@ SHELL := /bin/bash
 CARGO  ?= cargo
 CONFIG ?= conf/graygate.yaml
 
-.PHONY: help deps-run deps-test build run test check bench fmt lint clean
+.PHONY: help deps-run deps-test build run test check check-deploy bench fmt lint clean
 
 help:
 	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
@@ -43,6 +43,10 @@ test: deps-test
 		echo "no src/lib.rs: skipping doc tests"; \
 	fi
 	$(CARGO) run --quiet --locked -- check -c $(CONFIG)
+	bash scripts/check-deploy.sh
+
+check-deploy: deps-test
+	bash scripts/check-deploy.sh
 
 check: deps-run
 	$(CARGO) run --quiet --release --locked -- check -c $(CONFIG)

@@ -2,7 +2,8 @@
 # Install the system packages graygate needs on a Debian/Ubuntu machine.
 #
 #   scripts/install-deps.sh run    # build + run the demo
-#   scripts/install-deps.sh test   # additionally: redis-server, redis-cli
+#   scripts/install-deps.sh test   # additionally: redis-server, redis-cli, prometheus
+#                                  # (promtool), python3-yaml (scripts/check-deploy.sh)
 #
 # Idempotent: only missing commands are installed, and nothing is printed
 # (and apt is not touched) when everything is already present.
@@ -11,13 +12,13 @@ set -euo pipefail
 profile="${1:-run}"
 
 case "$profile" in
-run | test) ;;
+run | test | bench) ;;
 -h | --help)
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
-    echo "install-deps: unknown profile '$profile' (expected: run | test)" >&2
+    echo "install-deps: unknown profile '$profile' (expected: run | test | bench)" >&2
     exit 2
     ;;
 esac
@@ -30,10 +31,29 @@ needs=(
     "python3:python3"
     "curl:curl"
 )
+# Installed without recommended packages (Debian's prometheus recommends the node exporter,
+# a service of its own that the tests do not need).
+lean_needs=()
 if [[ "$profile" == "test" ]]; then
     needs+=(
         "redis-server:redis-server"
         "redis-cli:redis-tools"
+    )
+    # promtool checks and unit-tests deploy/prometheus/alerts.yml; tests/prometheus.rs starts
+    # its own prometheus on a free loopback port (never the package's system service).
+    lean_needs+=(
+        "promtool:prometheus"
+    )
+fi
+
+if [[ "$profile" == "bench" ]]; then
+    # bench/: nginx is the backend and the peer, wrk drives the load.
+    needs+=(
+        "redis-server:redis-server"
+        "redis-cli:redis-tools"
+        "nginx:nginx"
+        "wrk:wrk"
+        "taskset:util-linux"
     )
 fi
 
@@ -51,25 +71,43 @@ for pair in "${needs[@]}"; do
     fi
 done
 
-if ((${#missing[@]} > 0)); then
+missing_lean=()
+for pair in "${lean_needs[@]+"${lean_needs[@]}"}"; do
+    if ! command -v "${pair%%:*}" >/dev/null 2>&1; then
+        missing_lean+=("${pair#*:}")
+    fi
+done
+# scripts/check-deploy.sh parses YAML with python3's yaml module.
+if [[ "$profile" == "test" ]] && ! python3 -c 'import yaml' >/dev/null 2>&1; then
+    missing_lean+=("python3-yaml")
+fi
+
+all_missing=("${missing[@]+"${missing[@]}"}" "${missing_lean[@]+"${missing_lean[@]}"}")
+if ((${#all_missing[@]} > 0)); then
     sudo=()
     if [[ "$(id -u)" -ne 0 ]]; then
         if command -v sudo >/dev/null 2>&1; then
             sudo=(sudo)
         else
-            echo "install-deps: missing packages (${missing[*]}) and not root, no sudo available" >&2
-            echo "install-deps: install them manually: apt-get install ${missing[*]}" >&2
+            echo "install-deps: missing packages (${all_missing[*]}) and not root, no sudo available" >&2
+            echo "install-deps: install them manually: apt-get install ${all_missing[*]}" >&2
             exit 1
         fi
     fi
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "install-deps: apt-get not found; please install: ${missing[*]}" >&2
+        echo "install-deps: apt-get not found; please install: ${all_missing[*]}" >&2
         exit 1
     fi
-    echo "install-deps: installing ${missing[*]}" >&2
+    echo "install-deps: installing ${all_missing[*]}" >&2
     "${sudo[@]+"${sudo[@]}"}" apt-get update -qq
-    "${sudo[@]+"${sudo[@]}"}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq "${missing[@]}" </dev/null
+    if ((${#missing[@]} > 0)); then
+        "${sudo[@]+"${sudo[@]}"}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq "${missing[@]}" </dev/null
+    fi
+    if ((${#missing_lean[@]} > 0)); then
+        "${sudo[@]+"${sudo[@]}"}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends "${missing_lean[@]}" </dev/null
+    fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
