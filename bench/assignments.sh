@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Throughput through graygate with rules that need the Redis assignment lookup, against the
+# same rules without it, side by side in one run (10,000 distinct uids, interleaved runs,
+# medians). The cached path must reach at least 0.9x of the lookup-free path.
+#
+#   bench/assignments.sh            # or: make bench
+#   DURATION=5 REPS=5 bench/assignments.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DURATION=${DURATION:-5}
+REPS=${REPS:-5}
+CONNECTIONS=${CONNECTIONS:-32}
+UIDS=10000
+
+bash scripts/install-deps.sh bench
+cargo build --release --locked --quiet
+bin=target/release/graygate
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    return 1
+}
+
+backend=$(free_port); redis=$(free_port)
+with_lookup=$(free_port); without_lookup=$(free_port)
+
+# The backend: nginx answering 200 from memory, pinned to the second core with Redis and wrk.
+mkdir -p "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:$backend;
+        location / { return 200 "ok\n"; }
+    }
+}
+NGINX
+taskset -c 1 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
+taskset -c 1 redis-server --port "$redis" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null & pids+=($!)
+wait_port "$backend"; wait_port "$redis"
+
+# Half of the uids have an assignment (to a version served by the same backend).
+for ((i = 0; i < UIDS; i += 2)); do echo "SET gray:version:$i canary"; done | redis-cli -p "$redis" >/dev/null
+
+rules() { # $1: the rule that decides
+    cat <<RULES
+versions: { stable: {}, canary: {} }
+default: stable
+identity: { uid: [header:X-User-Id] }
+services:
+  web:
+    hosts: ["*"]
+    groups:
+      stable: { peers: ["127.0.0.1:$backend"] }
+      canary: { peers: ["127.0.0.1:$backend"] }
+rules:
+  - { name: shield-header, when: { header: { X-Shield: "1" } }, version: stable }
+$1
+RULES
+}
+start_graygate() { # $1 name, $2 port, $3 rule, $4 extra conf
+    mkdir -p "$work/$1/rules"
+    rules "$3" > "$work/$1/rules/rules.yaml"
+    cat > "$work/$1/graygate.yaml" <<CONF
+listen: ["127.0.0.1:$2"]
+admin: { listen: "127.0.0.1:$(free_port)" }
+rules: rules
+server: { threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: gg.pid, upgrade_sock: gg.sock }
+$4
+CONF
+    RUST_LOG=warn taskset -c 0 "$bin" run -c "$work/$1/graygate.yaml" 2>"$work/$1.log" & pids+=($!)
+    wait_port "$2"
+}
+start_graygate lookup "$with_lookup" '  - { name: assigned, version: $assigned }' \
+    "redis: { url: \"redis://127.0.0.1:$redis/0\", lookup_timeout: 20ms, cache_ttl: 1h }"
+start_graygate plain "$without_lookup" '  - { name: tail, when: { uid_tail: [0, 2, 4, 6, 8] }, version: canary }' ""
+
+cat > "$work/uids.lua" <<LUA
+local n = 0
+request = function()
+    n = (n + 1) % $UIDS
+    return wrk.format("GET", "/", { ["X-User-Id"] = tostring(n) })
+end
+done = function(summary, latency, requests)
+    io.write(string.format("NON2XX %d\n", summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+LUA
+
+run() { # $1 port, $2 seconds -> requests/s
+    local out
+    out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$2s" -s "$work/uids.lua" "http://127.0.0.1:$1/")
+    local errors
+    errors=$(awk '/^NON2XX/ {print $2}' <<<"$out")
+    if [[ "$errors" != "0" ]]; then echo "errors during the run on port $1: $errors" >&2; echo "$out" >&2; exit 1; fi
+    awk '/^Requests\/sec/ {print $2}' <<<"$out"
+}
+
+echo "warming up (fills the assignment cache with all $UIDS uids)"
+run "$with_lookup" 3 >/dev/null
+run "$without_lookup" 3 >/dev/null
+
+with=(); without=()
+for ((r = 1; r <= REPS; r++)); do
+    without+=("$(run "$without_lookup" "$DURATION")")
+    with+=("$(run "$with_lookup" "$DURATION")")
+    echo "rep $r: without lookup ${without[-1]} req/s, with cached lookup ${with[-1]} req/s"
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+m_with=$(median "${with[@]}"); m_without=$(median "${without[@]}")
+ratio=$(awk -v a="$m_with" -v b="$m_without" 'BEGIN {printf "%.3f", a / b}')
+lookups=$(curl -s "http://$(grep -o '127.0.0.1:[0-9]*' "$work/lookup/graygate.yaml" | sed -n 2p)/metrics" | grep '^graygate_store_lookups_total' || true)
+
+cat <<REPORT
+
+| path (graygate, 1 worker thread, $UIDS uids, wrk -c$CONNECTIONS, median of $REPS x ${DURATION}s) | requests/s | ratio |
+| --- | --- | --- |
+| rules without a store lookup | $m_without | 1.000 |
+| rules with \$assigned (cached Redis lookup) | $m_with | $ratio |
+
+store lookups during the run:
+$lookups
+REPORT
+awk -v r="$ratio" 'BEGIN { exit !(r >= 0.9) }' || { echo "FAIL: the cached lookup path reached only ${ratio}x (target 0.9x)"; exit 1; }
+echo "PASS: the cached lookup path reached ${ratio}x of the lookup-free path (target 0.9x)"
