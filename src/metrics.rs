@@ -3,6 +3,7 @@
 //! Label values come only from configuration names (services, versions, rules, goals) and
 //! fixed words, never from request data, so the number of series is bounded by the config.
 
+use crate::snapshot::Snapshot;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -43,8 +44,10 @@ pub struct Metrics {
     pub decisions: IntCounterVec,
     /// `graygate_fallbacks_total{service,from,to,reason}`
     pub fallbacks: IntCounterVec,
-    /// `graygate_goal_total{goal,version}`
+    /// `graygate_goal_total{goal,version}`: conversions.
     pub goals: IntCounterVec,
+    /// `graygate_goal_attempts_total{goal,version}`: requests meeting a goal's conditions.
+    pub goal_attempts: IntCounterVec,
     /// `graygate_store_lookups_total{kind,result}`
     pub store_lookups: IntCounterVec,
     /// `graygate_rules_generation`
@@ -92,6 +95,11 @@ impl Metrics {
             "Goal conversions, per goal and version.",
             &["goal", "version"],
         );
+        let goal_attempts = counter(
+            "graygate_goal_attempts_total",
+            "Requests meeting a goal's conditions, whatever their status, per goal and decided version.",
+            &["goal", "version"],
+        );
         let store_lookups = counter(
             "graygate_store_lookups_total",
             "Assignment store lookups, per kind (assignment, tier, internal) and result.",
@@ -135,6 +143,14 @@ impl Metrics {
         registry
             .register(Box::new(peer_healthy.clone()))
             .expect("unique metric name");
+        for result in ["ok", "error"] {
+            rules_reloads.with_label_values(&[result]);
+        }
+        for kind in ["assignment", "tier", "internal"] {
+            for result in ["cache_hit", "hit", "miss", "error", "timeout"] {
+                store_lookups.with_label_values(&[kind, result]);
+            }
+        }
         Metrics {
             registry,
             requests,
@@ -143,11 +159,35 @@ impl Metrics {
             decisions,
             fallbacks,
             goals,
+            goal_attempts,
             store_lookups,
             rules_generation,
             rules_reloads,
             peer_healthy,
         }
+    }
+
+    /// Creates at 0 the series a generation can produce, so that rates and ratios exist
+    /// before the first event (a first 5xx, a first failed reload), and sets the generation.
+    pub fn prepare(&self, snapshot: &Snapshot) {
+        let rules = &snapshot.rules;
+        for service in &snapshot.services.services {
+            for group in service.groups() {
+                let version = &*rules.version(group.version).name;
+                for class in ["2xx", "3xx", "4xx", "5xx"] {
+                    self.requests
+                        .with_label_values(&[&*service.name, version, class]);
+                }
+            }
+        }
+        for goal in &rules.goals {
+            for version in &rules.versions {
+                let labels = [&*goal.name, &*version.name];
+                self.goals.with_label_values(&labels);
+                self.goal_attempts.with_label_values(&labels);
+            }
+        }
+        self.rules_generation.set(snapshot.generation as i64);
     }
 
     /// The Prometheus text exposition of every series.

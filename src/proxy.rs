@@ -18,6 +18,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 use xxhash_rust::xxh64::xxh64;
 
+use crate::config::AccessLogFormat;
 use crate::facts::bucket::ip_text;
 use crate::facts::{Facts, RequestView};
 use crate::metrics::{status_class, FallbackReason, Metrics};
@@ -42,16 +43,29 @@ pub struct Gateway {
     store: Arc<SnapshotStore>,
     metrics: Arc<Metrics>,
     lookups: Arc<Lookups>,
+    access_log: AccessLogFormat,
     fallback_log: LogThrottle,
 }
 
+/// The log target of the access log (`RUST_LOG=graygate::access=off` silences it).
+pub const ACCESS_TARGET: &str = "graygate::access";
+
+/// The `service` and `version` label of requests no service matched.
+const UNMATCHED: &str = "unmatched";
+
 impl Gateway {
     /// A gateway serving whatever generation `store` holds, with store facts from `lookups`.
-    pub fn new(store: Arc<SnapshotStore>, metrics: Arc<Metrics>, lookups: Arc<Lookups>) -> Self {
+    pub fn new(
+        store: Arc<SnapshotStore>,
+        metrics: Arc<Metrics>,
+        lookups: Arc<Lookups>,
+        access_log: AccessLogFormat,
+    ) -> Self {
         Gateway {
             store,
             metrics,
             lookups,
+            access_log,
             fallback_log: LogThrottle::new(Duration::from_secs(1)),
         }
     }
@@ -370,30 +384,37 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let Some(route) = ctx.route.as_ref() else {
-            return;
-        };
-        let rules = &ctx.snapshot.rules;
-        let service = &ctx.snapshot.services.services[route.service];
-        let served = &*rules.version(route.serving).name;
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(if e.is_some() { 502 } else { 0 });
+        let elapsed = ctx.started.elapsed();
+        let rules = &ctx.snapshot.rules;
+        let Some(route) = ctx.route.as_ref() else {
+            // Answered before routing (no service for the host and path): fixed labels.
+            if status > 0 {
+                self.metrics
+                    .requests
+                    .with_label_values(&[UNMATCHED, UNMATCHED, status_class(status)])
+                    .inc();
+            }
+            self.access_log(session, status, elapsed, None, &ctx.snapshot);
+            return;
+        };
+        let service = &ctx.snapshot.services.services[route.service];
+        let served = &*rules.version(route.serving).name;
+        let decided = &*rules.version(route.decision.version).name;
         self.metrics
             .decisions
-            .with_label_values(&[
-                route.decision.rule_name(rules),
-                &rules.version(route.decision.version).name,
-            ])
+            .with_label_values(&[route.decision.rule_name(rules), decided])
             .inc();
-        let decided = &*rules.version(route.decision.version).name;
         for (i, goal) in rules.goals.iter().enumerate() {
-            if route.goal_attempts & (1 << i) != 0 && goal.status.matches(status) {
-                self.metrics
-                    .goals
-                    .with_label_values(&[&*goal.name, decided])
-                    .inc();
+            if route.goal_attempts & (1 << i) != 0 {
+                let labels = [&*goal.name, decided];
+                self.metrics.goal_attempts.with_label_values(&labels).inc();
+                if goal.status.matches(status) {
+                    self.metrics.goals.with_label_values(&labels).inc();
+                }
             }
         }
         if status > 0 {
@@ -405,7 +426,7 @@ impl ProxyHttp for Gateway {
         self.metrics
             .request_duration
             .with_label_values(&[&service.name, served])
-            .observe(ctx.started.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
         if let Some(e) = e {
             if e.esource() == &ErrorSource::Upstream {
                 let kind = match e.etype() {
@@ -422,6 +443,67 @@ impl ProxyHttp for Gateway {
                     .with_label_values(&[&service.name, served, kind])
                     .inc();
             }
+        }
+        self.access_log(session, status, elapsed, Some(route), &ctx.snapshot);
+    }
+}
+
+impl Gateway {
+    /// One line per request on the `graygate::access` log target, text or JSON.
+    fn access_log(
+        &self,
+        session: &Session,
+        status: u16,
+        elapsed: Duration,
+        route: Option<&Route>,
+        snapshot: &Snapshot,
+    ) {
+        if self.access_log == AccessLogFormat::Off
+            || !log::log_enabled!(target: ACCESS_TARGET, log::Level::Info)
+        {
+            return;
+        }
+        let req = session.req_header();
+        let rules = &snapshot.rules;
+        let (service, version, decided, rule, upstream) = match route {
+            Some(r) => (
+                &*snapshot.services.services[r.service].name,
+                &*rules.version(r.serving).name,
+                &*rules.version(r.decision.version).name,
+                r.decision.rule_name(rules),
+                r.peer.map(|p| p.to_string()),
+            ),
+            None => (UNMATCHED, UNMATCHED, UNMATCHED, UNMATCHED, None),
+        };
+        let client = client_ip(session).map(|ip| ip.to_string());
+        let millis = elapsed.as_secs_f64() * 1e3;
+        match self.access_log {
+            AccessLogFormat::Json => {
+                let line = serde_json::json!({
+                    "client": client,
+                    "method": req.method.as_str(),
+                    "host": request_host(req),
+                    "path": req.uri.path(),
+                    "status": status,
+                    "duration_ms": (millis * 1000.0).round() / 1000.0,
+                    "service": service,
+                    "version": version,
+                    "decided": decided,
+                    "rule": rule,
+                    "upstream": upstream,
+                    "generation": snapshot.generation,
+                });
+                log::info!(target: ACCESS_TARGET, "{line}");
+            }
+            _ => log::info!(
+                target: ACCESS_TARGET,
+                "{} {} {}{} {status} {millis:.3}ms service={service} version={version} decided={decided} rule={rule} upstream={}",
+                client.as_deref().unwrap_or("-"),
+                req.method,
+                request_host(req),
+                req.uri.path(),
+                upstream.as_deref().unwrap_or("-")
+            ),
         }
     }
 }

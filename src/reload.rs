@@ -46,7 +46,7 @@ impl Reloader {
                     .rules_generation
                     .set(snapshot.generation as i64);
                 match &reloaded {
-                    Reloaded::Swapped(_) => log::info!(
+                    Reloaded::Swapped(snapshot) => log::info!(
                         "rules reloaded ({trigger}): generation {} with {} rule(s)",
                         snapshot.generation,
                         snapshot.rules.rules.len()

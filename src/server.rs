@@ -111,6 +111,7 @@ impl App {
             Arc::clone(&self.store),
             Arc::clone(&self.metrics),
             Arc::clone(&self.lookups),
+            self.config.access_log,
         );
         let mut proxy = http_proxy_service(&server.configuration, gateway);
         for addr in &self.config.listen {

@@ -34,6 +34,21 @@ pub struct Config {
     pub cookie_secret_env: String,
     /// Settings handed to Pingora.
     pub server: ServerSettings,
+    /// One line per request on the `graygate::access` log target.
+    pub access_log: AccessLogFormat,
+}
+
+/// The access log's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// No access log.
+    Off,
+    /// `client method host/path status duration service= version= decided= rule= upstream=`.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The admin listener's settings.
@@ -77,6 +92,8 @@ struct RawConf {
     cookie_secret_env: String,
     #[serde(default)]
     server: RawServer,
+    #[serde(default)]
+    access_log: AccessLogFormat,
 }
 
 #[derive(Debug, Deserialize)]
@@ -275,6 +292,7 @@ impl Config {
                     .unwrap_or_else(|| run_dir.join("graygate_upgrade.sock")),
                 error_log: raw.server.error_log.map(|p| resolve(&p)),
             },
+            access_log: raw.access_log,
         }
     }
 }

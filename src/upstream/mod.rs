@@ -7,7 +7,7 @@
 //! generation. Health probes run in one background task ([`HealthChecker`]) over whatever
 //! pools the current snapshot holds; Pingora logs each peer's change of health.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -323,22 +323,35 @@ impl HealthChecker {
         }
     }
 
-    /// Sets `graygate_upstream_peer_healthy` for every peer of the current generation,
-    /// dropping the series of peers it no longer has.
-    fn export_health(&self, snapshot: &crate::snapshot::Snapshot) {
+    /// Sets `graygate_upstream_peer_healthy` in place for every peer of the current
+    /// generation, then drops the series of peers it no longer has (never a reset: a scrape
+    /// must not see the series vanish and come back).
+    fn export_health(
+        &self,
+        snapshot: &crate::snapshot::Snapshot,
+        exported: &mut HashSet<[String; 3]>,
+    ) {
         let gauge = &self.metrics.peer_healthy;
-        gauge.reset();
+        let mut current = HashSet::new();
         for service in &snapshot.services.services {
             for group in service.groups() {
                 let version = &snapshot.rules.version(group.version).name;
                 for peer in &group.pool.spec().peers {
+                    let labels = [
+                        service.name.to_string(),
+                        version.to_string(),
+                        peer.to_string(),
+                    ];
                     let healthy = group.pool.is_healthy(*peer) as i64;
-                    gauge
-                        .with_label_values(&[&*service.name, &**version, &peer.to_string()])
-                        .set(healthy);
+                    gauge.with_label_values(&labels).set(healthy);
+                    current.insert(labels);
                 }
             }
         }
+        for gone in exported.difference(&current) {
+            let _ = gauge.remove_label_values(&[&gone[0], &gone[1], &gone[2]]);
+        }
+        *exported = current;
     }
 }
 
@@ -347,6 +360,7 @@ impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut ticker = tokio::time::interval(self.tick);
         let mut exported = Instant::now() - Duration::from_secs(1);
+        let mut exported_series = HashSet::new();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -354,7 +368,7 @@ impl BackgroundService for HealthChecker {
             }
             let snapshot = self.store.current();
             if exported.elapsed() >= Duration::from_secs(1) {
-                self.export_health(&snapshot);
+                self.export_health(&snapshot, &mut exported_series);
                 exported = Instant::now();
             }
             for pool in snapshot.services.pools() {
