@@ -11,6 +11,7 @@ use http::header::{HeaderName, HeaderValue, COOKIE};
 use http::{HeaderMap, Method};
 use serde::Serialize;
 
+use crate::channels::ChannelKey;
 use crate::facts::{Facts, RequestView};
 use crate::rules::decide::Step;
 use crate::rules::model::Source;
@@ -85,6 +86,7 @@ pub enum DescriptionError {
 pub async fn explain_request(
     snapshot: &Snapshot,
     lookups: &Lookups,
+    channel_key: &ChannelKey,
     desc: &RequestDescription,
 ) -> Result<Report, DescriptionError> {
     let rules = &snapshot.rules;
@@ -142,6 +144,8 @@ pub async fn explain_request(
         client_ip: desc.ip,
     };
     let mut facts = Facts::gather(&rules.identity, view);
+    let uid = facts.uid.as_ref().map(|u| &*u.text);
+    facts.channel = channel_key.channel_of(rules, view.cookie(&rules.channels.cookie), uid);
     let explanation = lookups.explain(rules, &mut facts).await;
     let decision = explanation.decision;
     let service = snapshot

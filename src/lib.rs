@@ -14,11 +14,13 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod channels;
 pub mod config;
 pub mod diagnostics;
 pub mod explain;
 pub mod facts;
 pub mod metrics;
+pub mod pages;
 pub mod proxy;
 pub mod reload;
 pub mod rules;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use graygate::channels::ChannelKey;
 use graygate::config::Config;
 use graygate::diagnostics::Diagnostics;
 use graygate::explain::{explain_request, RequestDescription};
@@ -196,7 +197,8 @@ fn main() -> anyhow::Result<ExitCode> {
                     None => Arc::new(EmbeddedStore::default()),
                 };
                 let lookups = Lookups::new(lookup_store, Arc::new(Metrics::new()));
-                anyhow::Ok(explain_request(&store.current(), &lookups, &desc).await?)
+                let channel_key = ChannelKey::from_env(&config.cookie_secret_env);
+                anyhow::Ok(explain_request(&store.current(), &lookups, &channel_key, &desc).await?)
             })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

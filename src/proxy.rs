@@ -18,12 +18,16 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 use xxhash_rust::xxh64::xxh64;
 
+use crate::channels::ChannelKey;
 use crate::config::AccessLogFormat;
 use crate::facts::bucket::ip_text;
 use crate::facts::{Facts, RequestView};
 use crate::metrics::{status_class, FallbackReason, Metrics};
+use crate::pages::{self, Visitor};
 use crate::rules::decide::holds;
 use crate::rules::decide::Decision;
+use crate::rules::decide::Missing;
+use crate::rules::model::Action;
 use crate::rules::model::VersionId;
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::store::Lookups;
@@ -43,6 +47,7 @@ pub struct Gateway {
     store: Arc<SnapshotStore>,
     metrics: Arc<Metrics>,
     lookups: Arc<Lookups>,
+    channel_key: ChannelKey,
     access_log: AccessLogFormat,
     fallback_log: LogThrottle,
 }
@@ -59,12 +64,14 @@ impl Gateway {
         store: Arc<SnapshotStore>,
         metrics: Arc<Metrics>,
         lookups: Arc<Lookups>,
+        channel_key: ChannelKey,
         access_log: AccessLogFormat,
     ) -> Self {
         Gateway {
             store,
             metrics,
             lookups,
+            channel_key,
             access_log,
             fallback_log: LogThrottle::new(Duration::from_secs(1)),
         }
@@ -88,6 +95,14 @@ pub struct Route {
     pub peer: Option<SocketAddr>,
     /// Bit `i` set: the request meets goal `i`'s conditions (a conversion if the status fits).
     pub goal_attempts: u64,
+    /// A channel cookie to set on the response (a sticky split's first decision).
+    pub set_cookie: Option<String>,
+}
+
+/// A response graygate writes itself.
+enum Page {
+    Channel,
+    Address,
 }
 
 /// Per-request state.
@@ -115,7 +130,8 @@ pub fn request_host(req: &RequestHeader) -> &str {
     strip_port(raw)
 }
 
-fn strip_port(host: &str) -> &str {
+/// `host` without a `:port` (and without the brackets of an IPv6 literal).
+pub fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
@@ -199,10 +215,23 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
-        let snapshot = &ctx.snapshot;
+        let snapshot = Arc::clone(&ctx.snapshot);
+        let rules = &snapshot.rules;
         let req = session.req_header();
         let host = request_host(req);
         let path = req.uri.path();
+        let page = if rules.channel_page && path == &*rules.channels.path {
+            Some(Page::Channel)
+        } else if rules.address_api.as_ref().is_some_and(|a| path == &*a.path) {
+            Some(Page::Address)
+        } else {
+            None
+        };
+        let service = snapshot.services.find(host, path);
+        if page.is_none() && service.is_none() {
+            respond_json(session, 404, "no service for this host and path").await?;
+            return Ok(true);
+        }
         let view = RequestView {
             method: &req.method,
             host,
@@ -211,14 +240,41 @@ impl ProxyHttp for Gateway {
             headers: &req.headers,
             client_ip: client_ip(session),
         };
-        let Some(service) = snapshot.services.find(host, path) else {
-            respond_json(session, 404, "no service for this host and path").await?;
+        let mut facts = Facts::gather(&rules.identity, view);
+        let uid = facts.uid.as_ref().map(|u| &*u.text);
+        facts.channel =
+            self.channel_key
+                .channel_of(rules, view.cookie(&rules.channels.cookie), uid);
+        let decision = self.lookups.decide(rules, &mut facts).await;
+        if let Some(page) = page {
+            if facts.internal_unresolved {
+                // The page offers restricted versions to internal users only.
+                self.lookups
+                    .resolve(rules, &mut facts, Missing::Internal)
+                    .await;
+            }
+            let visitor = Visitor {
+                decision,
+                uid: facts.uid.as_ref().map(|u| u.text.to_string()),
+                internal: facts.internal,
+                channel: facts.channel,
+                host: host.to_string(),
+            };
+            match page {
+                Page::Channel => {
+                    pages::channel_page(session, &snapshot, &self.channel_key, &visitor).await?
+                }
+                Page::Address => {
+                    let settings = rules.address_api.as_ref().expect("matched above");
+                    pages::address_api(session, &snapshot, settings, &visitor).await?
+                }
+            }
+            return Ok(true);
+        }
+        let Some(service) = service else {
             return Ok(true);
         };
-        let mut facts = Facts::gather(&snapshot.rules.identity, view);
-        let decision = self.lookups.decide(&snapshot.rules, &mut facts).await;
-        let goal_attempts = snapshot
-            .rules
+        let goal_attempts = rules
             .goals
             .iter()
             .enumerate()
@@ -230,6 +286,19 @@ impl ProxyHttp for Gateway {
             (None, None) => 0,
         }
         .to_le_bytes();
+        // A sticky split's first decision for this user is kept in the channel cookie.
+        let set_cookie = match decision.rule.map(|i| &rules.rules[i].action) {
+            Some(Action::Split(split))
+                if split.sticky && facts.channel != Some(decision.version) =>
+            {
+                Some(self.channel_key.set_cookie(
+                    &rules.channels,
+                    Some(&rules.version(decision.version).name),
+                    facts.uid.as_ref().map(|u| &*u.text),
+                ))
+            }
+            _ => None,
+        };
         ctx.route = Some(Route {
             service,
             decision,
@@ -238,6 +307,7 @@ impl ProxyHttp for Gateway {
             failed_peers: Vec::new(),
             peer: None,
             goal_attempts,
+            set_cookie,
         });
         session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
         Ok(false)
@@ -314,6 +384,19 @@ impl ProxyHttp for Gateway {
             e.set_retry(true);
         }
         e
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(cookie) = ctx.route.as_mut().and_then(|r| r.set_cookie.take()) {
+            // Appended: the upstream's own cookies stay.
+            response.append_header(http::header::SET_COOKIE, cookie)?;
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(

@@ -12,6 +12,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
+use crate::channels::ChannelKey;
 use crate::config::Config;
 use crate::diagnostics::{Diagnostics, Severity};
 use crate::metrics::Metrics;
@@ -44,6 +45,8 @@ pub struct App {
     pub admin_token: Option<String>,
     /// Store lookups for the decisions (Redis or embedded).
     pub lookups: Arc<Lookups>,
+    /// Signs and verifies channel cookies.
+    pub channel_key: ChannelKey,
     /// The Redis store, when configured, for its background connection service.
     redis: Option<Arc<RedisStore>>,
 }
@@ -73,12 +76,14 @@ impl App {
             None => (Arc::new(EmbeddedStore::default()), None),
         };
         let lookups = Arc::new(Lookups::new(store_impl, Arc::clone(&metrics)));
+        let channel_key = ChannelKey::from_env(&config.cookie_secret_env);
         Ok(App {
             config,
             store,
             metrics,
             admin_token,
             lookups,
+            channel_key,
             redis,
         })
     }
@@ -111,6 +116,7 @@ impl App {
             Arc::clone(&self.store),
             Arc::clone(&self.metrics),
             Arc::clone(&self.lookups),
+            self.channel_key.clone(),
             self.config.access_log,
         );
         let mut proxy = http_proxy_service(&server.configuration, gateway);
@@ -132,6 +138,7 @@ impl App {
             Arc::clone(&self.metrics),
             Arc::clone(&reloader),
             Arc::clone(&self.lookups),
+            self.channel_key.clone(),
             token,
             &self.config.admin.token_env,
         );

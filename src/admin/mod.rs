@@ -21,6 +21,7 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use crate::channels::ChannelKey;
 use crate::explain::{explain_request, RequestDescription};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
@@ -35,6 +36,7 @@ pub struct AdminApp {
     metrics: Arc<Metrics>,
     reloader: Arc<Reloader>,
     lookups: Arc<Lookups>,
+    channel_key: ChannelKey,
     token: Option<String>,
     token_env: String,
 }
@@ -45,6 +47,7 @@ impl AdminApp {
         metrics: Arc<Metrics>,
         reloader: Arc<Reloader>,
         lookups: Arc<Lookups>,
+        channel_key: ChannelKey,
         token: Option<String>,
         token_env: &str,
     ) -> Self {
@@ -52,6 +55,7 @@ impl AdminApp {
             metrics,
             reloader,
             lookups,
+            channel_key,
             token: token.filter(|t| !t.is_empty()),
             token_env: token_env.to_string(),
         }
@@ -285,7 +289,7 @@ impl AdminApp {
             ip,
         };
         let snapshot = self.reloader.store().current();
-        match explain_request(&snapshot, &self.lookups, &desc).await {
+        match explain_request(&snapshot, &self.lookups, &self.channel_key, &desc).await {
             Ok(report) => json_response(
                 StatusCode::OK,
                 serde_json::to_value(report).unwrap_or_default(),

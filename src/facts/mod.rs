@@ -140,6 +140,8 @@ pub struct Facts<'a> {
     pub internal_unresolved: bool,
     /// The uid's stored assignment.
     pub assigned: Assigned,
+    /// The version of a valid channel cookie (set by the caller, which holds the key).
+    pub channel: Option<VersionId>,
 }
 
 impl<'a> Facts<'a> {
@@ -174,6 +176,7 @@ impl<'a> Facts<'a> {
             } else {
                 Assigned::NoUid
             },
+            channel: None,
             uid,
             tier,
             internal,

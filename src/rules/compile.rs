@@ -147,8 +147,8 @@ struct Merged {
     services: IndexMap<String, (At, serde_yaml::Value)>,
     rules: Vec<(At, serde_yaml::Value)>,
     goals: Vec<(At, serde_yaml::Value)>,
-    channels: Option<(At, ())>,
-    address_api: Option<(At, ())>,
+    channels: Option<(At, serde_yaml::Value)>,
+    address_api: Option<(At, serde_yaml::Value)>,
 }
 
 #[derive(Default)]
@@ -157,12 +157,12 @@ struct Compiler {
     diags: Diagnostics,
     /// A file could not be parsed: what seems missing from the set may be in it.
     unparsed_file: bool,
+    /// Version names, once the versions are compiled (for `channel:` conditions).
+    version_names: HashMap<String, VersionId>,
 }
 
 /// Goals are tracked per request in a 64-bit set.
 pub const MAX_GOALS: usize = 64;
-
-const NOT_YET: &str = "is not supported by this build yet";
 
 impl Compiler {
     fn error(&mut self, at: &At, message: String) {
@@ -254,17 +254,11 @@ impl Compiler {
             raw.assignments,
             &mut merged.assignments,
         );
-        // Sections this build does not support yet: kept only to report them.
-        self.once(
-            index,
-            "channels",
-            raw.channels.map(drop),
-            &mut merged.channels,
-        );
+        self.once(index, "channels", raw.channels, &mut merged.channels);
         self.once(
             index,
             "address_api",
-            raw.address_api.map(drop),
+            raw.address_api,
             &mut merged.address_api,
         );
     }
@@ -306,15 +300,15 @@ impl Compiler {
     }
 
     fn build(&mut self, merged: Merged) -> Option<RoutingModel> {
-        for (key, at) in [
-            ("channels", &merged.channels),
-            ("address_api", &merged.address_api),
-        ] {
-            if let Some((at, ())) = at {
-                self.error(at, format!("{key}: {key} {NOT_YET}"));
-            }
-        }
         let versions = self.versions(&merged.versions);
+        self.version_names = versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.name.to_string(), VersionId(i as u16)))
+            .collect();
+        let channel_page = merged.channels.is_some();
+        let channels = self.channels(merged.channels);
+        let address_api = self.address_api(merged.address_api);
         let names: HashMap<&str, VersionId> = versions
             .iter()
             .enumerate()
@@ -364,6 +358,9 @@ impl Compiler {
                 rules,
                 goals,
                 assignments: assignments?,
+                channels: channels?,
+                channel_page,
+                address_api: address_api?,
             },
             services,
         })
@@ -441,6 +438,69 @@ impl Compiler {
                 None
             }
         }
+    }
+
+    fn channels(&mut self, raw: Option<(At, serde_yaml::Value)>) -> Option<ChannelSettings> {
+        let defaults = ChannelSettings::default();
+        let Some((at, value)) = raw else {
+            return Some(defaults);
+        };
+        let raw = self.parse::<RawChannels>(&at, "channels", value)?;
+        let path = raw.path.unwrap_or_else(|| defaults.path.to_string());
+        if !path.starts_with('/') {
+            self.error(&at, format!("channels.path: \"{path}\" must start with /"));
+        }
+        let cookie = raw.cookie.unwrap_or_else(|| defaults.cookie.to_string());
+        let token = |c: &str| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        };
+        if !token(&cookie) {
+            self.error(
+                &at,
+                format!("channels.cookie: \"{cookie}\" is not a cookie name"),
+            );
+        }
+        if let Some(domain) = &raw.domain {
+            if !token(domain) || !domain.contains('.') {
+                self.error(
+                    &at,
+                    format!("channels.domain: \"{domain}\" is not a domain like .example.com"),
+                );
+            }
+        }
+        let max_age = raw.max_age.map(|d| d.0).unwrap_or(defaults.max_age);
+        if max_age.is_zero() {
+            self.error(&at, "channels.max_age: must be above 0".into());
+        }
+        Some(ChannelSettings {
+            path: path.into(),
+            cookie: cookie.into(),
+            max_age,
+            domain: raw.domain.map(Into::into),
+        })
+    }
+
+    fn address_api(
+        &mut self,
+        raw: Option<(At, serde_yaml::Value)>,
+    ) -> Option<Option<AddressApiSettings>> {
+        let Some((at, value)) = raw else {
+            return Some(None);
+        };
+        let raw = self.parse::<RawAddressApi>(&at, "address_api", value)?;
+        let path = raw.path.unwrap_or_else(|| "/.graygate/address".into());
+        if !path.starts_with('/') {
+            self.error(
+                &at,
+                format!("address_api.path: \"{path}\" must start with /"),
+            );
+        }
+        Some(Some(AddressApiSettings {
+            path: path.into(),
+            ttl: raw.ttl.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
+        }))
     }
 
     fn identity(&mut self, raw: Option<(At, serde_yaml::Value)>) -> Option<Identity> {
@@ -779,22 +839,11 @@ impl Compiler {
         name: &str,
         names: &HashMap<&str, VersionId>,
     ) -> Option<VersionId> {
-        match name {
-            "$channel" => {
-                self.error(
-                    at,
-                    format!("{what}: version $channel {NOT_YET} (it needs the channel cookie)"),
-                );
-                None
-            }
-            _ => {
-                let id = names.get(name).copied();
-                if id.is_none() {
-                    self.error(at, format!("{what}: unknown version \"{name}\""));
-                }
-                id
-            }
+        let id = names.get(name).copied();
+        if id.is_none() {
+            self.error(at, format!("{what}: unknown version \"{name}\""));
         }
+        id
     }
 
     fn rules(
@@ -841,6 +890,7 @@ impl Compiler {
             let conditions = self.conditions(&when_at, &what, r.when);
             let action = match (r.version, r.split) {
                 (Some(version), None) if version == "$assigned" => Some(Action::Assigned),
+                (Some(version), None) if version == "$channel" => Some(Action::Channel),
                 (Some(version), None) => {
                     let v_at = At {
                         path: format!("{}.version", at.path),
@@ -877,7 +927,7 @@ impl Compiler {
                                 .iter()
                                 .all(|a| a.weight == 0 || !versions[a.version.index()].restricted)
                     }
-                    Action::Assigned => false,
+                    Action::Assigned | Action::Channel => false,
                 };
                 if decides {
                     always_decides = Some(r.name.clone());
@@ -900,12 +950,6 @@ impl Compiler {
         raw: RawSplit,
         names: &HashMap<&str, VersionId>,
     ) -> Option<Split> {
-        if raw.sticky {
-            self.error(
-                at,
-                format!("{what}: split sticky: true {NOT_YET} (it needs the channel cookie)"),
-            );
-        }
         let by = match raw.by.as_str() {
             "uid" => Some(SplitKey::Uid),
             "client_ip" => Some(SplitKey::ClientIp),
@@ -955,6 +999,7 @@ impl Compiler {
             ok = false;
         }
         Some(Split {
+            sticky: raw.sticky,
             by: by?,
             salt: raw
                 .salt
@@ -1126,11 +1171,32 @@ impl Compiler {
         if let Some(internal) = w.internal {
             out.push(Condition::Internal(internal));
         }
-        if w.channel.is_some() {
-            self.error(
-                &sub("channel"),
-                format!("{what}: the channel condition {NOT_YET} (it needs the channel cookie)"),
-            );
+        if let Some(channel) = w.channel {
+            let at = sub("channel");
+            match channel {
+                serde_yaml::Value::String(any) if any == "any" => {
+                    out.push(Condition::Channel(None))
+                }
+                other => match serde_yaml::from_value::<OneOrMany<String>>(other) {
+                    Ok(names) => {
+                        let mut ids = Vec::new();
+                        for name in &names.0 {
+                            match self.version_names.get(name) {
+                                Some(id) => ids.push(*id),
+                                None => self.error(
+                                    &at,
+                                    format!("{what}: channel names unknown version \"{name}\""),
+                                ),
+                            }
+                        }
+                        out.push(Condition::Channel(Some(ids)));
+                    }
+                    Err(_) => self.error(
+                        &at,
+                        format!("{what}: channel must be any or a list of versions"),
+                    ),
+                },
+            }
         }
         out
     }
@@ -1261,18 +1327,33 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_features_are_reported_not_ignored() {
+    fn channel_and_address_settings() {
+        let model = crate::rules::testing::model(&format!(
+            "{HEAD}channels: {{ cookie: gg_ch, max_age: 7d, domain: .example.com }}\naddress_api: {{ ttl: 30s }}\n\
+             rules:\n  - {{ name: c, when: {{ channel: [canary] }}, version: $channel }}\n  - {{ name: s, split: {{ by: random, sticky: true, weights: {{ canary: 1 }} }} }}\n"
+        ));
+        let rules = &model.rules;
+        assert!(rules.channel_page);
+        assert_eq!(&*rules.channels.path, "/.canary-deployment");
+        assert_eq!(&*rules.channels.cookie, "gg_ch");
+        assert_eq!(rules.channels.max_age, Duration::from_secs(7 * 86_400));
+        let api = rules.address_api.as_ref().unwrap();
         assert_eq!(
-            with_rules("  - { name: a, version: $assigned }\n  - { name: c, version: $channel }\n  - { name: s, split: { by: random, sticky: true, weights: { canary: 1 } } }\n  - { name: ch, when: { channel: any }, version: canary }\n"),
-            vec![
-                "rules.yaml:9: error: rule \"c\": version $channel is not supported by this build yet (it needs the channel cookie)",
-                "rules.yaml:10: error: rule \"s\": split sticky: true is not supported by this build yet (it needs the channel cookie)",
-                "rules.yaml:11: error: rule \"ch\": the channel condition is not supported by this build yet (it needs the channel cookie)",
-            ]
+            (&*api.path, api.ttl),
+            ("/.graygate/address", Duration::from_secs(30))
         );
+        assert!(matches!(rules.rules[0].action, Action::Channel));
+        assert!(matches!(&rules.rules[1].action, Action::Split(s) if s.sticky));
         assert_eq!(
-            diagnostics(&format!("{HEAD}assignments: {{ key: \"gray:version\" }}\n")),
-            vec!["rules.yaml:7: error: assignments.key: \"gray:version\" must contain {uid} exactly once"]
+            diagnostics(&format!(
+                "{HEAD}channels: {{ path: page, cookie: \"a b\", domain: localhost }}\nrules:\n  - {{ name: c, when: {{ channel: [nightly] }}, version: canary }}\n"
+            )),
+            vec![
+                "rules.yaml:7: error: channels.path: \"page\" must start with /",
+                "rules.yaml:7: error: channels.cookie: \"a b\" is not a cookie name",
+                "rules.yaml:7: error: channels.domain: \"localhost\" is not a domain like .example.com",
+                "rules.yaml:9: error: rule \"c\": channel names unknown version \"nightly\"",
+            ]
         );
     }
 

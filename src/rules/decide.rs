@@ -26,6 +26,8 @@ pub enum Reason {
     },
     /// The uid's stored assignment.
     Assigned,
+    /// A valid channel cookie.
+    Channel,
     /// No rule decided.
     Default,
 }
@@ -168,6 +170,15 @@ fn evaluate(rules: &RuleSet, facts: &Facts, trace: &mut impl Trace) -> Result<De
                     continue;
                 }
             },
+            Action::Channel => match facts.channel {
+                Some(version) => (version, Reason::Channel),
+                None => {
+                    trace.record(&rule.name, || {
+                        Outcome::Skipped("no valid channel cookie".into())
+                    });
+                    continue;
+                }
+            },
             Action::Assigned => match facts.assigned {
                 Assigned::Unresolved => return Err(Missing::Assignment),
                 Assigned::Known(Some(version)) => (version, Reason::Assigned),
@@ -208,6 +219,7 @@ fn evaluate(rules: &RuleSet, facts: &Facts, trace: &mut impl Trace) -> Result<De
                     split.total
                 ),
                 (Reason::Assigned, _) => format!("{name}: the stored assignment"),
+                (Reason::Channel, _) => format!("{name}: the channel cookie"),
                 _ => name.to_string(),
             })
         });
@@ -290,6 +302,8 @@ pub fn holds(condition: &Condition, facts: &Facts) -> bool {
         Condition::HasUid(wanted) => uid.is_some() == *wanted,
         Condition::Tier(tier) => facts.tier == *tier,
         Condition::Internal(wanted) => facts.internal == *wanted,
+        Condition::Channel(None) => facts.channel.is_some(),
+        Condition::Channel(Some(versions)) => facts.channel.is_some_and(|v| versions.contains(&v)),
     }
 }
 
@@ -369,6 +383,10 @@ pub fn describe_miss(condition: &Condition, facts: &Facts) -> String {
             }
         }
         Condition::Tier(tier) => format!("tier is {}, not {}", facts.tier.as_str(), tier.as_str()),
+        Condition::Channel(_) => match facts.channel {
+            Some(_) => "the channel cookie names a version not listed".into(),
+            None => "no valid channel cookie".into(),
+        },
         Condition::Internal(wanted) => {
             if *wanted {
                 "internal: the user is not internal".into()

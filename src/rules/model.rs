@@ -212,6 +212,8 @@ pub enum Condition {
     Tier(Tier),
     /// The user is (or is not) internal.
     Internal(bool),
+    /// A valid channel cookie is present (`any`: `None`), or names one of these versions.
+    Channel(Option<Vec<VersionId>>),
 }
 
 /// What a split hashes to place a request in a bucket.
@@ -252,6 +254,8 @@ pub struct Split {
     pub arms: Vec<SplitArm>,
     /// Sum of the weights (> 0).
     pub total: u64,
+    /// Also set the channel cookie, so the user keeps the version.
+    pub sticky: bool,
 }
 
 /// What a rule does when its conditions hold.
@@ -263,6 +267,41 @@ pub enum Action {
     Split(Split),
     /// Decide the version stored for the uid (`version: $assigned`).
     Assigned,
+    /// Decide the version named by a valid channel cookie (`version: $channel`).
+    Channel,
+}
+
+/// The channel cookie and the self-service page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSettings {
+    /// Where the page is served (when `page` is on).
+    pub path: Box<str>,
+    /// The cookie's name.
+    pub cookie: Box<str>,
+    /// The cookie's lifetime.
+    pub max_age: Duration,
+    /// The cookie's `Domain`, so that one choice switches a group of domains.
+    pub domain: Option<Box<str>>,
+}
+
+impl Default for ChannelSettings {
+    fn default() -> Self {
+        ChannelSettings {
+            path: "/.canary-deployment".into(),
+            cookie: "gg_channel".into(),
+            max_age: Duration::from_secs(30 * 86_400),
+            domain: None,
+        }
+    }
+}
+
+/// The mobile address API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressApiSettings {
+    /// Where it is served.
+    pub path: Box<str>,
+    /// How long clients may keep an answer.
+    pub ttl: Duration,
 }
 
 /// The store key of a uid's assignment: `prefix uid suffix` (from `gray:version:{uid}`).
@@ -348,6 +387,12 @@ pub struct RuleSet {
     pub goals: Vec<Goal>,
     /// Where assignments are stored.
     pub assignments: KeyTemplate,
+    /// The channel cookie (always) and its page.
+    pub channels: ChannelSettings,
+    /// Whether the self-service page is served (a `channels:` section is configured).
+    pub channel_page: bool,
+    /// The address API, when configured.
+    pub address_api: Option<AddressApiSettings>,
 }
 
 impl RuleSet {

@@ -206,3 +206,19 @@ pub struct RawGoal {
     pub when: RawWhen,
     pub status: Option<OneOrMany<Text>>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannels {
+    pub path: Option<String>,
+    pub cookie: Option<String>,
+    pub max_age: Option<Duration>,
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAddressApi {
+    pub path: Option<String>,
+    pub ttl: Option<Duration>,
+}

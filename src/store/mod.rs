@@ -131,7 +131,7 @@ impl Lookups {
     }
 
     /// Fills in `missing`; every branch settles the fact so that `decide` progresses.
-    async fn resolve(&self, rules: &RuleSet, facts: &mut Facts<'_>, missing: Missing) {
+    pub async fn resolve(&self, rules: &RuleSet, facts: &mut Facts<'_>, missing: Missing) {
         let uid = facts
             .uid
             .as_ref()
