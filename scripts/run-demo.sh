@@ -119,6 +119,8 @@ cat <<BANNER
     curl -s localhost:8080/ -H 'X-User-Id: 15'       # uid tail 5 -> stable
     curl -s localhost:8080/ -H 'Cookie: uid=10001'   # paid user -> always stable
     curl -s localhost:8080/api/ -H 'X-User-Id: 13'   # same decision for the api service
+    curl -s 'localhost:8080/.graygate/address?service=api&uid=13'   # mobile address API
+    open http://localhost:8080/.canary-deployment in a browser to pick a channel
     $BIN explain -c $CONFIG --uid 13 --host localhost --path /
     curl -s 127.0.0.1:9901/metrics | grep graygate_
 

@@ -22,7 +22,7 @@ fn check_passes_on_the_shipped_configuration() {
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     assert_eq!(
         stdout.trim(),
-        "graygate check: ok: 4 version(s), 2 service(s), 5 rule(s), 1 goal(s) from 2 file(s); default version stable"
+        "graygate check: ok: 4 version(s), 2 service(s), 7 rule(s), 1 goal(s) from 2 file(s); default version stable"
     );
     assert_eq!(stderr, "", "no warnings on the shipped rules");
 }
@@ -92,11 +92,13 @@ fn explain_prints_every_rule_and_the_decision() {
     let expected = "\
 facts: uid=13 tier=trial internal=false
 rules (generation 1):
-  1. no match    shield-paid              tier is trial, not paid
-  2. no match    internal-dev             header x-graygate-channel is absent
-  3. DECIDED     tail-30pct               canary
-  4. not reached ab-register
-  5. not reached anonymous-5pct
+  1. no match    follow-channel           no valid channel cookie
+  2. no match    shield-paid              tier is trial, not paid
+  3. skipped     assigned                 no usable assignment stored (none, an unknown version, or the store failed)
+  4. no match    internal-dev             header x-graygate-channel is absent
+  5. DECIDED     tail-30pct               canary
+  6. not reached ab-register
+  7. not reached anonymous-5pct
 decision: canary (rule tail-30pct)
 service: api, group canary: 127.0.0.1:18002
 ";
@@ -115,6 +117,7 @@ service: api, group canary: 127.0.0.1:18002
     assert_eq!(report["version"], "stable");
     assert_eq!(report["rule"], "shield-paid");
     assert_eq!(report["tier"], "paid");
-    assert_eq!(report["steps"][0]["outcome"], "decided");
-    assert_eq!(report["steps"][1]["outcome"], "not_reached");
+    assert_eq!(report["steps"][0]["outcome"], "not_matched");
+    assert_eq!(report["steps"][1]["outcome"], "decided");
+    assert_eq!(report["steps"][2]["outcome"], "not_reached");
 }
