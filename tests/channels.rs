@@ -11,7 +11,8 @@ const PAGE: &str = "/.canary-deployment";
 const HOST: &str = "www.example.com";
 
 struct Site {
-    stable: Backend,
+    /// Kept alive for the test's duration; it serves the default version.
+    _stable: Backend,
     canary: Backend,
     beta: Backend,
     dev: Backend,

@@ -786,6 +786,7 @@ services:
     mod properties {
         use super::*;
         use crate::rules::model::RoutingModel;
+        use crate::rules::testing::with_query_uid;
         use proptest::prelude::*;
 
         fn split_model(salt: &str, canary: u32, stable: u32) -> RoutingModel {
@@ -796,19 +797,11 @@ services:
 
         /// The version decided for a uid carried in the query string.
         fn version_of(model: &RoutingModel, uid: &str) -> VersionId {
-            let headers = HeaderMap::new();
-            let query = format!("uid={uid}");
-            let view = RequestView {
-                method: &Method::GET,
-                host: "h",
-                path: "/",
-                query: Some(&query),
-                headers: &headers,
-                client_ip: None,
-            };
-            decide(&model.rules, &Facts::gather(&model.rules.identity, view))
-                .unwrap()
-                .version
+            with_query_uid(uid, |view| {
+                decide(&model.rules, &Facts::gather(&model.rules.identity, view))
+                    .unwrap()
+                    .version
+            })
         }
 
         proptest! {

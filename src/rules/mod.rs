@@ -27,6 +27,20 @@ pub(crate) mod testing {
         .model
     }
 
+    /// Runs `f` on a GET request carrying `uid` in its query string.
+    pub fn with_query_uid<R>(uid: &str, f: impl FnOnce(crate::facts::RequestView) -> R) -> R {
+        let headers = http::HeaderMap::new();
+        let query = format!("uid={uid}");
+        f(crate::facts::RequestView {
+            method: &http::Method::GET,
+            host: "h",
+            path: "/",
+            query: Some(&query),
+            headers: &headers,
+            client_ip: None,
+        })
+    }
+
     /// The diagnostics (errors and warnings) of one rules file, as printed by `check`.
     pub fn diagnostics(yaml: &str) -> Vec<String> {
         let sources = [RuleSource {

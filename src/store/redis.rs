@@ -175,64 +175,64 @@ impl RedisStore {
     }
 }
 
-#[async_trait]
-impl Store for RedisStore {
-    async fn get(&self, key: &str) -> Result<Answer<Option<Arc<str>>>, StoreError> {
-        if let Some(value) = self.values.get(key).await {
+impl RedisStore {
+    /// A cached answer, or one Redis round trip shared by every concurrent miss of `key`.
+    /// A fill that raced an invalidation is used once and dropped from the cache.
+    async fn cached<K, Q, V>(
+        &self,
+        cache: &Cache<K, V>,
+        key: &Q,
+        fetch: impl std::future::Future<Output = Result<V, StoreError>>,
+    ) -> Result<Answer<V>, StoreError>
+    where
+        K: std::borrow::Borrow<Q> + std::hash::Hash + Eq + Send + Sync + 'static,
+        Q: ToOwned<Owned = K> + std::hash::Hash + Eq + ?Sized,
+        V: Clone + Send + Sync + 'static,
+    {
+        if let Some(value) = cache.get(key).await {
             return Ok(Answer {
                 value,
                 cached: true,
             });
         }
         let before = self.invalidations.load(Ordering::Acquire);
-        let value = self
-            .values
-            .try_get_with(key.to_string(), async {
-                let value: Option<String> = self
-                    .bounded(self.client.with_options(&self.options()).get(key))
-                    .await?;
-                Ok::<_, StoreError>(value.map(Arc::from))
-            })
+        let value = cache
+            .try_get_with(key.to_owned(), fetch)
             .await
             .map_err(|e| (*e).clone())?;
         if self.invalidations.load(Ordering::Acquire) != before {
-            // An invalidation may have arrived before this answer was cached.
-            self.values.invalidate(key).await;
+            cache.invalidate(key).await;
         }
         Ok(Answer {
             value,
             cached: false,
         })
     }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn get(&self, key: &str) -> Result<Answer<Option<Arc<str>>>, StoreError> {
+        let fetch = async {
+            let value: Option<String> = self
+                .bounded(self.client.with_options(&self.options()).get(key))
+                .await?;
+            Ok(value.map(Arc::from))
+        };
+        self.cached(&self.values, key, fetch).await
+    }
 
     async fn is_member(&self, set: &str, member: &str) -> Result<Answer<bool>, StoreError> {
-        let cache_key = (set.to_string(), member.to_string());
-        if let Some(value) = self.members.get(&cache_key).await {
-            return Ok(Answer {
-                value,
-                cached: true,
-            });
-        }
-        let before = self.invalidations.load(Ordering::Acquire);
-        let value = self
-            .members
-            .try_get_with(cache_key.clone(), async {
-                self.bounded(
-                    self.client
-                        .with_options(&self.options())
-                        .sismember::<bool, _, _>(set, member),
-                )
-                .await
-            })
+        let fetch = async {
+            self.bounded(
+                self.client
+                    .with_options(&self.options())
+                    .sismember::<bool, _, _>(set, member),
+            )
             .await
-            .map_err(|e| (*e).clone())?;
-        if self.invalidations.load(Ordering::Acquire) != before {
-            self.members.invalidate(&cache_key).await;
-        }
-        Ok(Answer {
-            value,
-            cached: false,
-        })
+        };
+        self.cached(&self.members, &(set.to_string(), member.to_string()), fetch)
+            .await
     }
 
     async fn set(&self, key: &str, value: &str) -> Result<(), StoreError> {
