@@ -41,7 +41,7 @@ fn site(extra_rules: &str) -> Site {
     );
     let gg = Graygate::start(&rules);
     Site {
-        stable,
+        _stable: stable,
         canary,
         beta,
         dev,
