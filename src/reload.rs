@@ -42,9 +42,9 @@ impl Reloader {
             Ok(reloaded) => {
                 self.metrics.rules_reloads.with_label_values(&["ok"]).inc();
                 let snapshot = reloaded.snapshot();
-                self.metrics
-                    .rules_generation
-                    .set(snapshot.generation as i64);
+                if let Reloaded::Swapped(snapshot) = &reloaded {
+                    self.metrics.prepare(snapshot);
+                }
                 match &reloaded {
                     Reloaded::Swapped(snapshot) => log::info!(
                         "rules reloaded ({trigger}): generation {} with {} rule(s)",

@@ -57,9 +57,7 @@ impl App {
         let config = Config::load(config_path)?;
         let store = Arc::new(SnapshotStore::load(&config.rules)?);
         let metrics = Arc::new(Metrics::new());
-        metrics
-            .rules_generation
-            .set(store.current().generation as i64);
+        metrics.prepare(&store.current());
         let admin_token = std::env::var(&config.admin.token_env)
             .ok()
             .filter(|t| !t.is_empty());
