@@ -3,7 +3,8 @@
 #
 #   scripts/install-deps.sh run    # build + run the demo
 #   scripts/install-deps.sh test   # additionally: redis-server, redis-cli, prometheus
-#                                  # (promtool), python3-yaml (scripts/check-deploy.sh)
+#                                  # (promtool), python3-yaml (scripts/check-deploy.sh),
+#                                  # chromium + chromium-driver (tests/browser.rs)
 #
 # Idempotent: only missing commands are installed, and nothing is printed
 # (and apt is not touched) when everything is already present.
@@ -14,7 +15,7 @@ profile="${1:-run}"
 case "$profile" in
 run | test | bench) ;;
 -h | --help)
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
@@ -41,8 +42,12 @@ if [[ "$profile" == "test" ]]; then
     )
     # promtool checks and unit-tests deploy/prometheus/alerts.yml; tests/prometheus.rs starts
     # its own prometheus on a free loopback port (never the package's system service).
+    # tests/browser.rs drives headless Chromium through chromedriver (WebDriver). Chromium's
+    # recommends (udev, upower, a notification daemon, printing, Mesa) are for a desktop.
     lean_needs+=(
         "promtool:prometheus"
+        "chromium:chromium"
+        "chromedriver:chromium-driver"
     )
 fi
 

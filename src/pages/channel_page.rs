@@ -100,8 +100,7 @@ fn render_html(rules: &RuleSet, visitor: &Visitor, path: &str, cookie_note: &str
     let mut options = String::new();
     let option = |value: &str, title: &str, description: &str, badge: &str, checked: bool| {
         format!(
-            r#"<label class="choice{sel}"><input type="radio" name="version" value="{value}"{checked}><span class="name">{title}{badge}</span><span class="desc">{description}</span></label>"#,
-            sel = if checked { " selected" } else { "" },
+            r#"<label class="choice"><input type="radio" name="version" value="{value}"{checked}><span class="name">{title}{badge}</span><span class="desc">{description}</span></label>"#,
             checked = if checked { " checked" } else { "" },
         )
     };
@@ -135,11 +134,8 @@ fn render_html(rules: &RuleSet, visitor: &Visitor, path: &str, cookie_note: &str
         ));
     }
     let chosen = match visitor.channel {
-        Some(c) => format!(
-            "you chose the <b>{}</b> channel",
-            html_escape(&rules.version(c).name)
-        ),
-        None => "the rollout chose it for you".to_string(),
+        Some(_) => "(your choice)",
+        None => "(chosen by the rollout)",
     };
     format!(
         r#"<!doctype html>
@@ -159,9 +155,10 @@ fn render_html(rules: &RuleSet, visitor: &Visitor, path: &str, cookie_note: &str
   .now {{ display: flex; align-items: center; gap: 12px; padding: 14px 16px; border-radius: 10px; background: #eef2ff; margin-bottom: 24px; }}
   .now .pill {{ font-weight: 700; color: #fff; background: var(--accent); border-radius: 999px; padding: 2px 12px; }}
   .choice {{ display: grid; grid-template-columns: 24px 1fr; gap: 2px 10px; padding: 14px 16px; border: 1px solid var(--line); border-radius: 10px; margin-bottom: 10px; cursor: pointer; }}
-  .choice.selected {{ border-color: var(--accent); background: #f8f9ff; }}
-  .choice input {{ grid-row: span 2; margin-top: 5px; }}
-  .choice .name {{ font-weight: 600; text-transform: capitalize; }}
+  .choice:has(input:checked) {{ border-color: var(--accent); background: #f8f9ff; }}
+  .choice:focus-within {{ outline: 2px solid var(--accent); outline-offset: 2px; }}
+  .choice input {{ grid-row: span 2; margin-top: 5px; accent-color: var(--accent); }}
+  .choice .name {{ font-weight: 600; }}
   .choice .desc {{ color: var(--muted); font-size: 14px; }}
   .badge {{ font-size: 11px; font-weight: 600; text-transform: uppercase; letter-spacing: .04em; color: #8a5300; background: #fff3d6; border-radius: 6px; padding: 1px 6px; margin-left: 6px; }}
   button {{ margin-top: 12px; width: 100%; font: inherit; font-weight: 600; color: #fff; background: var(--accent); border: 0; border-radius: 10px; padding: 12px; cursor: pointer; }}

@@ -1,0 +1,517 @@
+//! The self-service channel page in a real browser: headless Chromium, driven through
+//! chromedriver's W3C WebDriver HTTP API (plain HTTP/JSON over loopback, no extra crates).
+//!
+//! A visitor opens `/.canary-deployment`, sees that they are on `stable`, picks `beta`, saves
+//! (a plain HTML form post, no JavaScript on the page) and lands back on `/`, which the beta
+//! group now serves because the `follow-channel` rule follows the signed channel cookie.
+//!
+//! `scripts/install-deps.sh test` (run by `make test`) installs Debian's `chromium` and
+//! `chromium-driver`; without them the test prints why it is skipped and passes.
+//! `GRAYGATE_UPDATE_SCREENSHOT=1 cargo test --test browser` rewrites `docs/channel-page.png`.
+
+mod support;
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use support::graygate::Graygate;
+use support::{free_port, Backend};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "chromedriver";
+
+/// The key of a web element reference in WebDriver JSON.
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// Every wait in this file is bounded by this (the whole test takes a few seconds).
+const WAIT: Duration = Duration::from_secs(15);
+
+const SCREENSHOT: &str = "docs/channel-page.png";
+
+fn rules(stable: &Backend, beta: &Backend) -> String {
+    format!(
+        r#"versions:
+  stable: {{}}
+  beta: {{ selectable: true, description: "opt-in beta channel" }}
+  dev: {{ selectable: true, restricted: true }}
+default: stable
+channels: {{ cookie: gg_channel, max_age: 30d }}
+services:
+  web:
+    hosts: ["*"]
+    path_prefix: /
+    groups:
+      stable: {{ peers: ["{}"] }}
+      beta: {{ peers: ["{}"] }}
+rules:
+  - {{ name: follow-channel, when: {{ channel: any }}, version: $channel }}
+"#,
+        stable.addr(),
+        beta.addr()
+    )
+}
+
+/// Why the browser test cannot run here, if it cannot.
+fn missing_browser() -> Option<String> {
+    let driver = Command::new(CHROMEDRIVER)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !driver {
+        return Some(format!("`{CHROMEDRIVER}` is not on PATH"));
+    }
+    if !Path::new(CHROMIUM).exists() {
+        return Some(format!("{CHROMIUM} does not exist"));
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------
+// A minimal WebDriver client
+// ---------------------------------------------------------------------------
+
+/// One HTTP/1.1 exchange with chromedriver: `(status, JSON body)`.
+fn driver_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> io::Result<(u16, Value)> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()?;
+
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
+    let mut length = None;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(bad("connection closed in the headers".into()));
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<usize>().ok();
+            }
+        }
+    }
+    let mut bytes = Vec::new();
+    match length {
+        Some(n) => {
+            bytes.resize(n, 0);
+            reader.read_exact(&mut bytes)?;
+        }
+        None => {
+            reader.read_to_end(&mut bytes)?;
+        }
+    }
+    let json = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("{method} {path}: body is not JSON: {e}")))?
+    };
+    Ok((status, json))
+}
+
+/// chromedriver with one Chromium session. Dropping it ends the session, then kills
+/// chromedriver's whole process group (chromedriver and any Chromium it started).
+struct Browser {
+    driver: Child,
+    addr: SocketAddr,
+    session: Option<String>,
+    /// Chromium's profile directory; removed after the processes are gone.
+    profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        use std::os::unix::process::CommandExt as _;
+
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group, so Drop can end Chromium's processes with it.
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {CHROMEDRIVER}: {e}"));
+        let profile = tempfile::Builder::new()
+            .prefix("graygate-chromium-")
+            .tempdir()
+            .expect("chromium profile dir");
+        let mut browser = Browser {
+            driver,
+            addr,
+            session: None,
+            profile,
+        };
+
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let ready = driver_http(addr, "GET", "/status", None, Duration::from_secs(2))
+                .is_ok_and(|(_, v)| v["value"]["ready"] == true);
+            if ready {
+                break;
+            }
+            if let Ok(Some(status)) = browser.driver.try_wait() {
+                panic!("{CHROMEDRIVER} exited before it was ready: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{CHROMEDRIVER} on {addr} was not ready within {WAIT:?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+
+        let user_data_dir = format!("--user-data-dir={}", browser.profile.path().display());
+        let capabilities = json!({
+            "capabilities": {
+                "alwaysMatch": {
+                    "browserName": "chrome",
+                    "pageLoadStrategy": "normal",
+                    "goog:chromeOptions": {
+                        "binary": CHROMIUM,
+                        "args": [
+                            "--headless",
+                            "--no-sandbox",
+                            "--disable-gpu",
+                            "--no-first-run",
+                            "--disable-background-networking",
+                            "--disable-component-update",
+                            "--disable-sync",
+                            "--disable-dev-shm-usage",
+                            user_data_dir,
+                            "--window-size=900,1000",
+                        ],
+                    },
+                },
+            },
+        });
+        let created = browser.call("POST", "/session", Some(&capabilities));
+        let id = created["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("new session answered without a sessionId: {created}"))
+            .to_string();
+        browser.session = Some(id);
+        browser.session_call(
+            "POST",
+            "/timeouts",
+            Some(&json!({ "pageLoad": 10_000, "script": 5_000, "implicit": 0 })),
+        );
+        browser
+    }
+
+    /// A WebDriver command; `Err` carries the WebDriver error (or the I/O error).
+    fn try_call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+        // Starting Chromium and loading a page are the slowest commands: allow for a busy
+        // machine (`cargo test` runs the other test binaries meanwhile).
+        match driver_http(self.addr, method, path, body, Duration::from_secs(20)) {
+            Ok((200, v)) => Ok(v["value"].clone()),
+            Ok((status, v)) => Err(format!("{method} {path}: HTTP {status}: {v}")),
+            Err(e) => Err(format!("{method} {path}: {e}")),
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|e| panic!("WebDriver command failed: {e}"))
+    }
+
+    fn session_path(&self, path: &str) -> String {
+        let id = self.session.as_deref().expect("no WebDriver session");
+        format!("/session/{id}{path}")
+    }
+
+    fn session_call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        self.call(method, &self.session_path(path), body)
+    }
+
+    fn try_session_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, String> {
+        self.try_call(method, &self.session_path(path), body)
+    }
+
+    /// Navigate and wait for the page load.
+    fn goto(&self, url: &str) {
+        self.session_call("POST", "/url", Some(&json!({ "url": url })));
+    }
+
+    fn current_url(&self) -> Result<String, String> {
+        self.try_session_call("GET", "/url", None)
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+    }
+
+    /// The element references matching a CSS selector (possibly none).
+    fn try_find_all(&self, css: &str) -> Result<Vec<String>, String> {
+        let found = self.try_session_call(
+            "POST",
+            "/elements",
+            Some(&json!({ "using": "css selector", "value": css })),
+        )?;
+        Ok(found
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e[ELEMENT_KEY].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    fn find_all(&self, css: &str) -> Vec<String> {
+        self.try_find_all(css)
+            .unwrap_or_else(|e| panic!("WebDriver command failed: {e}"))
+    }
+
+    /// The single element matching `css`; panics if there is none or more than one.
+    fn find(&self, css: &str) -> String {
+        let mut all = self.find_all(css);
+        assert_eq!(all.len(), 1, "expected exactly one element for {css:?}");
+        all.pop().unwrap()
+    }
+
+    /// The rendered text of an element.
+    fn try_text(&self, element: &str) -> Result<String, String> {
+        self.try_session_call("GET", &format!("/element/{element}/text"), None)
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+    }
+
+    fn text(&self, css: &str) -> String {
+        let element = self.find(css);
+        self.try_text(&element)
+            .unwrap_or_else(|e| panic!("WebDriver command failed: {e}"))
+    }
+
+    /// The text of the page body, `Err` while there is none (for example mid-navigation).
+    fn try_body_text(&self) -> Result<String, String> {
+        let body = self.try_find_all("body")?;
+        let element = body.first().ok_or("no <body> yet")?;
+        self.try_text(element)
+    }
+
+    fn property(&self, element: &str, name: &str) -> Value {
+        self.session_call("GET", &format!("/element/{element}/property/{name}"), None)
+    }
+
+    fn is_selected(&self, element: &str) -> bool {
+        self.session_call("GET", &format!("/element/{element}/selected"), None)
+            .as_bool()
+            .expect("element selected: not a boolean")
+    }
+
+    fn click(&self, element: &str) {
+        self.session_call(
+            "POST",
+            &format!("/element/{element}/click"),
+            Some(&json!({})),
+        );
+    }
+
+    /// A screenshot of the viewport as PNG bytes.
+    fn screenshot(&self) -> Vec<u8> {
+        let b64 = self.session_call("GET", "/screenshot", None);
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().expect("screenshot: not a string"))
+            .expect("screenshot: not base64")
+    }
+
+    fn cookie(&self, name: &str) -> Option<Value> {
+        self.try_session_call("GET", &format!("/cookie/{name}"), None)
+            .ok()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(id) = self.session.take() {
+            // Ends Chromium cleanly; bounded, and the kill below covers a failure.
+            let _ = driver_http(
+                self.addr,
+                "DELETE",
+                &format!("/session/{id}"),
+                None,
+                Duration::from_secs(5),
+            );
+        }
+        // The negative id is chromedriver's process group: chromedriver and its Chromium.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Poll `f` every 50 ms until it returns `Ok`; panic with the last error after [`WAIT`].
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("timed out after {WAIT:?} waiting for {what}; last: {e}")
+            }
+            Err(_) => thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------
+
+#[test]
+fn choosing_beta_on_the_channel_page_routes_the_browser_to_beta() {
+    if let Some(why) = missing_browser() {
+        eprintln!(
+            "SKIPPED browser test: {why}; `make test` (scripts/install-deps.sh test) installs Debian's chromium and chromium-driver"
+        );
+        return;
+    }
+    let started = Instant::now();
+    let stable = Backend::start("stable");
+    let beta = Backend::start("beta");
+    let gg = Graygate::start(&rules(&stable, &beta));
+    let origin = format!("http://127.0.0.1:{}", gg.proxy.port());
+    let page = format!("{origin}/.canary-deployment");
+
+    let browser = Browser::start();
+    browser.goto(&page);
+    assert_eq!(
+        browser.session_call("GET", "/title", None),
+        "Release channel"
+    );
+    assert_eq!(browser.text("h1"), "Release channel");
+    assert_eq!(browser.text("#current"), "stable");
+
+    // Offered: automatic and the selectable beta; dev is restricted and this visitor is not
+    // internal; stable is not selectable (automatic is how one gets it).
+    let offered: Vec<String> = browser
+        .find_all("input[type=radio][name=version]")
+        .iter()
+        .map(|e| {
+            browser
+                .property(e, "value")
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(offered, ["automatic", "beta"], "the versions offered");
+    assert!(
+        browser.find_all("input[value=dev]").is_empty(),
+        "the restricted dev version is offered to a visitor who is not internal"
+    );
+    let automatic = browser.find("input[type=radio][value=automatic]");
+    assert!(
+        browser.is_selected(&automatic),
+        "automatic is checked before any choice"
+    );
+    let return_to = browser.find("input[type=hidden][name=return_to]");
+    assert_eq!(browser.property(&return_to, "value"), "/");
+    assert!(
+        browser.cookie("gg_channel").is_none(),
+        "no channel cookie yet"
+    );
+
+    let png = browser.screenshot();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "the screenshot is not a PNG"
+    );
+    if std::env::var_os("GRAYGATE_UPDATE_SCREENSHOT").is_some_and(|v| v == "1") {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(SCREENSHOT);
+        std::fs::create_dir_all(path.parent().unwrap()).expect("create docs/");
+        std::fs::write(&path, &png).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        eprintln!("wrote {} ({} bytes)", path.display(), png.len());
+    }
+
+    // Choose beta and save: a plain form POST, answered 303 to `/`.
+    let beta_radio = browser.find("input[type=radio][value=beta]");
+    browser.click(&beta_radio);
+    assert!(
+        browser.is_selected(&beta_radio),
+        "beta is checked after the click"
+    );
+    browser.click(&browser.find("button[type=submit]"));
+
+    let home = format!("{origin}/");
+    wait_for("the browser on / served by the beta group", || {
+        let url = browser.current_url()?;
+        if url != home {
+            return Err(format!("the browser is on {url}"));
+        }
+        let text = browser.try_body_text()?;
+        if text.trim() != "beta" {
+            return Err(format!("the page says {text:?}"));
+        }
+        Ok(())
+    });
+    let cookie = browser
+        .cookie("gg_channel")
+        .expect("the channel cookie is set after saving");
+    assert_eq!(cookie["httpOnly"], true, "gg_channel cookie: {cookie}");
+    assert_eq!(cookie["sameSite"], "Lax", "gg_channel cookie: {cookie}");
+    assert!(
+        beta.requests() >= 1,
+        "the beta backend served the page after the choice"
+    );
+
+    // The page now shows the choice.
+    browser.goto(&page);
+    assert_eq!(browser.text("#current"), "beta");
+    let beta_radio = browser.find("input[type=radio][value=beta]");
+    assert!(
+        browser.is_selected(&beta_radio),
+        "beta is checked on return"
+    );
+    let automatic = browser.find("input[type=radio][value=automatic]");
+    assert!(
+        !browser.is_selected(&automatic),
+        "automatic is no longer checked"
+    );
+
+    drop(browser);
+    eprintln!("browser test took {:?}", started.elapsed());
+}
