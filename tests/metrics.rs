@@ -10,14 +10,12 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use support::graygate::{metric, Graygate};
-use support::{assert_eventually, get, http_request, Backend, Response};
+use support::{assert_eventually, get, http_request, Backend, KeepAlive, Response};
 
 const HOST: &str = "www.example.com";
 
@@ -301,93 +299,6 @@ fn goals_count_only_their_version_and_status() {
         "no other attempt series; metrics:\n{text}"
     );
     assert_eq!(metric(&text, "graygate_goal_total", &[]), Some(3.0));
-}
-
-/// A keep-alive client connection to the proxy sending raw requests. Responses must carry
-/// `Content-Length`.
-struct KeepAlive {
-    addr: SocketAddr,
-    reader: Option<BufReader<TcpStream>>,
-}
-
-impl KeepAlive {
-    fn new(addr: SocketAddr) -> KeepAlive {
-        KeepAlive { addr, reader: None }
-    }
-
-    fn connect(&mut self) -> io::Result<&mut BufReader<TcpStream>> {
-        if self.reader.is_none() {
-            let stream = TcpStream::connect(self.addr)?;
-            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            stream.set_nodelay(true)?;
-            self.reader = Some(BufReader::new(stream));
-        }
-        Ok(self.reader.as_mut().expect("connected"))
-    }
-
-    /// Sends `raw`; on a connection the server had closed meanwhile, once more on a new one.
-    fn send(&mut self, raw: &[u8]) -> Response {
-        let reused = self.reader.is_some();
-        match self.try_send(raw) {
-            Ok(r) => r,
-            Err(e) if reused => {
-                self.reader = None;
-                self.try_send(raw).unwrap_or_else(|e2| {
-                    panic!("request failed on a reused ({e}) then a new connection: {e2}")
-                })
-            }
-            Err(e) => panic!(
-                "request failed on a new connection: {e}; request {:?}",
-                String::from_utf8_lossy(raw)
-            ),
-        }
-    }
-
-    fn try_send(&mut self, raw: &[u8]) -> io::Result<Response> {
-        let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
-        let reader = self.connect()?;
-        reader.get_mut().write_all(raw)?;
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
-        }
-        let status = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
-        let mut headers = Vec::new();
-        loop {
-            line.clear();
-            reader.read_line(&mut line)?;
-            let trimmed = line.trim_end();
-            if trimmed.is_empty() {
-                break;
-            }
-            let (name, value) = trimmed
-                .split_once(':')
-                .ok_or_else(|| bad(format!("bad header line {trimmed:?}")))?;
-            headers.push((name.to_string(), value.trim().as_bytes().to_vec()));
-        }
-        let response = Response {
-            status,
-            headers,
-            body: Vec::new(),
-        };
-        let len: usize = response
-            .header("content-length")
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| bad("response without Content-Length".into()))?;
-        let mut body = vec![0; len];
-        reader.read_exact(&mut body)?;
-        if response
-            .header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-        {
-            self.reader = None;
-        }
-        Ok(Response { body, ..response })
-    }
 }
 
 /// `len` random characters from `alphabet`.

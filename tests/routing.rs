@@ -8,13 +8,11 @@
 
 mod support;
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use support::graygate::{metric, Graygate};
-use support::{assert_eventually, get, http_request, Backend, Response};
+use support::{assert_eventually, get, http_request, Backend, KeepAlive, Response};
 
 const HOST: &str = "www.example.com";
 
@@ -182,72 +180,9 @@ fn uid_tails_1_2_3_reach_canary_others_stable() {
     }
 }
 
-/// A keep-alive client connection to the proxy (10,000 requests on fresh connections cost
-/// twice as long in a debug build). Responses must carry `Content-Length`.
-struct KeepAlive {
-    addr: SocketAddr,
-    reader: BufReader<TcpStream>,
-}
-
-impl KeepAlive {
-    fn connect(addr: SocketAddr) -> KeepAlive {
-        let stream = TcpStream::connect(addr).expect("connect to the proxy");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("set a read timeout");
-        stream.set_nodelay(true).expect("set TCP_NODELAY");
-        KeepAlive {
-            addr,
-            reader: BufReader::new(stream),
-        }
-    }
-
-    /// `GET /` with `X-User-Id: uid`; reconnects once if the server closed the connection.
-    fn get_uid(&mut self, uid: u64) -> Response {
-        self.try_get_uid(uid).unwrap_or_else(|_| {
-            *self = KeepAlive::connect(self.addr);
-            self.try_get_uid(uid)
-                .unwrap_or_else(|e| panic!("GET / for uid {uid} failed twice: {e}"))
-        })
-    }
-
-    fn try_get_uid(&mut self, uid: u64) -> io::Result<Response> {
-        let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
-        let req = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nX-User-Id: {uid}\r\n\r\n");
-        self.reader.get_mut().write_all(req.as_bytes())?;
-        let mut line = String::new();
-        self.reader.read_line(&mut line)?;
-        let status = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
-        let mut headers = Vec::new();
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line)?;
-            let trimmed = line.trim_end();
-            if trimmed.is_empty() {
-                break;
-            }
-            let (name, value) = trimmed
-                .split_once(':')
-                .ok_or_else(|| bad(format!("bad header line {trimmed:?}")))?;
-            headers.push((name.to_string(), value.trim().as_bytes().to_vec()));
-        }
-        let len: usize = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
-            .ok_or_else(|| bad("response without Content-Length".into()))?;
-        let mut body = vec![0; len];
-        self.reader.read_exact(&mut body)?;
-        Ok(Response {
-            status,
-            headers,
-            body,
-        })
-    }
+/// `GET /` for `uid` on a keep-alive connection.
+fn get_uid(conn: &mut KeepAlive, uid: u64) -> Response {
+    conn.send(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nX-User-Id: {uid}\r\n\r\n").as_bytes())
 }
 
 #[test]
@@ -267,10 +202,10 @@ fn split_30_70_over_10000_uids_is_within_1_5_points() {
         let workers: Vec<_> = (0..WORKERS)
             .map(|w| {
                 s.spawn(move || {
-                    let mut conn = KeepAlive::connect(proxy);
+                    let mut conn = KeepAlive::new(proxy);
                     (FIRST_UID + w..FIRST_UID + USERS)
                         .step_by(WORKERS as usize)
-                        .map(|uid| (uid, conn.get_uid(uid)))
+                        .map(|uid| (uid, get_uid(&mut conn, uid)))
                         .collect::<Vec<_>>()
                 })
             })

@@ -695,6 +695,93 @@ fn read_response<R: BufRead>(mut r: R, is_head: bool) -> io::Result<Response> {
     }
 }
 
+/// A keep-alive client connection to the proxy sending raw requests. Responses must carry
+/// `Content-Length`.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    reader: Option<BufReader<TcpStream>>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> KeepAlive {
+        KeepAlive { addr, reader: None }
+    }
+
+    fn connect(&mut self) -> io::Result<&mut BufReader<TcpStream>> {
+        if self.reader.is_none() {
+            let stream = TcpStream::connect(self.addr)?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.set_nodelay(true)?;
+            self.reader = Some(BufReader::new(stream));
+        }
+        Ok(self.reader.as_mut().expect("connected"))
+    }
+
+    /// Sends `raw`; on a connection the server had closed meanwhile, once more on a new one.
+    pub fn send(&mut self, raw: &[u8]) -> Response {
+        let reused = self.reader.is_some();
+        match self.try_send(raw) {
+            Ok(r) => r,
+            Err(e) if reused => {
+                self.reader = None;
+                self.try_send(raw).unwrap_or_else(|e2| {
+                    panic!("request failed on a reused ({e}) then a new connection: {e2}")
+                })
+            }
+            Err(e) => panic!(
+                "request failed on a new connection: {e}; request {:?}",
+                String::from_utf8_lossy(raw)
+            ),
+        }
+    }
+
+    fn try_send(&mut self, raw: &[u8]) -> io::Result<Response> {
+        let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+        let reader = self.connect()?;
+        reader.get_mut().write_all(raw)?;
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
+        }
+        let status = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            let trimmed = line.trim_end();
+            if trimmed.is_empty() {
+                break;
+            }
+            let (name, value) = trimmed
+                .split_once(':')
+                .ok_or_else(|| bad(format!("bad header line {trimmed:?}")))?;
+            headers.push((name.to_string(), value.trim().as_bytes().to_vec()));
+        }
+        let response = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        let len: usize = response
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("response without Content-Length".into()))?;
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body)?;
+        if response
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
+            self.reader = None;
+        }
+        Ok(Response { body, ..response })
+    }
+}
+
 /// `GET path` with `Host: host`, the given headers (raw byte values, sent as
 /// is) and `Connection: close`. Panics with a clear message on I/O error.
 pub fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &[u8])]) -> Response {
