@@ -218,6 +218,14 @@ impl ProxyHttp for Gateway {
         let snapshot = Arc::clone(&ctx.snapshot);
         let rules = &snapshot.rules;
         let req = session.req_header();
+        // RFC 9112 section 3.2: an HTTP/1.1 request without a Host is answered 400.
+        if req.version == http::Version::HTTP_11
+            && req.uri.host().is_none()
+            && !req.headers.contains_key(HOST)
+        {
+            respond_json(session, 400, "an HTTP/1.1 request needs a Host header").await?;
+            return Ok(true);
+        }
         let host = request_host(req);
         let path = req.uri.path();
         let page = if rules.channel_page && path == &*rules.channels.path {
@@ -409,6 +417,26 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         let rules = &ctx.snapshot.rules;
+        // RFC 9110 section 8.6: a repeated or listed Content-Length that Pingora accepted (all
+        // values equal) is forwarded as one value, never as received.
+        let lengths = upstream.headers.get_all(CONTENT_LENGTH);
+        if lengths.iter().count() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b',')) {
+            let single = lengths
+                .iter()
+                .next()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(|v| v.trim().to_string());
+            match single {
+                Some(value) => upstream.insert_header(CONTENT_LENGTH, value)?,
+                None => {
+                    return Error::e_explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "unreadable Content-Length",
+                    )
+                }
+            }
+        }
         upstream.remove_header(VERSION_HEADER);
         upstream.remove_header(RULE_HEADER);
         // The version of the build that serves: after a fallback, the default one.

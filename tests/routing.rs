@@ -779,3 +779,27 @@ fn a_tcp_health_check_takes_a_dead_peer_out_of_rotation() {
         "no connection was tried on the dead peer"
     );
 }
+
+#[test]
+fn host_less_http11_requests_get_400_and_repeated_lengths_are_normalised() {
+    let stable = Backend::start("stable");
+    let gg = Graygate::start(&one_group_rules(&[&stable], "round_robin", ""));
+    let r = http_request(gg.proxy, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    assert_eq!(r.status, 400, "{}", r.body_text());
+    assert_eq!(stable.requests(), 0, "the backend never sees it");
+    for framing in [
+        "Content-Length: 5\r\nContent-Length: 5\r\n",
+        "Content-Length: 5, 5\r\n",
+    ] {
+        let raw =
+            format!("POST / HTTP/1.1\r\nHost: {HOST}\r\n{framing}Connection: close\r\n\r\nhello");
+        let r = http_request(gg.proxy, raw.as_bytes()).unwrap();
+        assert_eq!(r.status, 200, "{framing:?}: {}", r.body_text());
+        let seen = stable.last_request().expect("forwarded");
+        assert_eq!(
+            seen.header_all("content-length"),
+            vec!["5".to_string()],
+            "{framing:?}"
+        );
+    }
+}

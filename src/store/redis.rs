@@ -177,8 +177,32 @@ impl RedisStore {
 
 impl RedisStore {
     /// A cached answer, or one Redis round trip shared by every concurrent miss of `key`.
-    /// A fill that raced an invalidation is used once and dropped from the cache.
-    async fn cached<K, Q, V>(
+    /// `fetch` is only called on a miss, and the miss path is boxed: the future of a cache
+    /// hit (copied into the heap on every lookup by `async_trait`) stays small.
+    async fn cached<K, Q, V, F>(
+        &self,
+        cache: &Cache<K, V>,
+        key: &Q,
+        fetch: impl FnOnce() -> F,
+    ) -> Result<Answer<V>, StoreError>
+    where
+        K: std::borrow::Borrow<Q> + std::hash::Hash + Eq + Send + Sync + 'static,
+        Q: ToOwned<Owned = K> + std::hash::Hash + Eq + ?Sized,
+        V: Clone + Send + Sync + 'static,
+        F: std::future::Future<Output = Result<V, StoreError>>,
+    {
+        if let Some(value) = cache.get(key).await {
+            return Ok(Answer {
+                value,
+                cached: true,
+            });
+        }
+        Box::pin(self.fill(cache, key, fetch())).await
+    }
+
+    /// The miss path of [`RedisStore::cached`]. A fill that raced an invalidation is used
+    /// once and dropped from the cache.
+    async fn fill<K, Q, V>(
         &self,
         cache: &Cache<K, V>,
         key: &Q,
@@ -189,12 +213,6 @@ impl RedisStore {
         Q: ToOwned<Owned = K> + std::hash::Hash + Eq + ?Sized,
         V: Clone + Send + Sync + 'static,
     {
-        if let Some(value) = cache.get(key).await {
-            return Ok(Answer {
-                value,
-                cached: true,
-            });
-        }
         let before = self.invalidations.load(Ordering::Acquire);
         let value = cache
             .try_get_with(key.to_owned(), fetch)
@@ -213,7 +231,7 @@ impl RedisStore {
 #[async_trait]
 impl Store for RedisStore {
     async fn get(&self, key: &str) -> Result<Answer<Option<Arc<str>>>, StoreError> {
-        let fetch = async {
+        let fetch = || async {
             let value: Option<String> = self
                 .bounded(self.client.with_options(&self.options()).get(key))
                 .await?;
@@ -223,7 +241,7 @@ impl Store for RedisStore {
     }
 
     async fn is_member(&self, set: &str, member: &str) -> Result<Answer<bool>, StoreError> {
-        let fetch = async {
+        let fetch = || async {
             self.bounded(
                 self.client
                     .with_options(&self.options())
