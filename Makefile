@@ -4,7 +4,9 @@
 #   make run     build, start two demo backends and graygate (scripts/run-demo.sh)
 #   make test    fmt check, clippy, unit + integration + doc tests, config check, deploy/ checks
 #   make check   validate conf/graygate.yaml with the release binary
-#   make bench   benchmarks (reload of 1,000 rules and 50 services)
+#   make bench   graygate vs nginx (bench/compare.sh -> docs/benchmarks.md), cached lookups
+#                (bench/assignments.sh), reload of 1,000 rules (benches/reload.rs)
+#   make faults  fault suite (bench/faults.sh): Redis, peers, reloads, slowloris, bad requests
 #   make fmt | lint | clean
 
 SHELL := /bin/bash
@@ -14,10 +16,10 @@ SHELL := /bin/bash
 CARGO  ?= cargo
 CONFIG ?= conf/graygate.yaml
 
-.PHONY: help deps-run deps-test build run test check check-deploy bench fmt lint clean
+.PHONY: help deps-run deps-test build run test check check-deploy bench faults fmt lint clean
 
 help:
-	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
 
 deps-run:
 	@bash scripts/install-deps.sh run
@@ -51,8 +53,16 @@ check-deploy: deps-test
 check: deps-run
 	$(CARGO) run --quiet --release --locked -- check -c $(CONFIG)
 
+# Every part runs even when an earlier one misses its target; the exit status reports it.
 bench: deps-run
-	$(CARGO) bench --locked --bench reload
+	@status=0; \
+	bash bench/compare.sh || status=1; \
+	bash bench/assignments.sh || status=1; \
+	$(CARGO) bench --locked --bench reload || status=1; \
+	exit $$status
+
+faults: deps-run
+	bash bench/faults.sh
 
 fmt:
 	$(CARGO) fmt --all

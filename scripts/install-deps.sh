@@ -5,6 +5,7 @@
 #   scripts/install-deps.sh test   # additionally: redis-server, redis-cli, prometheus
 #                                  # (promtool), python3-yaml (scripts/check-deploy.sh),
 #                                  # chromium + chromium-driver (tests/browser.rs)
+#   scripts/install-deps.sh bench  # bench/: nginx (+ Lua module, lua-resty-redis), wrk, redis
 #
 # Idempotent: only missing commands are installed, and nothing is printed
 # (and apt is not touched) when everything is already present.
@@ -15,7 +16,7 @@ profile="${1:-run}"
 case "$profile" in
 run | test | bench) ;;
 -h | --help)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
@@ -52,7 +53,8 @@ if [[ "$profile" == "test" ]]; then
 fi
 
 if [[ "$profile" == "bench" ]]; then
-    # bench/: nginx is the backend and the peer, wrk drives the load.
+    # bench/: nginx is the backend, the peer and the proxy compared against; wrk drives the
+    # load; redis holds the assignments.
     needs+=(
         "redis-server:redis-server"
         "redis-cli:redis-tools"
@@ -85,6 +87,13 @@ done
 # scripts/check-deploy.sh parses YAML with python3's yaml module.
 if [[ "$profile" == "test" ]] && ! python3 -c 'import yaml' >/dev/null 2>&1; then
     missing_lean+=("python3-yaml")
+fi
+
+# bench/compare.sh also runs the classic nginx + Lua gray gateway: nginx's Lua module and
+# lua-resty-redis (Debian ships it as the Lua module `nginx.redis`). Files, not commands.
+if [[ "$profile" == "bench" ]]; then
+    [[ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ]] || missing_lean+=("libnginx-mod-http-lua")
+    [[ -e /usr/share/lua/5.1/nginx/redis.lua ]] || missing_lean+=("lua-nginx-redis")
 fi
 
 all_missing=("${missing[@]+"${missing[@]}"}" "${missing_lean[@]+"${missing_lean[@]}"}")

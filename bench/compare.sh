@@ -1,0 +1,473 @@
+#!/usr/bin/env bash
+# graygate against nginx on the same traffic, side by side in one run, and the criterion
+# benchmark of the decision; writes docs/benchmarks.md.
+#
+#   bench/compare.sh                      # or: make bench (then bench/assignments.sh)
+#   REPS=3 DURATION=3 LAT_DURATION=4 bench/compare.sh      # a quicker, noisier run
+#
+# One nginx backend answers every request from memory. The same traffic (10,000 distinct
+# uids in a browser-like Cookie header, one in 20 of them paid) goes, in interleaved
+# repetitions, through:
+#   (a) graygate, full filter chain: cookie parse, uid tail, tier, cached assignment lookup
+#       (Redis, $assigned), a uid split;
+#   (b) graygate pass-through: no identity, no rules;
+#   (c) nginx proxying with map + split_clients on the same cookies (no assignment lookup);
+#   (d) nginx + Lua (lua-resty-redis): one Redis GET per request, the classic gray gateway;
+#   (e) the same with a lua_shared_dict cache in front of Redis.
+# Every proxy runs one worker (graygate `server.threads: 1`, nginx `worker_processes 1`),
+# pinned to core 0; the backend, Redis and the load generator are pinned to core 1. Each
+# proxy keeps upstream connections alive. Throughput: wrk, CONNECTIONS connections.
+# Latency: wrk paced by a Lua delay() (random, mean CONNECTIONS/RATE), so the offered load
+# is about RATE requests/s whatever the proxy; p50/p99 as wrk measures them.
+# Medians of REPS repetitions; every row is also given as a ratio to (c).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DURATION=${DURATION:-5}           # seconds per throughput run
+LAT_DURATION=${LAT_DURATION:-6}   # seconds per fixed-rate run
+REPS=${REPS:-5}
+CONNECTIONS=${CONNECTIONS:-32}    # throughput runs
+RATE=${RATE:-5000}                # offered requests/s of the fixed-rate runs (below every proxy's capacity)
+LAT_CONNECTIONS=${LAT_CONNECTIONS:-50}
+CACHE_TTL=${CACHE_TTL:-30}        # seconds: graygate's cache_ttl and the Lua shared dict's TTL
+OUT=${OUT:-docs/benchmarks.md}
+CRITERION=${CRITERION:-1}         # 0: skip the criterion benchmark of decide
+NICE=${NICE:--10}                 # niceness of every measured process ("" to leave it): other
+                                  # work on the machine (compiles) then steals less of its core
+UIDS=10000
+
+bash scripts/install-deps.sh bench
+if [[ -n "${GRAYGATE_BIN:-}" ]]; then
+    bin=$GRAYGATE_BIN             # a binary built elsewhere (its commit: GRAYGATE_COMMIT)
+else
+    cargo build --release --locked --quiet
+    bin=target/release/graygate
+fi
+target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' || echo target)
+
+prio=()
+if [[ -n "$NICE" ]] && nice -n "$NICE" true 2>/dev/null; then prio=(nice -n "$NICE"); fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]+"${pids[@]}"}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    return 1
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+range() { # $1 printf format of one value, then the values
+    local fmt=$1; shift
+    printf '%s\n' "$@" | sort -g | awk -v f="$fmt" 'NR==1 {lo=$1} {hi=$1} END {printf f "-" f, lo, hi}'
+}
+
+# --- the criterion benchmark of the pure decision (before any load runs) ---
+decide_table=""
+if [[ "$CRITERION" == 1 ]]; then
+    echo "== criterion: decide on 100 rules (cargo bench --bench decide)"
+    cargo bench --locked --bench decide --no-run --quiet
+    "${prio[@]}" cargo bench --locked --bench decide -- --warm-up-time 1 --measurement-time 3 --noplot 2>&1 |
+        grep -E '^(100-rules|\s+time:)' || true
+    decide_table=$(python3 - "$target_dir/criterion/100-rules" <<'PY'
+import json, os, sys
+root = sys.argv[1]
+rows = []
+for name in ["gather", "decide-first", "decide-all-100", "gather+decide"]:
+    path = os.path.join(root, name, "new", "estimates.json")
+    try:
+        est = json.load(open(path))
+    except OSError:
+        continue
+    m = est["median"]
+    rows.append(f"| `{name}` | {m['point_estimate']:.1f} | {m['confidence_interval']['lower_bound']:.1f}-{m['confidence_interval']['upper_bound']:.1f} |")
+print("\n".join(rows))
+PY
+)
+fi
+
+# --- processes ---
+backend=$(free_port); redis=$(free_port)
+declare -A port
+for p in direct a b c d e; do port[$p]=$(free_port); done
+port[direct]=$backend
+admin_a=$(free_port); admin_b=$(free_port)
+
+# The backend echoes the version it was sent, so the routing can be checked before measuring.
+mkdir -p "$work/backend"
+cat > "$work/backend/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/backend/nginx.pid;
+error_log $work/backend/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:$backend backlog=4096;
+        keepalive_requests 1000000;
+        location / { return 200 "\$http_x_graygate_version\n"; }
+    }
+}
+NGINX
+"${prio[@]}" taskset -c 1 nginx -c "$work/backend/nginx.conf" -p "$work/backend" & pids+=($!)
+"${prio[@]}" taskset -c 1 redis-server --port "$redis" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null & pids+=($!)
+wait_port "$backend"; wait_port "$redis"
+
+# Half of the uids have a stored assignment: uid % 4 == 0 -> canary, uid % 4 == 2 -> stable.
+for ((i = 0; i < UIDS; i += 2)); do
+    if ((i % 4 == 0)); then echo "SET gray:version:$i canary"; else echo "SET gray:version:$i stable"; fi
+done | redis-cli -p "$redis" >/dev/null
+
+start_graygate() { # $1 name, $2 port, $3 admin port, $4 rules yaml, $5 extra conf
+    mkdir -p "$work/$1/rules"
+    printf '%s\n' "$4" > "$work/$1/rules/rules.yaml"
+    cat > "$work/$1/graygate.yaml" <<CONF
+listen: ["127.0.0.1:$2"]
+admin: { listen: "127.0.0.1:$3" }
+rules: rules
+access_log: off
+server: { threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: gg.pid, upgrade_sock: gg.sock }
+$5
+CONF
+    RUST_LOG=warn "${prio[@]}" taskset -c 0 "$bin" run -c "$work/$1/graygate.yaml" 2>"$work/$1.log" & pids+=($!)
+    wait_port "$2"
+}
+services="services:
+  web:
+    hosts: [\"*\"]
+    groups:
+      stable: { peers: [\"127.0.0.1:$backend\"] }
+      canary: { peers: [\"127.0.0.1:$backend\"] }"
+start_graygate a "${port[a]}" "$admin_a" "versions: { stable: {}, canary: {} }
+default: stable
+identity:
+  uid: [cookie:uid, header:X-User-Id]
+  tier: { sources: [cookie:tier], paid_uids: [10001, 10002], default: trial }
+$services
+rules:
+  - { name: shield-paid, when: { tier: paid }, version: stable }
+  - { name: assigned, version: \$assigned }
+  - { name: tail-30pct, when: { uid_tail: [1, 2, 3] }, version: canary }
+  - { name: split-10pct, split: { by: uid, weights: { canary: 10, stable: 90 } } }" \
+    "redis: { url: \"redis://127.0.0.1:$redis/0\", lookup_timeout: 20ms, cache_ttl: ${CACHE_TTL}s }"
+start_graygate b "${port[b]}" "$admin_b" "versions: { stable: {}, canary: {} }
+default: stable
+$services
+rules: []" ""
+
+nginx_proxy() { # $1 name, $2 port, $3 http-level config, $4 location-level config
+    mkdir -p "$work/$1"
+    cat > "$work/$1/nginx.conf" <<NGINX
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+worker_processes 1;
+daemon off;
+pid $work/$1/nginx.pid;
+error_log $work/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    upstream stable { server 127.0.0.1:$backend; keepalive 128; keepalive_requests 1000000; }
+    upstream canary { server 127.0.0.1:$backend; keepalive 128; keepalive_requests 1000000; }
+    lua_package_path "/usr/share/lua/5.1/?.lua;;";
+$3
+    server {
+        listen 127.0.0.1:$2 backlog=4096;
+        keepalive_requests 1000000;
+        location / {
+            set \$gg_version stable;
+$4
+            proxy_pass http://\$gg_version;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Graygate-Version \$gg_version;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        }
+    }
+}
+NGINX
+    "${prio[@]}" taskset -c 0 nginx -c "$work/$1/nginx.conf" -p "$work/$1" & pids+=($!)
+    wait_port "$2"
+}
+# (c): the decision in nginx's own variables. `map` evaluates lazily, so the version is
+# computed when proxy_pass asks for it.
+nginx_proxy c "${port[c]}" '
+    map $cookie_tier $gg_paid { paid 1; default 0; }
+    map $cookie_uid $gg_tail { "~^[0-9]*([0-9])$" $1; default x; }
+    split_clients "split-10pct:${cookie_uid}" $gg_split { 10% canary; * stable; }
+    map "$gg_paid$gg_tail" $gg_map { "~^1" stable; "~^0[123]$" canary; default $gg_split; }' \
+    '            set $gg_version $gg_map;'
+# (d) and (e): the decision in Lua, one Redis GET per request (d) or per cache miss (e).
+lua_decide() { # $1: "cache" to put a shared-dict cache in front of Redis
+    local lookup
+    if [[ "$1" == cache ]]; then
+        lookup="local cache = ngx.shared.gray
+                local v = cache:get(uid)
+                if v == nil then
+                    v = redis_get(uid)
+                    if v ~= nil then cache:set(uid, v, $CACHE_TTL) end
+                end"
+    else
+        lookup="local v = redis_get(uid)"
+    fi
+    cat <<LUA
+            rewrite_by_lua_block {
+                local uid = ngx.var.cookie_uid
+                if uid == nil or not string.find(uid, "^[0-9]+\$") then return end
+                if ngx.var.cookie_tier == "paid" then return end
+                local function redis_get(uid)
+                    local red = redis:new()
+                    red:set_timeout(20)
+                    local ok = red:connect("127.0.0.1", $redis)
+                    if not ok then return nil end
+                    local v = red:get("gray:version:" .. uid)
+                    red:set_keepalive(60000, 64)
+                    if v == ngx.null then return "-" end
+                    return v
+                end
+                $lookup
+                if v == "canary" or v == "stable" then ngx.var.gg_version = v return end
+                local tail = string.sub(uid, -1)
+                if tail == "1" or tail == "2" or tail == "3" then ngx.var.gg_version = "canary" return end
+                if ngx.crc32_long("split-10pct:" .. uid) % 100 < 10 then ngx.var.gg_version = "canary" end
+            }
+LUA
+}
+nginx_proxy d "${port[d]}" '    init_by_lua_block { redis = require "nginx.redis" }' "$(lua_decide none)"
+nginx_proxy e "${port[e]}" '    init_by_lua_block { redis = require "nginx.redis" }
+    lua_shared_dict gray 16m;' "$(lua_decide cache)"
+
+# --- the traffic ---
+cat > "$work/uids.lua" <<LUA
+-- 10,000 distinct uids in a browser-like Cookie header; one uid in 20 is paid.
+local reqs, n = {}, 0
+init = function(args) -- not at load time: wrk sets the Host header only then
+    for i = 0, $UIDS - 1 do
+        local tier = (i % 20 == 0) and "paid" or "trial"
+        reqs[i] = wrk.format("GET", "/", { ["Cookie"] = "_ga=GA1.2.1234567890.1700000000; sid=0f3a9c2e7b1d4e5f; uid=" .. i .. "; tier=" .. tier .. "; theme=dark" })
+    end
+end
+request = function()
+    n = (n + 1) % $UIDS
+    return reqs[n]
+end
+PACING
+done = function(summary, latency, requests)
+    local e = summary.errors
+    io.write(string.format("ERRORS %d\n", e.status + e.connect + e.read + e.write + e.timeout))
+    io.write(string.format("RESULT %.1f %.3f %.3f %.3f %.3f\n", summary.requests / (summary.duration / 1e6),
+        latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency:percentile(99.9) / 1000, latency.max / 1000))
+end
+LUA
+sed 's/^PACING$//' "$work/uids.lua" > "$work/throughput.lua"
+mean_delay_ms=$(awk -v c="$LAT_CONNECTIONS" -v r="$RATE" 'BEGIN { printf "%d", c * 1000 / r }')
+((mean_delay_ms >= 1)) || { echo "LAT_CONNECTIONS/RATE must be at least 1 ms" >&2; exit 2; }
+sed "s/^PACING\$/delay = function() return math.random(0, 2 * $mean_delay_ms) end/" "$work/uids.lua" > "$work/paced.lua"
+
+run_wrk() { # $1 script, $2 port, $3 connections, $4 seconds -> RESULT="rate p50 p99 p999 max"
+    local out errors
+    out=$(timeout $(($4 + 30)) "${prio[@]}" taskset -c 1 wrk -t1 -c"$3" -d"$4s" --timeout 5s -s "$work/$1" "http://127.0.0.1:$2/")
+    errors=$(awk '/^ERRORS/ {print $2}' <<<"$out")
+    if [[ "$errors" != "0" ]]; then echo "errors during the run on port $2: $errors" >&2; echo "$out" >&2; exit 1; fi
+    RESULT=$(awk '/^RESULT/ {print $2, $3, $4, $5, $6}' <<<"$out")
+}
+
+# --- check that every proxy routes as intended before measuring ---
+# paid -> stable; stored assignment (a, d, e only) -> it; tail 1-3 -> canary; the rest: a split.
+check_routes() {
+    local p uid want got bad=0
+    for p in a c d e; do
+        for uid in $(seq 0 59); do
+            want=""
+            if ((uid % 20 == 0)); then want=stable
+            elif [[ $p != c ]] && ((uid % 4 == 0)); then want=canary
+            elif [[ $p != c ]] && ((uid % 4 == 2)); then want=stable
+            elif [[ ${uid: -1} =~ [123] ]]; then want=canary
+            fi
+            local tier=trial; ((uid % 20 == 0)) && tier=paid
+            got=$(curl -sf --max-time 5 -H "Cookie: uid=$uid; tier=$tier" "http://127.0.0.1:${port[$p]}/")
+            if [[ -n $want && $got != "$want" ]]; then
+                echo "($p) routes uid $uid to '$got', expected $want" >&2; bad=1
+            fi
+            if [[ $got != stable && $got != canary ]]; then echo "($p) answered '$got' for uid $uid" >&2; bad=1; fi
+        done
+    done
+    [[ $(curl -sf --max-time 5 -H "Cookie: uid=3" "http://127.0.0.1:${port[b]}/") == stable ]] || { echo "(b) does not pass through" >&2; bad=1; }
+    return $bad
+}
+check_routes || { echo "routing check failed: see above" >&2; exit 1; }
+echo "routing check: every proxy routes the sample uids as intended"
+
+order=(direct a b c d e)
+echo "warming up (fills the caches with all $UIDS uids)"
+for p in "${order[@]}"; do run_wrk throughput.lua "${port[$p]}" "$CONNECTIONS" 3; done
+
+declare -A rps p50 p99
+offered_all=""
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+started=$(date +%s)
+for ((r = 1; r <= REPS; r++)); do
+    # Rotate the order every repetition so no proxy always runs first or last.
+    rotated=("${order[@]:$((r % 6))}" "${order[@]:0:$((r % 6))}")
+    line="rep $r:"
+    for p in "${rotated[@]}"; do
+        run_wrk throughput.lua "${port[$p]}" "$CONNECTIONS" "$DURATION"
+        read -r rate _ <<<"$RESULT"
+        run_wrk paced.lua "${port[$p]}" "$LAT_CONNECTIONS" "$LAT_DURATION"
+        read -r offered l50 l99 _ <<<"$RESULT"
+        offered_all+="$offered "
+        rps[$p]+="$rate "; p50[$p]+="$l50 "; p99[$p]+="$l99 "
+        line+=" ($p) ${rate%.*} req/s p99 ${l99} ms;"
+    done
+    echo "$line"
+done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+elapsed=$(($(date +%s) - started))
+
+declare -A m_rps m_p50 m_p99 rng_rps rng_p99
+# shellcheck disable=SC2086
+offered_median=$(median $offered_all)
+for p in "${order[@]}"; do
+    # shellcheck disable=SC2086
+    m_rps[$p]=$(median ${rps[$p]}); m_p50[$p]=$(median ${p50[$p]}); m_p99[$p]=$(median ${p99[$p]})
+    # shellcheck disable=SC2086
+    rng_rps[$p]=$(range %d ${rps[$p]}); rng_p99[$p]=$(range %s ${p99[$p]})
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+declare -A label=(
+    [direct]="backend direct (no proxy)"
+    [a]="(a) graygate, full filter chain + cached Redis lookup"
+    [b]="(b) graygate pass-through"
+    [c]="(c) nginx, map + split_clients on the cookie"
+    [d]="(d) nginx + Lua, one Redis GET per request"
+    [e]="(e) nginx + Lua, shared-dict cache"
+)
+table="| path | requests/s (median) | vs (c) | p50 ms | p99 ms | p99 vs (c) | requests/s min-max | p99 ms min-max |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+for p in "${order[@]}"; do
+    table+="
+| ${label[$p]} | ${m_rps[$p]%.*} | $(ratio "${m_rps[$p]}" "${m_rps[c]}")x | ${m_p50[$p]} | ${m_p99[$p]} | $(ratio "${m_p99[$p]}" "${m_p99[c]}")x | ${rng_rps[$p]} | ${rng_p99[$p]} |"
+done
+
+# Each target is judged twice: on the medians, and on the best repetition of each path
+# (highest throughput, lowest p99), which other work on the machine can only make worse.
+# When the two disagree the noise decides, and the target is not shown: INCONCLUSIVE.
+declare -A b_rps b_p99
+for p in "${order[@]}"; do
+    # shellcheck disable=SC2086
+    b_rps[$p]=$(printf '%s\n' ${rps[$p]} | sort -g | tail -1); b_p99[$p]=$(printf '%s\n' ${p99[$p]} | sort -g | head -1)
+done
+verdicts=()
+ok=1
+judge() { # $1 description, $2 median-based ratio, $3 best-based ratio, $4 awk test on r
+    local on_median on_best
+    on_median=$(awk -v r="$2" "BEGIN { print ($4) ? 1 : 0 }"); on_best=$(awk -v r="$3" "BEGIN { print ($4) ? 1 : 0 }")
+    if ((on_median && on_best)); then verdicts+=("PASS: $1: ${2}x on the medians, ${3}x on the best repetitions")
+    elif ((!on_median && !on_best)); then verdicts+=("FAIL: $1: ${2}x on the medians, ${3}x on the best repetitions"); ok=0
+    else verdicts+=("INCONCLUSIVE (noise): $1: ${2}x on the medians, ${3}x on the best repetitions"); ok=0
+    fi
+}
+judge "(a) throughput vs (c), target at least 1.0x" "$(ratio "${m_rps[a]}" "${m_rps[c]}")" "$(ratio "${b_rps[a]}" "${b_rps[c]}")" "r >= 1.0"
+judge "(a) p99 at ~$RATE requests/s vs (c), target at most 1.0x" "$(ratio "${m_p99[a]}" "${m_p99[c]}")" "$(ratio "${b_p99[a]}" "${b_p99[c]}")" "r <= 1.0"
+judge "(a) throughput vs (d), target at least 2x" "$(ratio "${m_rps[a]}" "${m_rps[d]}")" "$(ratio "${b_rps[a]}" "${b_rps[d]}")" "r >= 2.0"
+
+# --- the report ---
+commit=${GRAYGATE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+if [[ -z "${GRAYGATE_COMMIT:-}" ]] && [[ -n "$(git status --porcelain -- src 2>/dev/null)" ]]; then
+    commit+=" (with uncommitted changes in src/)"
+fi
+cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+nginx_version=$(nginx -v 2>&1 | sed 's/^nginx version: //')
+lua_version=$(dpkg-query -W -f '${Version}' libnginx-mod-http-lua 2>/dev/null || echo unknown)
+resty_redis_version=$(dpkg-query -W -f '${Version}' lua-nginx-redis 2>/dev/null || echo unknown)
+wrk_version=$(dpkg-query -W -f '${Version}' wrk 2>/dev/null || echo unknown)
+redis_version=$(redis-server --version | grep -o 'v=[^ ]*' | cut -d= -f2)
+rustc_version=$(rustc -V)
+
+mkdir -p "$(dirname "$OUT")"
+{
+    cat <<DOC
+# Benchmarks
+
+Generated by \`bench/compare.sh\` (\`make bench\`) on $(date -u +%Y-%m-%d) in ${elapsed} s of measuring.
+Do not edit by hand: run \`make bench\` again.
+
+## graygate against nginx, same traffic
+
+$table
+
+$(printf '%s\n' "${verdicts[@]}")
+
+- **Traffic**: 10,000 distinct uids in a browser-like \`Cookie\` header
+  (\`_ga=...; sid=...; uid=N; tier=trial|paid; theme=dark\`), one uid in 20 paid; half of the
+  uids have an assignment stored in Redis. Every proxy sends \`X-Graygate-Version\` (and
+  \`X-Forwarded-For\`) upstream; the backend echoes the version, and the routing of a sample of
+  uids is checked before measuring.
+- **(a)** rules: \`shield-paid\` (tier), \`assigned\` (\`\$assigned\`, Redis, \`cache_ttl: ${CACHE_TTL}s\`),
+  \`tail-30pct\` (uid tail), \`split-10pct\` (uid split). **(b)** no identity, no rules.
+  **(c)** the same decision without the assignment lookup, in \`map\` and \`split_clients\`.
+  **(d)** the same decision as (a) in \`rewrite_by_lua_block\` with lua-resty-redis (pooled
+  connections, one \`GET\` per request). **(e)** (d) with a \`lua_shared_dict\` cache (TTL ${CACHE_TTL} s, misses cached too).
+- **Setup**: one worker per proxy (graygate \`server.threads: 1\`, \`access_log: off\`; nginx
+  \`worker_processes 1\`, \`access_log off\`), pinned to core 0 with \`taskset\`; the nginx
+  backend, Redis and wrk pinned to core 1; upstream keep-alive everywhere; loopback only;
+  every measured process at niceness ${NICE:-0}.
+- **Throughput**: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s\`. **Latency**: \`wrk -t1 -c$LAT_CONNECTIONS -d${LAT_DURATION}s\` with a
+  Lua \`delay()\` of 0-$((2 * mean_delay_ms)) ms (mean $mean_delay_ms ms) per connection before each request: an offered
+  load of about $RATE requests/s (achieved: median ${offered_median%.*} requests/s over all runs), far below every proxy's capacity (wrk2 is not packaged in
+  Debian; a paced wrk measures from each request's send, which is exact when nothing queues).
+- **Repetitions**: $REPS, interleaved (every repetition runs every path once, the order rotated
+  each time); medians, with the spread across repetitions in the last columns.
+- **Noise**: load average $load_before before measuring, $load_after after. Other work on
+  the machine (compiles) shows up as spread across repetitions; every target is therefore
+  judged on the medians and on each path's best repetition, and called inconclusive when the
+  two disagree.
+- **Where the time goes** (profiles, per-request CPU, proposed fixes): [performance.md](performance.md).
+
+## The decision alone (criterion, \`benches/decide.rs\`)
+
+100 rules using every condition kind; median time per call in ns (95% confidence interval).
+DOC
+    if [[ -n "$decide_table" ]]; then
+        cat <<DOC
+
+| benchmark | ns (median) | 95% CI |
+| --- | ---: | ---: |
+$decide_table
+
+\`gather\`: the filter chain (\`Facts::gather\`: cookies, uid, tail, tier, internal);
+\`decide-first\`: the first rule decides; \`decide-all-100\`: every rule evaluated, then the default;
+\`gather+decide\`: both, for 10,000 rotating uids and four paths (what a request pays).
+DOC
+    else
+        printf '\n(not run: CRITERION=0)\n'
+    fi
+    cat <<DOC
+
+## Machine and versions
+
+- $(nproc) cores: $cpu; $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) memory; $(uname -sr)
+- graygate $commit, built by $rustc_version (release profile)
+- nginx $nginx_version, libnginx-mod-http-lua $lua_version, lua-nginx-redis (lua-resty-redis) $resty_redis_version
+- redis-server $redis_version, wrk $wrk_version
+DOC
+} > "$OUT"
+
+echo
+echo "$table"
+echo
+printf '%s\n' "${verdicts[@]}"
+echo "written to $OUT"
+((ok)) || exit 1
