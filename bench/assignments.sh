@@ -26,15 +26,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on port $1" >&2
-    return 1
-}
+# shellcheck source=bench/lib.sh
+source bench/lib.sh   # the scripts run from the repository root
 
 backend=$(free_port); redis=$(free_port)
 with_lookup=$(free_port); without_lookup=$(free_port)
@@ -125,10 +118,9 @@ for ((r = 1; r <= REPS; r++)); do
     with+=("$(run "$with_lookup" "$DURATION")")
     echo "rep $r: without lookup ${without[-1]} req/s, with cached lookup ${with[-1]} req/s"
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 m_with=$(median "${with[@]}"); m_without=$(median "${without[@]}")
 ratio=$(awk -v a="$m_with" -v b="$m_without" 'BEGIN {printf "%.3f", a / b}')
-lookups=$(curl -s "http://$(grep -o '127.0.0.1:[0-9]*' "$work/lookup/graygate.yaml" | sed -n 2p)/metrics" | grep '^graygate_store_lookups_total' || true)
+lookups=$(curl -s "http://$(grep -o '127.0.0.1:[0-9]*' "$work/lookup/graygate.yaml" | sed -n 2p)/metrics" | grep '^graygate_store_lookups_total' | grep -v ' 0$' || true)
 
 cat <<REPORT
 
