@@ -291,6 +291,14 @@ end
 """
 
 
+def check_load_survived(row, gg, r):
+    """The checks every fault row makes of its background load: it ran, nothing failed, and
+    graygate is still alive."""
+    row.check(r["requests"] > 1000, f"the load ran only {r['requests']} requests")
+    row.check(r["errors"] == 0, f"requests failed: {Load.describe(r)}")
+    row.check(gg.alive(), "graygate died")
+
+
 class Load:
     """wrk in the background for `seconds` against `port`; `result()` waits for its summary."""
 
@@ -405,10 +413,8 @@ rules:
     recovered_s = time.monotonic() - back_at
     row.check(honoured, "after Redis came back, uid 77's new assignment is not honoured within 10 s")
     r = load.result()
-    row.check(r["requests"] > 1000, f"the load ran only {r['requests']} requests")
-    row.check(r["errors"] == 0, f"requests failed: {Load.describe(r)}")
+    check_load_survived(row, gg, r)
     row.check(r["max"] < 1000, f"a request took {r['max']:.0f} ms (lookup_timeout is 20 ms)")
-    row.check(gg.alive(), "graygate died")
     row.fact(f"Redis down 4 s: {Load.describe(r)}; {errors_during:.0f} lookups failed open "
              f"(uncached uids during the outage: median {took[10]:.1f} ms, max {took[-1]:.1f} ms); a new assignment honoured "
              f"{recovered_s:.2f} s after the restart")
@@ -438,9 +444,7 @@ def row_peer_killed(env, row):
     back_s = time.monotonic() - back_at
     r = load.result()
     connect_errors = gg.metric("graygate_upstream_errors_total", kind="connect")
-    row.check(r["requests"] > 1000, f"the load ran only {r['requests']} requests")
-    row.check(r["errors"] == 0, f"requests failed: {Load.describe(r)}")
-    row.check(gg.alive(), "graygate died")
+    check_load_survived(row, gg, r)
     row.fact(f"{Load.describe(r)}; peer marked down {out_s:.1f} s after SIGKILL and up "
              f"{back_s:.1f} s after its restart; {connect_errors:.0f} refused connects retried")
 
@@ -476,9 +480,7 @@ def row_reloads(env, row, count=50):
     time.sleep(1)
     load.stop_early()
     r = load.result()
-    row.check(r["requests"] > 1000, f"the load ran only {r['requests']} requests")
-    row.check(r["errors"] == 0, f"requests failed: {Load.describe(r)}")
-    row.check(gg.alive(), "graygate died")
+    check_load_survived(row, gg, r)
     row.fact(f"{count} reloads in {reload_s:.1f} s, generation {first} -> {gg.generation()}, "
              f"{ok_count:.0f} counted ok; {Load.describe(r)}")
 
@@ -540,9 +542,7 @@ def row_invalid_rules(env, row):
     time.sleep(1)
     load.stop_early()
     r = load.result()
-    row.check(r["requests"] > 1000, f"the load ran only {r['requests']} requests")
-    row.check(r["errors"] == 0, f"requests failed: {Load.describe(r)}")
-    row.check(gg.alive(), "graygate died")
+    check_load_survived(row, gg, r)
     row.fact(f"{len(variants)} broken files refused ({refused:.0f} refusals counted: POST and watcher), "
              f"generation held at {generation}, then the repaired file loaded; {Load.describe(r)}")
 
