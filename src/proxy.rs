@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
@@ -201,6 +202,10 @@ impl Gateway {
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
+
+    /// No downstream modules: Pingora's default adds a response compression module (off),
+    /// which every request would still build and run; graygate never compresses.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
@@ -437,11 +442,14 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        upstream.remove_header(VERSION_HEADER);
-        upstream.remove_header(RULE_HEADER);
+        // Client copies are dropped (insert replaces every value). The values were built
+        // with the rules generation: cloning one is a reference count, not a copy.
         // The version of the build that serves: after a fallback, the default one.
-        upstream.insert_header(VERSION_HEADER, &*rules.version(route.serving).name)?;
-        upstream.insert_header(RULE_HEADER, route.decision.rule_name(rules))?;
+        upstream.insert_header(
+            VERSION_HEADER,
+            rules.version(route.serving).header_value.clone(),
+        )?;
+        upstream.insert_header(RULE_HEADER, route.decision.rule_header_value(rules).clone())?;
         if let Some(ip) = client_ip(session) {
             let mut buf = [0u8; 48];
             let ip = ip_text(ip, &mut buf);

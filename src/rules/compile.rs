@@ -386,6 +386,7 @@ impl Compiler {
             };
             versions.push(Version {
                 name: Arc::from(name.as_str()),
+                header_value: header_value(name),
                 description: v.description.unwrap_or_default(),
                 selectable: v.selectable,
                 restricted: v.restricted,
@@ -935,6 +936,7 @@ impl Compiler {
             }
             rules.push(Rule {
                 name: Arc::from(r.name.as_str()),
+                header_value: header_value(&r.name),
                 conditions,
                 action,
             });
@@ -1279,6 +1281,12 @@ fn is_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A checked name as a header value. Names are checked by [`is_name`] or [`is_rule_name`]
+/// first, and a set with an error is never served, so the fallback is never sent.
+fn header_value(name: &str) -> http::HeaderValue {
+    http::HeaderValue::from_str(name).unwrap_or(http::HeaderValue::from_static("invalid"))
 }
 
 fn is_rule_name(name: &str) -> bool {

@@ -44,6 +44,15 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The deciding rule's name as a header value, or `default`.
+    pub fn rule_header_value<'r>(&self, rules: &'r RuleSet) -> &'r http::HeaderValue {
+        static DEFAULT: http::HeaderValue = http::HeaderValue::from_static("default");
+        match self.rule {
+            Some(i) => &rules.rules[i].header_value,
+            None => &DEFAULT,
+        }
+    }
+
     /// The deciding rule's name, or `default`.
     pub fn rule_name<'r>(&self, rules: &'r RuleSet) -> &'r str {
         match self.rule {

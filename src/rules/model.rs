@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
 use http::Method;
 use ipnet::IpNet;
 use regex::RegexSet;
@@ -30,6 +30,8 @@ impl VersionId {
 pub struct Version {
     /// The label used in rules, headers and metrics.
     pub name: Arc<str>,
+    /// `name` as the value of `X-Graygate-Version`, built once per generation.
+    pub header_value: HeaderValue,
     /// Free text shown to operators and on the channel page.
     pub description: String,
     /// Users may pick it on the channel page.
@@ -338,6 +340,8 @@ impl Default for KeyTemplate {
 pub struct Rule {
     /// Unique name, used in headers, logs and metrics.
     pub name: Arc<str>,
+    /// `name` as the value of `X-Graygate-Rule`, built once per generation.
+    pub header_value: HeaderValue,
     /// All must hold.
     pub conditions: Vec<Condition>,
     /// What to decide.
