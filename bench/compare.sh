@@ -4,6 +4,7 @@
 #
 #   bench/compare.sh                      # or: make bench (then bench/assignments.sh)
 #   REPS=3 DURATION=3 LAT_DURATION=4 bench/compare.sh      # a quicker, noisier run
+#   PROFILE=1 bench/compare.sh            # instructions per request under callgrind instead
 #
 # One nginx backend answers every request from memory. The same traffic (10,000 distinct
 # uids in a browser-like Cookie header, one in 20 of them paid) goes, in interleaved
@@ -35,6 +36,13 @@ CRITERION=${CRITERION:-1}         # 0: skip the criterion benchmark of decide
 NICE=${NICE:--10}                 # niceness of every measured process ("" to leave it): other
                                   # work on the machine (compiles) then steals less of its core
 UIDS=10000
+# PROFILE=1: every proxy runs under valgrind's callgrind, and instead of timing anything the
+# script counts instructions per request in each proxy (the same for the same binaries and
+# traffic, however busy the machine). 200 uids, so that (a)'s lookups are cache hits at
+# callgrind's speed (a few hundred requests/s), as they are at full speed with 10,000.
+PROFILE=${PROFILE:-0}
+PROFILE_SECONDS=${PROFILE_SECONDS:-15}
+if [[ "$PROFILE" == 1 ]]; then UIDS=200; CRITERION=0; fi
 
 bash scripts/install-deps.sh bench
 if [[ -n "${GRAYGATE_BIN:-}" ]]; then
@@ -47,6 +55,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -
 
 prio=()
 if [[ -n "$NICE" ]] && nice -n "$NICE" true 2>/dev/null; then prio=(nice -n "$NICE"); fi
+wrap=()   # what each proxy runs under
 
 work=$(mktemp -d)
 pids=()
@@ -122,6 +131,12 @@ for ((i = 0; i < UIDS; i += 2)); do
     if ((i % 4 == 0)); then echo "SET gray:version:$i canary"; else echo "SET gray:version:$i stable"; fi
 done | redis-cli -p "$redis" >/dev/null
 
+declare -A proxy_pid   # per path: the process that proxies (graygate, or the nginx worker)
+if [[ "$PROFILE" == 1 ]]; then
+    # The nginx workers run as another user (nobody) and write their profiles here too.
+    mkdir -m 1777 "$work/callgrind" && chmod 711 "$work"
+    wrap=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind/%p")
+fi
 start_graygate() { # $1 name, $2 port, $3 admin port, $4 rules yaml, $5 extra conf
     mkdir -p "$work/$1/rules"
     printf '%s\n' "$4" > "$work/$1/rules/rules.yaml"
@@ -133,8 +148,9 @@ access_log: off
 server: { threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: gg.pid, upgrade_sock: gg.sock }
 $5
 CONF
-    RUST_LOG=warn "${prio[@]}" taskset -c 0 "$bin" run -c "$work/$1/graygate.yaml" 2>"$work/$1.log" & pids+=($!)
-    wait_port "$2"
+    RUST_LOG=warn "${prio[@]}" taskset -c 0 "${wrap[@]}" "$bin" run -c "$work/$1/graygate.yaml" 2>"$work/$1.log" & pids+=($!)
+    wait_port "$2" 600
+    proxy_pid[$1]=$!
 }
 services="services:
   web:
@@ -164,7 +180,7 @@ nginx_proxy() { # $1 name, $2 port, $3 http-level config, $4 location-level conf
     cat > "$work/$1/nginx.conf" <<NGINX
 load_module /usr/lib/nginx/modules/ndk_http_module.so;
 load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-worker_processes 1;
+worker_processes 1;$([[ "$PROFILE" == 1 ]] && echo " master_process off;")
 daemon off;
 pid $work/$1/nginx.pid;
 error_log $work/$1/error.log warn;
@@ -190,8 +206,11 @@ $4
     }
 }
 NGINX
-    "${prio[@]}" taskset -c 0 nginx -c "$work/$1/nginx.conf" -p "$work/$1" & pids+=($!)
-    wait_port "$2"
+    "${prio[@]}" taskset -c 0 "${wrap[@]}" nginx -c "$work/$1/nginx.conf" -p "$work/$1" & pids+=($!)
+    wait_port "$2" 600
+    # The worker; under callgrind nginx runs as one process (master_process off), since a
+    # worker that changed user cannot be reached by callgrind_control.
+    if [[ "$PROFILE" == 1 ]]; then proxy_pid[$1]=$!; else proxy_pid[$1]=$(pgrep -P "$!"); fi
 }
 # (c): the decision in nginx's own variables. `map` evaluates lazily, so the version is
 # computed when proxy_pass asks for it.
@@ -259,8 +278,9 @@ PACING
 done = function(summary, latency, requests)
     local e = summary.errors
     io.write(string.format("ERRORS %d\n", e.status + e.connect + e.read + e.write + e.timeout))
-    io.write(string.format("RESULT %.1f %.3f %.3f %.3f %.3f\n", summary.requests / (summary.duration / 1e6),
-        latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency:percentile(99.9) / 1000, latency.max / 1000))
+    io.write(string.format("RESULT %.1f %.3f %.3f %.3f %.3f %d\n", summary.requests / (summary.duration / 1e6),
+        latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency:percentile(99.9) / 1000, latency.max / 1000,
+        summary.requests))
 end
 LUA
 sed 's/^PACING$//' "$work/uids.lua" > "$work/throughput.lua"
@@ -268,12 +288,12 @@ mean_delay_ms=$(awk -v c="$LAT_CONNECTIONS" -v r="$RATE" 'BEGIN { printf "%d", c
 ((mean_delay_ms >= 1)) || { echo "LAT_CONNECTIONS/RATE must be at least 1 ms" >&2; exit 2; }
 sed "s/^PACING\$/delay = function() return math.random(0, 2 * $mean_delay_ms) end/" "$work/uids.lua" > "$work/paced.lua"
 
-run_wrk() { # $1 script, $2 port, $3 connections, $4 seconds -> RESULT="rate p50 p99 p999 max"
+run_wrk() { # $1 script, $2 port, $3 connections, $4 seconds -> RESULT="rate p50 p99 p999 max requests"
     local out errors
     out=$(timeout $(($4 + 30)) "${prio[@]}" taskset -c 1 wrk -t1 -c"$3" -d"$4s" --timeout 5s -s "$work/$1" "http://127.0.0.1:$2/")
     errors=$(awk '/^ERRORS/ {print $2}' <<<"$out")
     if [[ "$errors" != "0" ]]; then echo "errors during the run on port $2: $errors" >&2; echo "$out" >&2; exit 1; fi
-    RESULT=$(awk '/^RESULT/ {print $2, $3, $4, $5, $6}' <<<"$out")
+    RESULT=$(awk '/^RESULT/ {print $2, $3, $4, $5, $6, $7}' <<<"$out")
 }
 
 # --- check that every proxy routes as intended before measuring ---
@@ -305,18 +325,46 @@ check_routes() {
     [[ $(curl -sf --max-time 5 -H "Cookie: uid=3" "http://127.0.0.1:${port[b]}/") == stable ]] || { echo "(b) does not pass through" >&2; bad=1; }
     return $bad
 }
-check_routes || {
+declare -A label=(
+    [direct]="backend direct (no proxy)"
+    [a]="(a) graygate, full filter chain + cached Redis lookup"
+    [b]="(b) graygate pass-through"
+    [c]="(c) nginx, map + split_clients on the cookie"
+    [d]="(d) nginx + Lua, one Redis GET per request"
+    [e]="(e) nginx + Lua, shared-dict cache"
+)
+# Under callgrind a lookup can outlast lookup_timeout and fail open: no routing check there.
+[[ "$PROFILE" == 1 ]] || check_routes || {
     echo "routing check failed: see above; (a)'s store lookups:" >&2
     curl -s "http://127.0.0.1:$admin_a/metrics" | grep '^graygate_store_lookups_total{kind="assignment"' >&2
     exit 1
 }
-echo "routing check: every proxy routes the sample uids as intended"
+[[ "$PROFILE" == 1 ]] || echo "routing check: every proxy routes the sample uids as intended"
+
+if [[ "$PROFILE" == 1 ]]; then
+    echo "| path | requests | instructions per request |"
+    echo "| --- | ---: | ---: |"
+    for p in a b c d e; do
+        # Warm up (connections, caches), then count only the measured run.
+        run_wrk throughput.lua "${port[$p]}" 8 10
+        callgrind_control --zero "${proxy_pid[$p]}" >/dev/null 2>&1
+        run_wrk throughput.lua "${port[$p]}" 8 "$PROFILE_SECONDS"
+        read -r _ _ _ _ _ served <<<"$RESULT"
+        callgrind_control --dump "${proxy_pid[$p]}" >/dev/null 2>&1
+        sleep 1
+        instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$work/callgrind/${proxy_pid[$p]}".* | head -1)")
+        echo "| ${label[$p]} | $served | $((instructions / served)) |"
+    done
+    exit 0
+fi
 
 order=(direct a b c d e)
 echo "warming up (fills the caches with all $UIDS uids)"
 for p in "${order[@]}"; do run_wrk throughput.lua "${port[$p]}" "$CONNECTIONS" 3; done
 
-declare -A rps p50 p99
+# User + system CPU time of process $1 in clock ticks (0 without a process).
+cpu_ticks() { if [[ -n "$1" ]]; then sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; else echo 0; fi; }
+declare -A rps p50 p99 cpu
 offered_all=""
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date +%s)
@@ -325,8 +373,11 @@ for ((r = 1; r <= REPS; r++)); do
     rotated=("${order[@]:$((r % 6))}" "${order[@]:0:$((r % 6))}")
     line="rep $r:"
     for p in "${rotated[@]}"; do
+        cpu_before=$(cpu_ticks "${proxy_pid[$p]:-}")
         run_wrk throughput.lua "${port[$p]}" "$CONNECTIONS" "$DURATION"
-        read -r rate _ <<<"$RESULT"
+        read -r rate _ _ _ _ served <<<"$RESULT"
+        cpu[$p]+="$(awk -v t=$(($(cpu_ticks "${proxy_pid[$p]:-}") - cpu_before)) -v hz="$(getconf CLK_TCK)" -v n="$served" \
+            'BEGIN { printf "%.1f", t * 1e6 / hz / n }') "
         run_wrk paced.lua "${port[$p]}" "$LAT_CONNECTIONS" "$LAT_DURATION"
         read -r offered l50 l99 _ <<<"$RESULT"
         offered_all+="$offered "
@@ -338,29 +389,23 @@ done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 elapsed=$(($(date +%s) - started))
 
-declare -A m_rps m_p50 m_p99 rng_rps rng_p99
+declare -A m_rps m_p50 m_p99 m_cpu rng_rps rng_p99
 # shellcheck disable=SC2086
 offered_median=$(median $offered_all)
 for p in "${order[@]}"; do
     # shellcheck disable=SC2086
     m_rps[$p]=$(median ${rps[$p]}); m_p50[$p]=$(median ${p50[$p]}); m_p99[$p]=$(median ${p99[$p]})
     # shellcheck disable=SC2086
+    m_cpu[$p]=$(if [[ -n "${proxy_pid[$p]:-}" ]]; then median ${cpu[$p]}; else echo -; fi)
+    # shellcheck disable=SC2086
     rng_rps[$p]=$(range %d ${rps[$p]}); rng_p99[$p]=$(range %s ${p99[$p]})
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-declare -A label=(
-    [direct]="backend direct (no proxy)"
-    [a]="(a) graygate, full filter chain + cached Redis lookup"
-    [b]="(b) graygate pass-through"
-    [c]="(c) nginx, map + split_clients on the cookie"
-    [d]="(d) nginx + Lua, one Redis GET per request"
-    [e]="(e) nginx + Lua, shared-dict cache"
-)
-table="| path | requests/s (median) | vs (c) | p50 ms | p99 ms | p99 vs (c) | requests/s min-max | p99 ms min-max |
-| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+table="| path | requests/s (median) | vs (c) | proxy CPU µs/request | p50 ms | p99 ms | p99 vs (c) | requests/s min-max | p99 ms min-max |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for p in "${order[@]}"; do
     table+="
-| ${label[$p]} | ${m_rps[$p]%.*} | $(ratio "${m_rps[$p]}" "${m_rps[c]}")x | ${m_p50[$p]} | ${m_p99[$p]} | $(ratio "${m_p99[$p]}" "${m_p99[c]}")x | ${rng_rps[$p]} | ${rng_p99[$p]} |"
+| ${label[$p]} | ${m_rps[$p]%.*} | $(ratio "${m_rps[$p]}" "${m_rps[c]}")x | ${m_cpu[$p]} | ${m_p50[$p]} | ${m_p99[$p]} | $(ratio "${m_p99[$p]}" "${m_p99[c]}")x | ${rng_rps[$p]} | ${rng_p99[$p]} |"
 done
 
 # Each target is judged twice: on the medians, and on the best repetition of each path
@@ -432,6 +477,9 @@ $(printf '%s\n' "${verdicts[@]}")
   Debian; a paced wrk measures from each request's send, which is exact when nothing queues).
 - **Repetitions**: $REPS, interleaved (every repetition runs every path once, the order rotated
   each time); medians, with the spread across repetitions in the last columns.
+- **Proxy CPU**: user + system time of the proxying process (graygate, or the nginx worker)
+  during each throughput run, divided by the requests served: the cost of a request, which
+  noise on the machine disturbs far less than throughput does.
 - **Noise**: load average $load_before before measuring, $load_after after. Other work on
   the machine (compiles) shows up as spread across repetitions; every target is therefore
   judged on the medians and on each path's best repetition, and called inconclusive when the

@@ -54,13 +54,14 @@ fi
 
 if [[ "$profile" == "bench" ]]; then
     # bench/: nginx is the backend, the peer and the proxy compared against; wrk drives the
-    # load; redis holds the assignments.
+    # load; redis holds the assignments; callgrind counts instructions (PROFILE=1).
     needs+=(
         "redis-server:redis-server"
         "redis-cli:redis-tools"
         "nginx:nginx"
         "wrk:wrk"
         "taskset:util-linux"
+        "valgrind:valgrind"
     )
 fi
 
