@@ -32,25 +32,9 @@ source bench/lib.sh   # the scripts run from the repository root
 backend=$(free_port); redis=$(free_port)
 with_lookup=$(free_port); without_lookup=$(free_port)
 
-# The backend: nginx answering 200 from memory, pinned to the second core with Redis and wrk.
-mkdir -p "$work/nginx"
-cat > "$work/nginx/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    server {
-        listen 127.0.0.1:$backend;
-        location / { return 200 "ok\n"; }
-    }
-}
-NGINX
-taskset -c 1 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
-taskset -c 1 redis-server --port "$redis" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null & pids+=($!)
-wait_port "$backend"; wait_port "$redis"
+prio=()   # no niceness here
+start_backend "$backend"
+start_redis "$redis"
 
 # Half of the uids have an assignment (to a version served by the same backend).
 for ((i = 0; i < UIDS; i += 2)); do echo "SET gray:version:$i canary"; done | redis-cli -p "$redis" >/dev/null

@@ -105,26 +105,8 @@ for p in direct a b c d e; do port[$p]=$(free_port); done
 port[direct]=$backend
 admin_a=$(free_port); admin_b=$(free_port)
 
-# The backend echoes the version it was sent, so the routing can be checked before measuring.
-mkdir -p "$work/backend"
-cat > "$work/backend/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $work/backend/nginx.pid;
-error_log $work/backend/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    server {
-        listen 127.0.0.1:$backend backlog=4096;
-        keepalive_requests 1000000;
-        location / { return 200 "\$http_x_graygate_version\n"; }
-    }
-}
-NGINX
-"${prio[@]}" taskset -c 1 nginx -c "$work/backend/nginx.conf" -p "$work/backend" & pids+=($!)
-"${prio[@]}" taskset -c 1 redis-server --port "$redis" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null & pids+=($!)
-wait_port "$backend"; wait_port "$redis"
+start_backend "$backend"
+start_redis "$redis"
 
 # Half of the uids have a stored assignment: uid % 4 == 0 -> canary, uid % 4 == 2 -> stable.
 for ((i = 0; i < UIDS; i += 2)); do

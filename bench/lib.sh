@@ -15,3 +15,36 @@ wait_port() {
 
 # The median of the arguments.
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+# The processes below run pinned to core 1 (the proxies measured get core 0), under the
+# caller's "${prio[@]}" (nice), and are appended to "${pids[@]}" for its cleanup; $work is the
+# caller's scratch directory.
+
+# An nginx backend on port $1, answering 200 from memory with the X-Graygate-Version it was
+# sent, so a routing check can read each proxy's decision.
+start_backend() {
+    mkdir -p "$work/backend"
+    cat > "$work/backend/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/backend/nginx.pid;
+error_log $work/backend/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:$1 backlog=4096;
+        keepalive_requests 1000000;
+        location / { return 200 "\$http_x_graygate_version\n"; }
+    }
+}
+NGINX
+    "${prio[@]}" taskset -c 1 nginx -c "$work/backend/nginx.conf" -p "$work/backend" & pids+=($!)
+    wait_port "$1"
+}
+
+# A throw-away redis-server on port $1: no persistence.
+start_redis() {
+    "${prio[@]}" taskset -c 1 redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null & pids+=($!)
+    wait_port "$1"
+}
