@@ -102,6 +102,7 @@ fn bench(c: &mut Criterion) {
         query: Some("page=2&sort=desc"),
         headers,
         client_ip: Some(ip),
+        arrival: Default::default(),
     };
     let paid: &'static HeaderMap = Box::leak(Box::new(headers("10001", "paid")));
     // uid 4567: tail 7, so no rule decides.

@@ -7,7 +7,7 @@
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
-use graygate::snapshot::{Reloaded, SnapshotStore};
+use graygate::state::{Reloaded, SnapshotStore};
 
 const RULES: usize = 1_000;
 const SERVICES: usize = 50;

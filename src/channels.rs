@@ -14,7 +14,9 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::rules::model::{ChannelSettings, RuleSet, VersionId};
+use crate::facts::Facts;
+use crate::rules::decide::Decision;
+use crate::rules::model::{Action, ChannelSettings, RuleSet, VersionId};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -131,6 +133,29 @@ impl ChannelKey {
         let settings = &rules.channels;
         let version = self.verify(&settings.cookie, cookie?, unix_now(), uid)?;
         rules.version_id(version)
+    }
+
+    /// The channel cookie a decision sets: a sticky split's first decision for this user is
+    /// kept in the channel cookie, so the user stays on the version (and the business service
+    /// sees it on this very request). `None` when the decision was not a sticky split, or the
+    /// request already carries a valid cookie for the decided version.
+    pub fn sticky_cookie(
+        &self,
+        rules: &RuleSet,
+        decision: &Decision,
+        facts: &Facts,
+    ) -> Option<String> {
+        let rule = &rules.rules[decision.rule?];
+        match &rule.action {
+            Action::Split(split) if split.sticky && facts.channel != Some(decision.version) => {
+                Some(self.set_cookie(
+                    &rules.channels,
+                    Some(&rules.version(decision.version).name),
+                    facts.uid.as_ref().map(|u| &*u.text),
+                ))
+            }
+            _ => None,
+        }
     }
 
     /// A `Set-Cookie` value choosing `version` for `uid` (or clearing the choice).

@@ -15,8 +15,9 @@ use crate::channels::ChannelKey;
 use crate::facts::{Facts, RequestView};
 use crate::rules::decide::Step;
 use crate::rules::model::Source;
-use crate::snapshot::Snapshot;
+use crate::state::Snapshot;
 use crate::store::Lookups;
+use crate::upstream::balance_key;
 
 /// A request described by an operator.
 #[derive(Debug, Clone, Default)]
@@ -65,8 +66,13 @@ pub struct Report {
     pub rule: String,
     /// The service matched, if any.
     pub service: Option<String>,
-    /// The version whose group serves (the default when the decided one has no group).
+    /// The version whose group serves (the default after a fallback), by the same policy as
+    /// the proxy (`Service::serving_group`).
     pub group: Option<String>,
+    /// Why the group is not the decided version's: `no_group`, `unhealthy`.
+    pub fallback: Option<&'static str>,
+    /// The peer the request would be sent to, when one is healthy.
+    pub peer: Option<String>,
     /// That group's peers.
     pub peers: Vec<PeerState>,
 }
@@ -142,6 +148,7 @@ pub async fn explain_request(
         query: query.as_deref(),
         headers: &headers,
         client_ip: desc.ip,
+        arrival: Default::default(),
     };
     let mut facts = Facts::gather(&rules.identity, view);
     let uid = facts.uid.as_ref().map(|u| &*u.text);
@@ -152,7 +159,9 @@ pub async fn explain_request(
         .services
         .find(&desc.host, &path)
         .map(|id| &snapshot.services.services[id]);
-    let group = service.and_then(|s| s.group(decision.version).or_else(|| s.group(rules.default)));
+    let key = balance_key(facts.uid.as_ref().map(|u| &*u.text), desc.ip);
+    let serving = service.and_then(|s| s.serving_group(decision.version, rules.default, &key, &[]));
+    let group = serving.map(|s| s.group);
     Ok(Report {
         generation: snapshot.generation,
         uid: facts.uid.as_ref().map(|u| u.text.to_string()),
@@ -162,7 +171,9 @@ pub async fn explain_request(
         version: rules.version(decision.version).name.to_string(),
         rule: decision.rule_name(rules).to_string(),
         service: service.map(|s| s.name.to_string()),
-        group: group.map(|g| rules.version(g.version).name.to_string()),
+        group: group.map(|g| g.version_name.to_string()),
+        fallback: serving.and_then(|s| s.fallback).map(|r| r.as_str()),
+        peer: serving.and_then(|s| s.peer).map(|p| p.to_string()),
         peers: group
             .map(|g| {
                 g.pool
@@ -198,7 +209,15 @@ impl fmt::Display for Report {
                     .iter()
                     .map(|p| format!("{}{}", p.addr, if p.healthy { "" } else { " (unhealthy)" }))
                     .collect();
-                writeln!(f, "service: {service}, group {group}: {}", peers.join(", "))
+                let fallback = match self.fallback {
+                    Some(reason) => format!(" (fallback: {reason})"),
+                    None => String::new(),
+                };
+                writeln!(
+                    f,
+                    "service: {service}, group {group}{fallback}: {}",
+                    peers.join(", ")
+                )
             }
             (Some(service), None) => writeln!(f, "service: {service}, no group"),
             _ => writeln!(f, "service: none matches this host and path (404)"),

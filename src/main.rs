@@ -20,7 +20,7 @@ use graygate::diagnostics::Diagnostics;
 use graygate::explain::{explain_request, RequestDescription};
 use graygate::metrics::Metrics;
 use graygate::server::{App, RunOptions};
-use graygate::snapshot::SnapshotStore;
+use graygate::state::SnapshotStore;
 use graygate::store::embedded::EmbeddedStore;
 use graygate::store::redis::RedisStore;
 use graygate::store::{Lookups, Store};
@@ -146,11 +146,17 @@ fn main() -> anyhow::Result<ExitCode> {
                 }
             };
             let snapshot = app.store.current();
+            let listeners: Vec<String> = app
+                .config
+                .listeners
+                .iter()
+                .map(|l| format!("{} {}", l.name, l.addr))
+                .collect();
             log::info!(
-                "graygate: serving rules generation {} ({} rules) on {:?}, admin on {}",
+                "graygate: serving rules generation {} ({} rules) on {}, admin on {}",
                 snapshot.generation,
                 snapshot.rules.rules.len(),
-                app.config.listen,
+                listeners.join(", "),
                 app.config.admin.listen
             );
             app.server(RunOptions { daemon, upgrade }).run_forever();

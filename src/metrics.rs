@@ -3,33 +3,34 @@
 //! Label values come only from configuration names (services, versions, rules, goals) and
 //! fixed words, never from request data, so the number of series is bounded by the config.
 
-use crate::snapshot::Snapshot;
+use std::time::Duration;
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
-/// Why a request left its decided group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FallbackReason {
-    /// The service has no group for the decided version.
-    NoGroup,
-    /// The decided group has no healthy peer.
-    Unhealthy,
-    /// Connecting to the decided group failed on every peer tried.
-    Connect,
+/// One answered request as the metrics see it: configuration names and fixed words only.
+#[derive(Debug, Clone, Copy)]
+pub struct Answered<'a> {
+    /// The service, or `unmatched`.
+    pub service: &'a str,
+    /// The version whose group served (after a fallback, the default's).
+    pub served: &'a str,
+    /// The decided version; `None` for a request answered before any decision.
+    pub decided: Option<&'a str>,
+    /// The deciding rule (or `default`).
+    pub rule: &'a str,
+    /// The status sent, 0 when none was.
+    pub status: u16,
+    /// From the request's arrival to the end of the response.
+    pub elapsed: Duration,
+    /// The `kind` of an upstream failure, if one ended the request.
+    pub upstream_error: Option<&'static str>,
 }
 
-impl FallbackReason {
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FallbackReason::NoGroup => "no_group",
-            FallbackReason::Unhealthy => "unhealthy",
-            FallbackReason::Connect => "connect",
-        }
-    }
-}
+/// The `service` and `version` label of requests no service matched.
+pub const UNMATCHED: &str = "unmatched";
 
 /// Every series graygate exports.
 pub struct Metrics {
@@ -167,27 +168,62 @@ impl Metrics {
         }
     }
 
-    /// Creates at 0 the series a generation can produce, so that rates and ratios exist
-    /// before the first event (a first 5xx, a first failed reload), and sets the generation.
-    pub fn prepare(&self, snapshot: &Snapshot) {
-        let rules = &snapshot.rules;
-        for service in &snapshot.services.services {
-            for group in service.groups() {
-                let version = &*rules.version(group.version).name;
-                for class in ["2xx", "3xx", "4xx", "5xx"] {
-                    self.requests
-                        .with_label_values(&[&*service.name, version, class]);
-                }
-            }
+    /// Creates at 0 the request series of one service's group, so that rates and ratios
+    /// exist before the first event (a first 5xx).
+    pub fn prepare_requests(&self, service: &str, version: &str) {
+        for class in ["2xx", "3xx", "4xx", "5xx"] {
+            self.requests.with_label_values(&[service, version, class]);
         }
-        for goal in &rules.goals {
-            for version in &rules.versions {
-                let labels = [&*goal.name, &*version.name];
-                self.goals.with_label_values(&labels);
-                self.goal_attempts.with_label_values(&labels);
-            }
+    }
+
+    /// Creates at 0 the attempt and conversion series of one goal for one version.
+    pub fn prepare_goal(&self, goal: &str, version: &str) {
+        let labels = [goal, version];
+        self.goals.with_label_values(&labels);
+        self.goal_attempts.with_label_values(&labels);
+    }
+
+    /// Counts one answered request: its status class, its duration, its decision and its
+    /// upstream failure, if any.
+    pub fn record(&self, a: &Answered) {
+        if a.status > 0 {
+            self.requests
+                .with_label_values(&[a.service, a.served, status_class(a.status)])
+                .inc();
         }
-        self.rules_generation.set(snapshot.generation as i64);
+        let Some(decided) = a.decided else {
+            return;
+        };
+        self.decisions.with_label_values(&[a.rule, decided]).inc();
+        self.request_duration
+            .with_label_values(&[a.service, a.served])
+            .observe(a.elapsed.as_secs_f64());
+        if let Some(kind) = a.upstream_error {
+            self.record_upstream_error(a.service, a.served, kind);
+        }
+    }
+
+    /// Counts an upstream failure of `kind` (a refused connection, a timeout, a reset...).
+    pub fn record_upstream_error(&self, service: &str, version: &str, kind: &str) {
+        self.upstream_errors
+            .with_label_values(&[service, version, kind])
+            .inc();
+    }
+
+    /// Counts a goal attempt of `version`, and its conversion.
+    pub fn record_goal(&self, goal: &str, version: &str, converted: bool) {
+        let labels = [goal, version];
+        self.goal_attempts.with_label_values(&labels).inc();
+        if converted {
+            self.goals.with_label_values(&labels).inc();
+        }
+    }
+
+    /// Counts a request moved to another group than its decided version's.
+    pub fn record_fallback(&self, service: &str, from: &str, to: &str, reason: &str) {
+        self.fallbacks
+            .with_label_values(&[service, from, to, reason])
+            .inc();
     }
 
     /// The Prometheus text exposition of every series.

@@ -1,39 +1,36 @@
-//! The Pingora glue: a thin [`ProxyHttp`] over facts, decide and upstream.
+//! The Pingora glue: a thin [`ProxyHttp`] over facts, decide, upstream and metrics.
 //!
-//! `request_filter` gathers the facts, decides the version and finds the service (404 when
-//! none); `upstream_peer` picks a healthy peer of that version's group, falling back to the
-//! default version's group; `fail_to_connect` marks the peer and asks for a retry, which
-//! lands in `upstream_peer` again; `logging` records metrics. No policy lives here.
+//! `request_filter` gathers the facts, decides the version, and either answers itself (a
+//! page, a refusal) or keeps a [`Route`] in the context; `upstream_peer` asks
+//! `Service::serving_group` for the group and peer (the fallback policy lives there);
+//! `fail_to_connect` marks the peer and asks for a retry, which lands in `upstream_peer`
+//! again; `logging` hands the outcome to metrics and the access log. No policy lives here.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{CONTENT_LENGTH, HOST, SET_COOKIE};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorSource, ErrorType};
-use xxhash_rust::xxh64::xxh64;
+use pingora::{Error, ErrorType};
 
 use crate::channels::ChannelKey;
-use crate::config::AccessLogFormat;
+use crate::config::{self, AccessLogFormat, Listener};
 use crate::facts::bucket::ip_text;
-use crate::facts::{Facts, RequestView};
-use crate::metrics::{status_class, FallbackReason, Metrics};
+use crate::facts::{request_host, Arrival, Facts, RequestView};
+use crate::metrics::{Answered, Metrics, UNMATCHED};
 use crate::pages::{self, Visitor};
-use crate::rules::decide::holds;
-use crate::rules::decide::Decision;
-use crate::rules::decide::Missing;
-use crate::rules::model::Action;
+use crate::rules::decide::{goal_attempts, Decision, Missing};
 use crate::rules::model::VersionId;
-use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::state::{Snapshot, SnapshotStore};
 use crate::store::Lookups;
 use crate::throttle::LogThrottle;
-use crate::upstream::{Service, ServiceId};
+use crate::upstream::{self, balance_key, ServiceId};
+use crate::web::Reply;
 
 /// Request header carrying upstream the version whose group serves the request.
 pub const VERSION_HEADER: &str = "x-graygate-version";
@@ -43,29 +40,29 @@ pub const RULE_HEADER: &str = "x-graygate-rule";
 /// How long an idle downstream keep-alive connection is kept.
 const DOWNSTREAM_KEEPALIVE_SECS: u64 = 60;
 
+/// The log target of the access log (`RUST_LOG=graygate::access=off` silences it).
+pub const ACCESS_TARGET: &str = "graygate::access";
+
 /// The proxy service.
 pub struct Gateway {
     store: Arc<SnapshotStore>,
     metrics: Arc<Metrics>,
     lookups: Arc<Lookups>,
     channel_key: ChannelKey,
+    listeners: Arc<[Listener]>,
     access_log: AccessLogFormat,
     fallback_log: LogThrottle,
 }
 
-/// The log target of the access log (`RUST_LOG=graygate::access=off` silences it).
-pub const ACCESS_TARGET: &str = "graygate::access";
-
-/// The `service` and `version` label of requests no service matched.
-const UNMATCHED: &str = "unmatched";
-
 impl Gateway {
-    /// A gateway serving whatever generation `store` holds, with store facts from `lookups`.
+    /// A gateway serving whatever snapshot `store` holds on `listeners`, with store facts
+    /// from `lookups`.
     pub fn new(
         store: Arc<SnapshotStore>,
         metrics: Arc<Metrics>,
         lookups: Arc<Lookups>,
         channel_key: ChannelKey,
+        listeners: &[Listener],
         access_log: AccessLogFormat,
     ) -> Self {
         Gateway {
@@ -73,6 +70,7 @@ impl Gateway {
             metrics,
             lookups,
             channel_key,
+            listeners: listeners.into(),
             access_log,
             fallback_log: LogThrottle::new(Duration::from_secs(1)),
         }
@@ -88,7 +86,7 @@ pub struct Route {
     pub decision: Decision,
     /// The version whose group serves now (the decided one, or the default after a fallback).
     pub serving: VersionId,
-    /// Consistent-hashing key: XXH64 of the uid, else of the client address.
+    /// Consistent-hashing key (see `upstream::balance_key`).
     pub balance_key: [u8; 8],
     /// Peers that refused a connection for this request.
     pub failed_peers: Vec<SocketAddr>,
@@ -100,10 +98,31 @@ pub struct Route {
     pub set_cookie: Option<String>,
 }
 
+/// What a request is for: a page graygate answers itself, or a service it proxies to.
+enum Target {
+    Page(Page),
+    Service(ServiceId),
+}
+
 /// A response graygate writes itself.
+#[derive(Debug, Clone, Copy)]
 enum Page {
     Channel,
     Address,
+}
+
+impl Page {
+    /// The page served at `path`, if any.
+    fn at(snapshot: &Snapshot, path: &str) -> Option<Page> {
+        let rules = &snapshot.rules;
+        if rules.channel_page && path == &*rules.channels.path {
+            Some(Page::Channel)
+        } else if rules.address_api.as_ref().is_some_and(|a| path == &*a.path) {
+            Some(Page::Address)
+        } else {
+            None
+        }
+    }
 }
 
 /// Per-request state.
@@ -120,28 +139,6 @@ impl RequestCtx {
     }
 }
 
-/// The host a request is for, without port: the URI authority (HTTP/2, absolute form) or
-/// the `Host` header.
-pub fn request_host(req: &RequestHeader) -> &str {
-    let raw = req
-        .uri
-        .host()
-        .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()))
-        .unwrap_or("");
-    strip_port(raw)
-}
-
-/// `host` without a `:port` (and without the brackets of an IPv6 literal).
-pub fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    }
-}
-
 fn client_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
@@ -149,53 +146,53 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-/// Writes a small JSON response: `{"error": message, "status": code}`.
-async fn respond_json(session: &mut Session, status: u16, message: &str) -> pingora::Result<()> {
-    let body = Bytes::from(serde_json::json!({ "error": message, "status": status }).to_string());
-    let mut header = ResponseHeader::build(status, Some(3))?;
-    header.insert_header(CONTENT_TYPE, "application/json")?;
-    header.insert_header(CONTENT_LENGTH, body.len().to_string())?;
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    session.write_response_body(Some(body), true).await
+/// RFC 9112 section 3.2: an HTTP/1.1 request without a Host is answered 400.
+fn lacks_host(req: &RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11
+        && req.uri.host().is_none()
+        && !req.headers.contains_key(HOST)
 }
 
 impl Gateway {
-    /// A healthy peer of `version`'s group in `service`, not yet failed for this request.
-    fn pick(service: &Service, version: VersionId, route: &Route) -> Option<SocketAddr> {
-        service
-            .group(version)?
-            .pool
-            .select(&route.balance_key, &route.failed_peers)
+    fn arrival(&self, session: &Session) -> Arrival {
+        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+        config::arrival(&self.listeners, local)
     }
 
-    fn fall_back(
+    /// Serves a page to `visitor`.
+    async fn page(
         &self,
+        session: &mut Session,
         snapshot: &Snapshot,
-        service: &Service,
-        route: &mut Route,
-        reason: FallbackReason,
-    ) -> Option<SocketAddr> {
-        let default = snapshot.rules.default;
-        if route.serving == default {
-            return None;
+        page: Page,
+        visitor: &Visitor,
+    ) -> Reply {
+        match (page, &snapshot.rules.address_api) {
+            (Page::Address, Some(settings)) => {
+                let query = session.req_header().uri.query();
+                pages::address_api(snapshot, settings, query, visitor)
+            }
+            _ => pages::channel_page(session, snapshot, &self.channel_key, visitor).await,
         }
-        let from = &snapshot.rules.version(route.serving).name;
-        let to = &snapshot.rules.version(default).name;
-        self.metrics
-            .fallbacks
-            .with_label_values(&[&service.name, from, to, reason.as_str()])
-            .inc();
-        if let Some(held_back) = self.fallback_log.admit() {
-            log::warn!(
-                "service {}: version {from} falls back to {to} ({}); {held_back} similar line(s) held back",
-                service.name,
-                reason.as_str()
-            );
+    }
+
+    /// Moves `route` to the group that serves it now, counting and logging a fallback.
+    fn note_serving(&self, snapshot: &Snapshot, route: &mut Route, serving: upstream::Serving) {
+        let to = serving.group.version;
+        if let Some(reason) = serving.fallback.filter(|_| to != route.serving) {
+            let service = &snapshot.services.services[route.service].name;
+            let from = &snapshot.rules.version(route.decision.version).name;
+            let to = &serving.group.version_name;
+            self.metrics
+                .record_fallback(service, from, to, reason.as_str());
+            if let Some(held_back) = self.fallback_log.admit() {
+                log::warn!(
+                    "service {service}: version {from} falls back to {to} ({}); {held_back} similar line(s) held back",
+                    reason.as_str()
+                );
+            }
         }
-        route.serving = default;
-        Self::pick(service, default, route)
+        route.serving = to;
     }
 }
 
@@ -204,7 +201,8 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     /// No downstream modules: Pingora's default adds a response compression module (off),
-    /// which every request would still build and run; graygate never compresses.
+    /// which every request would still build and run; graygate never compresses. (So a
+    /// [`Reply`] may be written on the inner HTTP session: there are no modules to run.)
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
@@ -222,36 +220,38 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<bool> {
         let snapshot = Arc::clone(&ctx.snapshot);
         let rules = &snapshot.rules;
-        let req = session.req_header();
-        // RFC 9112 section 3.2: an HTTP/1.1 request without a Host is answered 400.
-        if req.version == http::Version::HTTP_11
-            && req.uri.host().is_none()
-            && !req.headers.contains_key(HOST)
-        {
-            respond_json(session, 400, "an HTTP/1.1 request needs a Host header").await?;
+        if lacks_host(session.req_header()) {
+            Reply::error(400, "an HTTP/1.1 request needs a Host header")
+                .write(session)
+                .await?;
             return Ok(true);
         }
+        let arrival = self.arrival(session);
+        let client_ip = client_ip(session);
+        let req = session.req_header();
         let host = request_host(req);
         let path = req.uri.path();
-        let page = if rules.channel_page && path == &*rules.channels.path {
-            Some(Page::Channel)
-        } else if rules.address_api.as_ref().is_some_and(|a| path == &*a.path) {
-            Some(Page::Address)
-        } else {
-            None
+        let target = match (
+            Page::at(&snapshot, path),
+            snapshot.services.find(host, path),
+        ) {
+            (Some(page), _) => Target::Page(page),
+            (None, Some(service)) => Target::Service(service),
+            (None, None) => {
+                Reply::error(404, "no service for this host and path")
+                    .write(session)
+                    .await?;
+                return Ok(true);
+            }
         };
-        let service = snapshot.services.find(host, path);
-        if page.is_none() && service.is_none() {
-            respond_json(session, 404, "no service for this host and path").await?;
-            return Ok(true);
-        }
         let view = RequestView {
             method: &req.method,
             host,
             path,
             query: req.uri.query(),
             headers: &req.headers,
-            client_ip: client_ip(session),
+            client_ip,
+            arrival,
         };
         let mut facts = Facts::gather(&rules.identity, view);
         let uid = facts.uid.as_ref().map(|u| &*u.text);
@@ -259,71 +259,43 @@ impl ProxyHttp for Gateway {
             self.channel_key
                 .channel_of(rules, view.cookie(&rules.channels.cookie), uid);
         let decision = self.lookups.decide(rules, &mut facts).await;
-        if let Some(page) = page {
-            if facts.internal_unresolved {
-                // The page offers restricted versions to internal users only.
-                self.lookups
-                    .resolve(rules, &mut facts, Missing::Internal)
-                    .await;
+        match target {
+            Target::Service(service) => {
+                let uid = facts.uid.as_ref().map(|u| &*u.text);
+                ctx.route = Some(Route {
+                    service,
+                    decision,
+                    serving: decision.version,
+                    balance_key: balance_key(uid, client_ip),
+                    failed_peers: Vec::new(),
+                    peer: None,
+                    goal_attempts: goal_attempts(rules, &facts),
+                    set_cookie: self.channel_key.sticky_cookie(rules, &decision, &facts),
+                });
+                session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
+                Ok(false)
             }
-            let visitor = Visitor {
-                decision,
-                uid: facts.uid.as_ref().map(|u| u.text.to_string()),
-                internal: facts.internal,
-                channel: facts.channel,
-                host: host.to_string(),
-            };
-            match page {
-                Page::Channel => {
-                    pages::channel_page(session, &snapshot, &self.channel_key, &visitor).await?
+            Target::Page(page) => {
+                if facts.internal_unresolved {
+                    // The page offers restricted versions to internal users only.
+                    self.lookups
+                        .resolve(rules, &mut facts, Missing::Internal)
+                        .await;
                 }
-                Page::Address => {
-                    let settings = rules.address_api.as_ref().expect("matched above");
-                    pages::address_api(session, &snapshot, settings, &visitor).await?
-                }
+                let uid = facts.uid.as_ref().map(|u| &*u.text);
+                let visitor = Visitor {
+                    decision,
+                    uid: uid.map(str::to_string),
+                    internal: facts.internal,
+                    channel: facts.channel,
+                    host: host.to_string(),
+                    balance_key: balance_key(uid, client_ip),
+                };
+                let reply = self.page(session, &snapshot, page, &visitor).await;
+                reply.write(session).await?;
+                Ok(true)
             }
-            return Ok(true);
         }
-        let Some(service) = service else {
-            return Ok(true);
-        };
-        let goal_attempts = rules
-            .goals
-            .iter()
-            .enumerate()
-            .filter(|(_, goal)| goal.conditions.iter().all(|c| holds(c, &facts)))
-            .fold(0u64, |bits, (i, _)| bits | 1 << i);
-        let balance_key = match (&facts.uid, facts.req.client_ip) {
-            (Some(uid), _) => xxh64(uid.text.as_bytes(), 0),
-            (None, Some(ip)) => xxh64(ip_text(ip, &mut [0u8; 48]), 0),
-            (None, None) => 0,
-        }
-        .to_le_bytes();
-        // A sticky split's first decision for this user is kept in the channel cookie.
-        let set_cookie = match decision.rule.map(|i| &rules.rules[i].action) {
-            Some(Action::Split(split))
-                if split.sticky && facts.channel != Some(decision.version) =>
-            {
-                Some(self.channel_key.set_cookie(
-                    &rules.channels,
-                    Some(&rules.version(decision.version).name),
-                    facts.uid.as_ref().map(|u| &*u.text),
-                ))
-            }
-            _ => None,
-        };
-        ctx.route = Some(Route {
-            service,
-            decision,
-            serving: decision.version,
-            balance_key,
-            failed_peers: Vec::new(),
-            peer: None,
-            goal_attempts,
-            set_cookie,
-        });
-        session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
-        Ok(false)
     }
 
     async fn upstream_peer(
@@ -336,30 +308,27 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "no route for the request");
         };
         let service = &snapshot.services.services[route.service];
-        let retry = route.peer.is_some();
-        let peer = if service.group(route.serving).is_none() {
-            self.fall_back(&snapshot, service, route, FallbackReason::NoGroup)
-        } else {
-            Self::pick(service, route.serving, route).or_else(|| {
-                let reason = if retry {
-                    FallbackReason::Connect
-                } else {
-                    FallbackReason::Unhealthy
-                };
-                self.fall_back(&snapshot, service, route, reason)
-            })
+        let serving = service.serving_group(
+            route.decision.version,
+            snapshot.rules.default,
+            &route.balance_key,
+            &route.failed_peers,
+        );
+        let Some(serving) = serving else {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(503),
+                format!("service {}: no group serves it", service.name),
+            );
         };
-        let Some(addr) = peer else {
+        self.note_serving(&snapshot, route, serving);
+        let Some(addr) = serving.peer else {
             return Error::e_explain(
                 ErrorType::HTTPStatus(503),
                 format!("service {}: no healthy upstream left", service.name),
             );
         };
         route.peer = Some(addr);
-        let group = service
-            .group(route.serving)
-            .expect("a peer was picked from this group");
-        let timeouts = group.pool.spec().timeouts;
+        let timeouts = serving.group.pool.spec().timeouts;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(timeouts.connect);
         peer.options.total_connection_timeout = Some(timeouts.connect);
@@ -379,19 +348,11 @@ impl ProxyHttp for Gateway {
         if let Some(route) = ctx.route.as_mut() {
             if let Some(addr) = route.peer {
                 route.failed_peers.push(addr);
-                let service = &ctx.snapshot.services.services[route.service];
-                let kind = match e.etype() {
-                    ErrorType::ConnectTimedout => "connect_timeout",
-                    _ => "connect",
-                };
-                self.metrics
-                    .upstream_errors
-                    .with_label_values(&[
-                        &service.name,
-                        &ctx.snapshot.rules.version(route.serving).name,
-                        kind,
-                    ])
-                    .inc();
+                self.metrics.record_upstream_error(
+                    &ctx.snapshot.services.services[route.service].name,
+                    &ctx.snapshot.rules.version(route.serving).name,
+                    upstream::connect_error_kind(&e),
+                );
             }
             // A refused connection never reached the upstream: safe to retry any method.
             e.set_retry(true);
@@ -407,7 +368,7 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<()> {
         if let Some(cookie) = ctx.route.as_mut().and_then(|r| r.set_cookie.take()) {
             // Appended: the upstream's own cookies stay.
-            response.append_header(http::header::SET_COOKIE, cookie)?;
+            response.append_header(SET_COOKIE, cookie)?;
         }
         Ok(())
     }
@@ -468,36 +429,14 @@ impl ProxyHttp for Gateway {
         e: &Error,
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let status = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            _ => match e.esource() {
-                ErrorSource::Upstream => match e.etype() {
-                    ErrorType::ReadTimedout
-                    | ErrorType::WriteTimedout
-                    | ErrorType::ConnectTimedout => 504,
-                    _ => 502,
-                },
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
-        };
-        if status > 0 && session.response_written().is_none() {
-            let message = match status {
-                503 => "no healthy upstream",
-                502 => "bad gateway: the upstream failed",
-                504 => "gateway timeout: the upstream did not answer in time",
-                400 => "bad request",
-                _ => "internal error",
-            };
-            if let Err(write_err) = respond_json(session, status, message).await {
+        let answer = upstream::error_status(e);
+        if let Some((status, message)) = answer.filter(|_| session.response_written().is_none()) {
+            if let Err(write_err) = Reply::error(status, message).write(session).await {
                 log::debug!("cannot send the {status} response: {write_err}");
             }
         }
         FailToProxy {
-            error_code: status,
+            error_code: answer.map_or(0, |(status, _)| status),
             can_reuse_downstream: false,
         }
     }
@@ -508,62 +447,41 @@ impl ProxyHttp for Gateway {
             .map(|r| r.status.as_u16())
             .unwrap_or(if e.is_some() { 502 } else { 0 });
         let elapsed = ctx.started.elapsed();
-        let rules = &ctx.snapshot.rules;
-        let Some(route) = ctx.route.as_ref() else {
-            // Answered before routing (no service for the host and path): fixed labels.
-            if status > 0 {
-                self.metrics
-                    .requests
-                    .with_label_values(&[UNMATCHED, UNMATCHED, status_class(status)])
-                    .inc();
-            }
-            self.access_log(session, status, elapsed, None, &ctx.snapshot);
-            return;
-        };
-        let service = &ctx.snapshot.services.services[route.service];
-        let served = &*rules.version(route.serving).name;
-        let decided = &*rules.version(route.decision.version).name;
-        self.metrics
-            .decisions
-            .with_label_values(&[route.decision.rule_name(rules), decided])
-            .inc();
-        for (i, goal) in rules.goals.iter().enumerate() {
-            if route.goal_attempts & (1 << i) != 0 {
-                let labels = [&*goal.name, decided];
-                self.metrics.goal_attempts.with_label_values(&labels).inc();
-                if goal.status.matches(status) {
-                    self.metrics.goals.with_label_values(&labels).inc();
+        let snapshot = &ctx.snapshot;
+        let rules = &snapshot.rules;
+        let route = ctx.route.as_ref();
+        let answered = match route {
+            Some(route) => {
+                let decided = &*rules.version(route.decision.version).name;
+                for (i, goal) in rules.goals.iter().enumerate() {
+                    if route.goal_attempts & (1 << i) != 0 {
+                        self.metrics
+                            .record_goal(&goal.name, decided, goal.status.matches(status));
+                    }
+                }
+                Answered {
+                    service: &snapshot.services.services[route.service].name,
+                    served: &rules.version(route.serving).name,
+                    decided: Some(decided),
+                    rule: route.decision.rule_name(rules),
+                    status,
+                    elapsed,
+                    upstream_error: e.and_then(upstream::error_kind),
                 }
             }
-        }
-        if status > 0 {
-            self.metrics
-                .requests
-                .with_label_values(&[&service.name, served, status_class(status)])
-                .inc();
-        }
-        self.metrics
-            .request_duration
-            .with_label_values(&[&service.name, served])
-            .observe(elapsed.as_secs_f64());
-        if let Some(e) = e {
-            if e.esource() == &ErrorSource::Upstream {
-                let kind = match e.etype() {
-                    ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
-                    ErrorType::ConnectionClosed => "reset",
-                    ErrorType::ReadError | ErrorType::WriteError => "io",
-                    ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error => {
-                        "protocol"
-                    }
-                    _ => "other",
-                };
-                self.metrics
-                    .upstream_errors
-                    .with_label_values(&[&service.name, served, kind])
-                    .inc();
-            }
-        }
-        self.access_log(session, status, elapsed, Some(route), &ctx.snapshot);
+            // Answered before routing (no service for the host and path, a page): fixed labels.
+            None => Answered {
+                service: UNMATCHED,
+                served: UNMATCHED,
+                decided: None,
+                rule: UNMATCHED,
+                status,
+                elapsed,
+                upstream_error: None,
+            },
+        };
+        self.metrics.record(&answered);
+        self.access_log(session, &answered, route.and_then(|r| r.peer), snapshot);
     }
 }
 
@@ -572,9 +490,8 @@ impl Gateway {
     fn access_log(
         &self,
         session: &Session,
-        status: u16,
-        elapsed: Duration,
-        route: Option<&Route>,
+        answered: &Answered,
+        upstream: Option<SocketAddr>,
         snapshot: &Snapshot,
     ) {
         if self.access_log == AccessLogFormat::Off
@@ -583,17 +500,17 @@ impl Gateway {
             return;
         }
         let req = session.req_header();
-        let rules = &snapshot.rules;
-        let (service, version, decided, rule, upstream) = match route {
-            Some(r) => (
-                &*snapshot.services.services[r.service].name,
-                &*rules.version(r.serving).name,
-                &*rules.version(r.decision.version).name,
-                r.decision.rule_name(rules),
-                r.peer.map(|p| p.to_string()),
-            ),
-            None => (UNMATCHED, UNMATCHED, UNMATCHED, UNMATCHED, None),
-        };
+        let Answered {
+            service,
+            served: version,
+            decided,
+            rule,
+            status,
+            elapsed,
+            upstream_error: _,
+        } = *answered;
+        let decided = decided.unwrap_or(UNMATCHED);
+        let upstream = upstream.map(|p| p.to_string());
         let client = client_ip(session).map(|ip| ip.to_string());
         let millis = elapsed.as_secs_f64() * 1e3;
         match self.access_log {
@@ -624,20 +541,5 @@ impl Gateway {
                 upstream.as_deref().unwrap_or("-")
             ),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_without_ports() {
-        assert_eq!(strip_port("www.example.com:8080"), "www.example.com");
-        assert_eq!(strip_port("www.example.com"), "www.example.com");
-        assert_eq!(strip_port("[::1]:8080"), "::1");
-        assert_eq!(strip_port("[::1]"), "::1");
-        assert_eq!(strip_port("a:b"), "a:b");
-        assert_eq!(strip_port(""), "");
     }
 }

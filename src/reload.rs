@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::diagnostics::Diagnostics;
 use crate::metrics::Metrics;
-use crate::snapshot::{Reloaded, SnapshotStore};
+use crate::state::{Reloaded, SnapshotStore};
 
 /// Quiet time after the last file event before a reload: editors write in several steps.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -43,7 +43,7 @@ impl Reloader {
                 self.metrics.rules_reloads.with_label_values(&["ok"]).inc();
                 let snapshot = reloaded.snapshot();
                 if let Reloaded::Swapped(snapshot) = &reloaded {
-                    self.metrics.prepare(snapshot);
+                    snapshot.prepare_metrics(&self.metrics);
                 }
                 match &reloaded {
                     Reloaded::Swapped(snapshot) => log::info!(
@@ -118,7 +118,7 @@ impl ReloadTriggers {
 #[async_trait]
 impl BackgroundService for ReloadTriggers {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let (tx, mut events) = mpsc::unbounded_channel::<()>();
+        let (tx, events) = mpsc::unbounded_channel::<()>();
         let dir = watched_dir(self.reloader.store().rules_path());
         // Every event in the directory counts: Kubernetes ConfigMaps swap a `..data` link,
         // editors rename temporary files. Unchanged content is detected by the reload.
@@ -138,32 +138,154 @@ impl BackgroundService for ReloadTriggers {
                 None
             }
         };
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(s) => Some(s),
+        let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut signal) => {
+                let (tx, rx) = mpsc::unbounded_channel::<()>();
+                tokio::spawn(async move {
+                    while signal.recv().await.is_some() {
+                        if tx.send(()).is_err() {
+                            return;
+                        }
+                    }
+                });
+                Some(rx)
+            }
             Err(e) => {
                 log::error!("cannot listen for SIGHUP: {e}");
                 None
             }
         };
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    self.reload_in_background("SIGHUP");
+        run_triggers(events, hangups, &mut shutdown, |trigger| {
+            self.reload_in_background(trigger)
+        })
+        .await;
+    }
+}
+
+/// The trigger loop: a `SIGHUP` reloads at once, whatever the file watch is doing; file
+/// events are debounced (a reload [`DEBOUNCE`] after the last event of a burst, and never
+/// later than [`MAX_DEBOUNCE`] after its first). A `SIGHUP` during a burst also covers the
+/// files changed so far, so the burst's pending reload is dropped.
+async fn run_triggers(
+    mut events: mpsc::UnboundedReceiver<()>,
+    mut hangups: Option<mpsc::UnboundedReceiver<()>>,
+    shutdown: &mut ShutdownWatch,
+    mut reload: impl FnMut(&'static str),
+) {
+    use tokio::time::{sleep_until, Instant};
+    // (quiet deadline, latest deadline) of the burst of file events being debounced.
+    let mut pending: Option<(Instant, Instant)> = None;
+    loop {
+        let due = pending.map(|(quiet, latest)| quiet.min(latest));
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            Some(()) = async {
+                match hangups.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
                 }
-                Some(()) = events.recv() => {
-                    let deadline = tokio::time::Instant::now() + MAX_DEBOUNCE;
-                    loop {
-                        tokio::select! {
-                            more = events.recv() => if more.is_none() { break },
-                            _ = tokio::time::sleep(DEBOUNCE) => break,
-                            _ = tokio::time::sleep_until(deadline) => break,
-                        }
-                    }
-                    self.reload_in_background("file change");
+            } => {
+                pending = None;
+                reload("SIGHUP");
+            }
+            Some(()) = events.recv() => {
+                let now = Instant::now();
+                let latest = pending.map_or(now + MAX_DEBOUNCE, |(_, latest)| latest);
+                pending = Some((now + DEBOUNCE, latest));
+            }
+            _ = async {
+                match due {
+                    Some(due) => sleep_until(due).await,
+                    None => std::future::pending().await,
                 }
+            } => {
+                pending = None;
+                reload("file change");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+
+    /// Drives the trigger loop on paused time: `script` sends events and hangups and says
+    /// when; the reloads are returned with the time they happened at.
+    async fn reloads_after(
+        script: impl FnOnce(
+            mpsc::UnboundedSender<()>,
+            mpsc::UnboundedSender<()>,
+        ) -> tokio::task::JoinHandle<()>,
+    ) -> Vec<(&'static str, Duration)> {
+        let (event_tx, events) = mpsc::unbounded_channel();
+        let (hangup_tx, hangups) = mpsc::unbounded_channel();
+        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+        let start = Instant::now();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let driver = script(event_tx, hangup_tx);
+        let lp = tokio::spawn(async move {
+            run_triggers(events, Some(hangups), &mut stop, |trigger| {
+                record.lock().unwrap().push((trigger, start.elapsed()));
+            })
+            .await
+        });
+        driver.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        stop_tx.send(true).unwrap();
+        lp.await.unwrap();
+        let seen = seen.lock().unwrap().clone();
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hangup_during_a_burst_reloads_at_once() {
+        let reloads = reloads_after(|events, hangups| {
+            tokio::spawn(async move {
+                // A burst of file events every 50 ms for 1.5 s, with a SIGHUP at 300 ms.
+                for i in 0..30 {
+                    events.send(()).unwrap();
+                    if i == 6 {
+                        hangups.send(()).unwrap();
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        })
+        .await;
+        let (first, at) = reloads[0];
+        assert_eq!(first, "SIGHUP");
+        assert!(at < Duration::from_millis(350), "SIGHUP reloaded at {at:?}");
+        // The events after the SIGHUP form a new burst: reloaded at most 2 s after its start
+        // (350 ms), or 200 ms after its end (1.5 s).
+        assert_eq!(reloads.len(), 2, "{reloads:?}");
+        let (second, at) = reloads[1];
+        assert_eq!(second, "file change");
+        assert!(
+            at >= Duration::from_millis(1_650) && at <= Duration::from_millis(1_800),
+            "{at:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_burst_reloads_within_the_max_debounce() {
+        let reloads = reloads_after(|events, _hangups| {
+            tokio::spawn(async move {
+                for _ in 0..60 {
+                    events.send(()).unwrap();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        })
+        .await;
+        // 6 s of events every 100 ms: a reload every 2 s, then one 200 ms after the end.
+        let times: Vec<u128> = reloads.iter().map(|(_, at)| at.as_millis()).collect();
+        assert_eq!(times.len(), 3, "{times:?}");
+        assert!(times[0] >= 2_000 && times[0] < 2_100, "{times:?}");
+        assert!(times[1] >= 4_000 && times[1] < 4_200, "{times:?}");
+        assert!(times[2] >= 6_000 && times[2] < 6_300, "{times:?}");
     }
 }

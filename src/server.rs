@@ -13,12 +13,12 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::channels::ChannelKey;
-use crate::config::Config;
+use crate::config::{Config, ListenerKind};
 use crate::diagnostics::{Diagnostics, Severity};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadTriggers, Reloader};
-use crate::snapshot::SnapshotStore;
+use crate::state::SnapshotStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::{RedisMaintainer, RedisStore};
 use crate::store::{Lookups, Store};
@@ -57,7 +57,7 @@ impl App {
         let config = Config::load(config_path)?;
         let store = Arc::new(SnapshotStore::load(&config.rules)?);
         let metrics = Arc::new(Metrics::new());
-        metrics.prepare(&store.current());
+        store.current().prepare_metrics(&metrics);
         let admin_token = std::env::var(&config.admin.token_env)
             .ok()
             .filter(|t| !t.is_empty());
@@ -115,11 +115,14 @@ impl App {
             Arc::clone(&self.metrics),
             Arc::clone(&self.lookups),
             self.channel_key.clone(),
+            &self.config.listeners,
             self.config.access_log,
         );
         let mut proxy = http_proxy_service(&server.configuration, gateway);
-        for addr in &self.config.listen {
-            proxy.add_tcp(&addr.to_string());
+        for listener in &self.config.listeners {
+            match listener.kind {
+                ListenerKind::Plain => proxy.add_tcp(&listener.addr.to_string()),
+            }
         }
         let reloader = Arc::new(Reloader::new(
             Arc::clone(&self.store),
@@ -145,7 +148,13 @@ impl App {
         admin.add_tcp(&self.config.admin.listen.to_string());
         let health = background_service(
             "graygate health checks",
-            HealthChecker::new(Arc::clone(&self.store), Arc::clone(&self.metrics)),
+            HealthChecker::new(
+                {
+                    let store = Arc::clone(&self.store);
+                    Box::new(move || store.current_services())
+                },
+                Arc::clone(&self.metrics),
+            ),
         );
         let triggers =
             background_service("graygate reload triggers", ReloadTriggers::new(reloader));

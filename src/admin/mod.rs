@@ -11,11 +11,11 @@
 //! - `GET|PUT|DELETE /-/assignments/{uid}`: the uid's stored version (Redis when configured,
 //!   else the embedded store); `PUT` takes the version name, bare or as `{"version": ...}`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::{Response, StatusCode};
+use http::header::WWW_AUTHENTICATE;
+use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
@@ -25,8 +25,9 @@ use crate::channels::ChannelKey;
 use crate::explain::{explain_request, RequestDescription};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
-use crate::snapshot::{Reloaded, Snapshot};
+use crate::state::{Reloaded, Snapshot};
 use crate::store::Lookups;
+use crate::web::{form_field, form_pairs, read_body, Reply};
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -61,13 +62,14 @@ impl AdminApp {
         }
     }
 
-    /// `Some(response)` when the request may not use the admin API.
-    fn denial(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
+    /// `Some(reply)` when the request may not use the admin API.
+    fn denial(&self, session: &ServerSession) -> Option<Reply> {
         let Some(token) = &self.token else {
-            return Some(json_response(
-                StatusCode::FORBIDDEN,
-                json!({ "error": format!("the admin API is disabled: set {} to enable it", self.token_env), "status": 403 }),
-            ));
+            let message = format!(
+                "the admin API is disabled: set {} to enable it",
+                self.token_env
+            );
+            return Some(Reply::error(403, &message));
         };
         let presented = session
             .req_header()
@@ -79,55 +81,16 @@ impl AdminApp {
         if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
             None
         } else {
-            let mut response = json_response(
-                StatusCode::UNAUTHORIZED,
-                json!({ "error": "a valid bearer token is required", "status": 401 }),
-            );
-            response.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer"),
-            );
-            Some(response)
+            Some(
+                Reply::error(401, "a valid bearer token is required")
+                    .with_header(WWW_AUTHENTICATE, "Bearer"),
+            )
         }
     }
 }
 
-fn response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, content_type)
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .header(http::header::CACHE_CONTROL, "no-store")
-        .body(body)
-        .unwrap_or_else(|_| Response::new(Vec::new()))
-}
-
-fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Vec<u8>> {
-    let mut body = serde_json::to_vec_pretty(&value).unwrap_or_default();
-    body.push(b'\n');
-    response(status, "application/json", body)
-}
-
-fn not_found() -> Response<Vec<u8>> {
-    json_response(
-        StatusCode::NOT_FOUND,
-        json!({ "error": "not found", "status": 404 }),
-    )
-}
-
-/// The query string as a multimap, percent-decoded (`+` is a space).
-fn query_params(query: Option<&str>) -> HashMap<String, Vec<String>> {
-    let mut params: HashMap<String, Vec<String>> = HashMap::new();
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| {
-            percent_encoding::percent_decode_str(&s.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        };
-        params.entry(decode(key)).or_default().push(decode(value));
-    }
-    params
+fn method_not_allowed() -> Reply {
+    Reply::error(405, "method not allowed")
 }
 
 fn rules_summary(snapshot: &Snapshot) -> serde_json::Value {
@@ -142,6 +105,7 @@ fn rules_summary(snapshot: &Snapshot) -> serde_json::Value {
             "name": &*v.name, "description": v.description, "selectable": v.selectable, "restricted": v.restricted,
         })).collect::<Vec<_>>(),
         "rules": rules.rules.iter().map(|r| &*r.name).collect::<Vec<_>>(),
+        "runtime": runtime_summary(snapshot),
         "goals": rules.goals.iter().map(|g| &*g.name).collect::<Vec<_>>(),
         "services": snapshot.services.services.iter().map(|s| json!({
             "name": &*s.name,
@@ -157,59 +121,55 @@ fn rules_summary(snapshot: &Snapshot) -> serde_json::Value {
     })
 }
 
-impl AdminApp {
-    /// The request body, or `None` when it is over [`MAX_BODY`] or unreadable.
-    async fn read_body(session: &mut ServerSession) -> Option<Vec<u8>> {
-        let mut body = Vec::new();
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > MAX_BODY {
-                        return None;
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => return Some(body),
-                Err(_) => return None,
-            }
-        }
-    }
+/// The runtime state applied to the snapshot (section "runtime" of `/-/rules`).
+fn runtime_summary(snapshot: &Snapshot) -> serde_json::Value {
+    let rules = &snapshot.rules;
+    let runtime = &snapshot.runtime;
+    json!({
+        "override": runtime.override_version.map(|v| json!({
+            "version": &*rules.version(v).name,
+            "reason": runtime.override_reason,
+        })),
+        "withdrawn": runtime.withdrawn().map(|v| &*rules.version(v).name).collect::<Vec<_>>(),
+        "rollout_weights": runtime.rollout_weights,
+        "ignored": runtime.ignored,
+    })
+}
 
+impl AdminApp {
     /// `GET|PUT|DELETE /-/assignments/{uid}`: the uid's stored version.
-    async fn assignment(&self, method: &str, uid: &str, body: &[u8]) -> Response<Vec<u8>> {
+    async fn assignment(&self, session: &mut ServerSession, uid: &str) -> Reply {
         let snapshot = self.reloader.store().current();
         let rules = &snapshot.rules;
         if crate::facts::Uid::parse(uid.into()).is_none() {
-            return json_response(
-                StatusCode::BAD_REQUEST,
-                json!({ "error": "not a valid uid", "status": 400 }),
-            );
+            return Reply::error(400, "not a valid uid");
         }
         let key = rules.assignments.key(uid);
         let store = self.lookups.store();
-        let failed = |e: crate::store::StoreError| {
-            json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({ "error": format!("the store failed: {e}"), "status": 503 }),
-            )
-        };
-        match method {
+        let failed =
+            |e: crate::store::StoreError| Reply::error(503, &format!("the store failed: {e}"));
+        let method = session.req_header().method.clone();
+        match method.as_str() {
             "GET" => match store.get(&key).await {
                 Ok(answer) => match answer.value {
-                    Some(version) => json_response(
-                        StatusCode::OK,
-                        json!({ "uid": uid, "key": key, "version": &*version, "known": rules.version_id(&version).is_some() }),
+                    Some(version) => Reply::json(
+                        200,
+                        &json!({ "uid": uid, "key": key, "version": &*version, "known": rules.version_id(&version).is_some() }),
                     ),
-                    None => json_response(
-                        StatusCode::NOT_FOUND,
-                        json!({ "uid": uid, "key": key, "error": "no assignment", "status": 404 }),
+                    None => Reply::json(
+                        404,
+                        &json!({ "uid": uid, "key": key, "error": "no assignment", "status": 404 }),
                     ),
                 },
                 Err(e) => failed(e),
             },
             "PUT" => {
+                let body = match read_body(session, MAX_BODY).await {
+                    Ok(body) => body,
+                    Err(e) => return e.reply(),
+                };
                 // Either the bare version name or {"version": "..."}.
-                let text = String::from_utf8_lossy(body);
+                let text = String::from_utf8_lossy(&body);
                 let version = serde_json::from_str::<serde_json::Value>(&text)
                     .ok()
                     .and_then(|v| {
@@ -219,64 +179,56 @@ impl AdminApp {
                     })
                     .unwrap_or_else(|| text.trim().to_string());
                 if rules.version_id(&version).is_none() {
-                    return json_response(
-                        StatusCode::BAD_REQUEST,
-                        json!({ "error": format!("unknown version {version:?}"), "status": 400 }),
-                    );
+                    return Reply::error(400, &format!("unknown version {version:?}"));
                 }
                 match store.set(&key, &version).await {
-                    Ok(()) => json_response(
-                        StatusCode::OK,
-                        json!({ "uid": uid, "key": key, "version": version }),
-                    ),
+                    Ok(()) => {
+                        Reply::json(200, &json!({ "uid": uid, "key": key, "version": version }))
+                    }
                     Err(e) => failed(e),
                 }
             }
             "DELETE" => match store.delete(&key).await {
-                Ok(existed) => json_response(
-                    StatusCode::OK,
-                    json!({ "uid": uid, "key": key, "deleted": existed }),
-                ),
+                Ok(existed) => {
+                    Reply::json(200, &json!({ "uid": uid, "key": key, "deleted": existed }))
+                }
                 Err(e) => failed(e),
             },
-            _ => json_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                json!({ "error": "method not allowed", "status": 405 }),
-            ),
+            _ => method_not_allowed(),
         }
     }
 
-    fn reload(&self) -> Response<Vec<u8>> {
-        match self.reloader.reload("admin API") {
-            Ok(reloaded) => json_response(
-                StatusCode::OK,
-                json!({
+    /// `POST /-/reload`. Compiling reads files and may resolve peer names: it runs on a
+    /// blocking thread, as the file-watch path does, never on the admin's async worker.
+    async fn reload(&self) -> Reply {
+        let reloader = Arc::clone(&self.reloader);
+        let outcome = tokio::task::spawn_blocking(move || reloader.reload("admin API")).await;
+        match outcome {
+            Ok(Ok(reloaded)) => Reply::json(
+                200,
+                &json!({
                     "result": match reloaded { Reloaded::Swapped(_) => "reloaded", Reloaded::Unchanged(_) => "unchanged" },
                     "generation": reloaded.snapshot().generation,
                 }),
             ),
-            Err(diags) => json_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                json!({
+            Ok(Err(diags)) => Reply::json(
+                422,
+                &json!({
                     "result": "error",
                     "generation": self.reloader.store().current().generation,
                     "errors": diags.items().iter().map(|d| d.to_string()).collect::<Vec<_>>(),
                 }),
             ),
+            Err(e) => Reply::error(500, &format!("the reload did not finish: {e}")),
         }
     }
 
-    async fn explain(&self, query: Option<&str>) -> Response<Vec<u8>> {
-        let params = query_params(query);
-        let first = |key: &str| params.get(key).and_then(|v| v.first()).cloned();
+    async fn explain(&self, query: Option<&str>) -> Reply {
+        let params = form_pairs(query.unwrap_or(""));
+        let first = |key: &str| form_field(&params, key).map(str::to_string);
         let ip = match first("ip").map(|ip| ip.parse()) {
             Some(Ok(ip)) => Some(ip),
-            Some(Err(_)) => {
-                return json_response(
-                    StatusCode::BAD_REQUEST,
-                    json!({ "error": "ip is not an IP address", "status": 400 }),
-                )
-            }
+            Some(Err(_)) => return Reply::error(400, "ip is not an IP address"),
             None => None,
         };
         let desc = RequestDescription {
@@ -284,20 +236,53 @@ impl AdminApp {
             host: first("host").unwrap_or_else(|| "localhost".into()),
             path: first("path").unwrap_or_else(|| "/".into()),
             method: first("method").unwrap_or_default(),
-            cookies: params.get("cookie").cloned().unwrap_or_default(),
+            cookies: params
+                .iter()
+                .filter(|(k, _)| k == "cookie")
+                .map(|(_, v)| v.clone())
+                .collect(),
             headers: Vec::new(),
             ip,
         };
         let snapshot = self.reloader.store().current();
         match explain_request(&snapshot, &self.lookups, &self.channel_key, &desc).await {
-            Ok(report) => json_response(
-                StatusCode::OK,
-                serde_json::to_value(report).unwrap_or_default(),
-            ),
-            Err(e) => json_response(
-                StatusCode::BAD_REQUEST,
-                json!({ "error": e.to_string(), "status": 400 }),
-            ),
+            Ok(report) => Reply::json(200, &serde_json::to_value(report).unwrap_or_default()),
+            Err(e) => Reply::error(400, &e.to_string()),
+        }
+    }
+
+    /// Answers one admin request. The token is checked before anything of the request
+    /// beyond its header is read.
+    async fn answer(&self, session: &mut ServerSession) -> Reply {
+        let req = session.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().map(str::to_string);
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/metrics") => {
+                return Reply::new(200, "text/plain; version=0.0.4", self.metrics.render())
+            }
+            ("GET", "/-/healthz") => return Reply::new(200, "text/plain", "ok\n"),
+            (_, "/-/rules" | "/-/reload" | "/-/explain") => {}
+            (_, p) if p.starts_with("/-/assignments/") => {}
+            _ => return Reply::error(404, "not found"),
+        }
+        if let Some(denied) = self.denial(session) {
+            return denied;
+        }
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/-/rules") => {
+                Reply::json(200, &rules_summary(&self.reloader.store().current()))
+            }
+            ("POST", "/-/reload") => self.reload().await,
+            ("GET", "/-/explain") => self.explain(query.as_deref()).await,
+            (_, p) if p.starts_with("/-/assignments/") => {
+                let uid = percent_encoding::percent_decode_str(&p["/-/assignments/".len()..])
+                    .decode_utf8_lossy()
+                    .into_owned();
+                self.assignment(session, &uid).await
+            }
+            _ => method_not_allowed(),
         }
     }
 }
@@ -305,64 +290,12 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let method = session.req_header().method.clone();
-        let path = session.req_header().uri.path().to_string();
-        let query = session.req_header().uri.query().map(str::to_string);
-        let Some(body) = Self::read_body(session).await else {
-            return json_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                json!({ "error": "body too large", "status": 413 }),
-            );
-        };
-        match (method.as_str(), path.as_str()) {
-            ("GET", "/metrics") => response(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.metrics.render(),
-            ),
-            ("GET", "/-/healthz") => response(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-            (_, "/-/rules" | "/-/reload" | "/-/explain") => {
-                if let Some(denied) = self.denial(session) {
-                    return denied;
-                }
-                match (method.as_str(), path.as_str()) {
-                    ("GET", "/-/rules") => json_response(
-                        StatusCode::OK,
-                        rules_summary(&self.reloader.store().current()),
-                    ),
-                    ("POST", "/-/reload") => self.reload(),
-                    ("GET", "/-/explain") => self.explain(query.as_deref()).await,
-                    _ => json_response(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        json!({ "error": "method not allowed", "status": 405 }),
-                    ),
-                }
-            }
-            (_, p) if p.starts_with("/-/assignments/") => match self.denial(session) {
-                Some(denied) => denied,
-                None => {
-                    let uid = percent_encoding::percent_decode_str(&p["/-/assignments/".len()..])
-                        .decode_utf8_lossy()
-                        .into_owned();
-                    self.assignment(method.as_str(), &uid, &body).await
-                }
-            },
-            _ => not_found(),
+        let reply = self.answer(session).await;
+        // A body nobody asked for (a refused request's, a GET's) is not drained to keep the
+        // connection: the connection is closed instead.
+        if !(session.is_body_empty() || session.is_body_done()) {
+            session.set_keepalive(None);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_params_decode() {
-        let p = query_params(Some("uid=13&cookie=a%3D1&cookie=b%3D2&path=%2Fx+y&flag"));
-        assert_eq!(p["uid"], vec!["13"]);
-        assert_eq!(p["cookie"], vec!["a=1", "b=2"]);
-        assert_eq!(p["path"], vec!["/x y"]);
-        assert_eq!(p["flag"], vec![""]);
-        assert!(query_params(None).is_empty());
+        reply.into_http()
     }
 }

@@ -15,15 +15,15 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::diagnostics::{Diagnostics, Severity, SourceFile};
-use crate::store::redis::RedisSettings;
+use crate::facts::{Arrival, ListenerId, Scheme};
 
 /// Validated server settings.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file this was read from.
     pub path: PathBuf,
-    /// Proxy listeners.
-    pub listen: Vec<SocketAddr>,
+    /// Proxy listeners, in the order written (a request's [`ListenerId`] indexes this).
+    pub listeners: Vec<Listener>,
     /// The admin listener.
     pub admin: AdminConfig,
     /// The rules file or directory, resolved against the config file's directory.
@@ -36,6 +36,77 @@ pub struct Config {
     pub server: ServerSettings,
     /// One line per request on the `graygate::access` log target.
     pub access_log: AccessLogFormat,
+}
+
+/// Validated `redis:` settings.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// What fred accepts: `redis://`, `redis-cluster://`, `redis-sentinel://`.
+    pub url: String,
+    /// Per lookup; past it the lookup counts as "no assignment".
+    pub lookup_timeout: std::time::Duration,
+    /// How long a cached answer may be used without an invalidation.
+    pub cache_ttl: std::time::Duration,
+}
+
+/// Checks that fred accepts `url`.
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    const SCHEMES: [&str; 4] = [
+        "redis://",
+        "redis-cluster://",
+        "redis-sentinel://",
+        "redis+unix://",
+    ];
+    if !SCHEMES.iter().any(|s| url.starts_with(s)) {
+        return Err(format!("the scheme must be one of {}", SCHEMES.join(", ")));
+    }
+    fred::types::config::Config::from_url(url)
+        .map(drop)
+        .map_err(|e| e.details().to_string())
+}
+
+/// One proxy listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Its name (conditions and logs say which listener a request arrived on).
+    pub name: Arc<str>,
+    /// The address it binds.
+    pub addr: SocketAddr,
+    /// What it speaks.
+    pub kind: ListenerKind,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// HTTP/1.1 without TLS.
+    Plain,
+}
+
+impl ListenerKind {
+    /// The scheme of requests arriving on it.
+    pub fn scheme(&self) -> Scheme {
+        match self {
+            ListenerKind::Plain => Scheme::Http,
+        }
+    }
+}
+
+/// Which listener a connection arrived on, by the local address it reached.
+pub fn arrival(listeners: &[Listener], local: Option<SocketAddr>) -> Arrival {
+    let found = local.and_then(|local| {
+        listeners.iter().position(|l| {
+            l.addr.port() == local.port()
+                && (l.addr.ip().is_unspecified() || l.addr.ip() == local.ip())
+        })
+    });
+    match found {
+        Some(i) => Arrival {
+            listener: ListenerId(i as u16),
+            scheme: listeners[i].kind.scheme(),
+        },
+        None => Arrival::default(),
+    }
 }
 
 /// The access log's format.
@@ -80,8 +151,11 @@ pub struct ServerSettings {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConf {
-    #[serde(default = "default_listen")]
-    listen: Vec<String>,
+    /// The short form: plain HTTP/1.1 listeners named `http`, `http-2`, ...
+    #[serde(default)]
+    listen: Option<Vec<String>>,
+    #[serde(default)]
+    listeners: Option<Vec<RawListener>>,
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default = "default_rules")]
@@ -94,6 +168,13 @@ struct RawConf {
     server: RawServer,
     #[serde(default)]
     access_log: AccessLogFormat,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: String,
+    listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,9 +216,7 @@ struct RawServer {
     error_log: Option<PathBuf>,
 }
 
-fn default_listen() -> Vec<String> {
-    vec!["0.0.0.0:8080".into()]
-}
+const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 fn default_rules() -> PathBuf {
     PathBuf::from("../rules")
 }
@@ -149,6 +228,21 @@ fn default_token_env() -> String {
 }
 fn default_cookie_secret_env() -> String {
     "GRAYGATE_COOKIE_SECRET".into()
+}
+
+/// The name of the `i`th listener of the short form `listen: [...]`: `http`, `http-2`, ...
+fn short_form_name(i: usize) -> String {
+    match i {
+        0 => "http".into(),
+        _ => format!("http-{}", i + 1),
+    }
+}
+
+fn is_listener_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
 /// Turns a serde_yaml error into a diagnostic with the line serde_yaml found.
@@ -195,34 +289,82 @@ impl Config {
         let mut error = |at: &str, message: String| {
             diags.push(Severity::Error, file, source.line(at), message);
         };
-        let mut listen = Vec::new();
-        if raw.listen.is_empty() {
+        let RawConf {
+            listen,
+            listeners: raw_listeners,
+            admin,
+            rules,
+            redis,
+            cookie_secret_env,
+            server,
+            access_log,
+        } = raw;
+        // (name, address text, YAML path of the address)
+        let both = listen.is_some() && raw_listeners.is_some();
+        let written: Vec<(String, String, String)> = match (listen, raw_listeners) {
+            (Some(_), Some(_)) => {
+                error(
+                    "listeners",
+                    "listeners: use either listen (the short form) or listeners, not both".into(),
+                );
+                Vec::new()
+            }
+            (Some(addrs), None) => addrs
+                .into_iter()
+                .enumerate()
+                .map(|(i, addr)| (short_form_name(i), addr, format!("listen.{i}")))
+                .collect(),
+            (None, Some(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, RawListener { name, listen })| (name, listen, format!("listeners.{i}")))
+                .collect(),
+            (None, None) => vec![(short_form_name(0), DEFAULT_LISTEN.into(), "listen".into())],
+        };
+        if written.is_empty() && !both {
             error(
                 "listen",
                 "listen: at least one proxy address is needed".into(),
             );
         }
-        for (i, addr) in raw.listen.iter().enumerate() {
+        let mut listeners: Vec<Listener> = Vec::new();
+        for (name, addr, at) in written {
+            if !is_listener_name(&name) {
+                error(
+                    &at,
+                    format!("listeners: \"{name}\" is not a name (letters, digits, '-', '_')"),
+                );
+            }
+            if listeners.iter().any(|l| *l.name == *name) {
+                error(&at, format!("listeners: \"{name}\" is defined twice"));
+            }
             match addr.parse::<SocketAddr>() {
-                Ok(a) => listen.push(a),
+                Ok(a) if listeners.iter().any(|l| l.addr == a) => {
+                    error(&at, format!("listeners: {a} is listened on twice"));
+                }
+                Ok(a) => listeners.push(Listener {
+                    name: name.into(),
+                    addr: a,
+                    kind: ListenerKind::Plain,
+                }),
                 Err(_) => error(
-                    &format!("listen.{i}"),
+                    &at,
                     format!("listen: \"{addr}\" is not an address like 0.0.0.0:8080"),
                 ),
             }
         }
-        let admin_listen = raw.admin.listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+        let admin_listen = admin.listen.parse::<SocketAddr>().unwrap_or_else(|_| {
             error(
                 "admin.listen",
                 format!(
                     "admin.listen: \"{}\" is not an address like 127.0.0.1:9901",
-                    raw.admin.listen
+                    admin.listen
                 ),
             );
             SocketAddr::from(([127, 0, 0, 1], 9901))
         });
-        let redis = raw.redis.map(|r| {
-            if let Err(why) = crate::store::redis::check_url(&r.url) {
+        let redis = redis.map(|r| {
+            if let Err(why) = check_redis_url(&r.url) {
                 error(
                     "redis.url",
                     format!("redis.url: \"{}\" is not usable: {why}", r.url),
@@ -247,7 +389,7 @@ impl Config {
                     .unwrap_or(std::time::Duration::from_secs(30)),
             }
         });
-        let threads = raw.server.threads.unwrap_or(2);
+        let threads = server.threads.unwrap_or(2);
         if threads == 0 {
             error(
                 "server.threads",
@@ -265,34 +407,31 @@ impl Config {
         let run_dir = std::env::temp_dir();
         Config {
             path: path.to_path_buf(),
-            listen,
+            listeners,
             admin: AdminConfig {
                 listen: admin_listen,
-                token_env: raw.admin.token_env,
+                token_env: admin.token_env,
             },
-            rules: resolve(&raw.rules),
+            rules: resolve(&rules),
             redis,
-            cookie_secret_env: raw.cookie_secret_env,
+            cookie_secret_env,
             server: ServerSettings {
                 threads: threads.max(1),
-                grace_period_seconds: raw.server.grace_period_seconds.unwrap_or(5),
-                graceful_shutdown_timeout_seconds: raw
-                    .server
+                grace_period_seconds: server.grace_period_seconds.unwrap_or(5),
+                graceful_shutdown_timeout_seconds: server
                     .graceful_shutdown_timeout_seconds
                     .unwrap_or(5),
-                pid_file: raw
-                    .server
+                pid_file: server
                     .pid_file
                     .map(|p| resolve(&p))
                     .unwrap_or_else(|| run_dir.join("graygate.pid")),
-                upgrade_sock: raw
-                    .server
+                upgrade_sock: server
                     .upgrade_sock
                     .map(|p| resolve(&p))
                     .unwrap_or_else(|| run_dir.join("graygate_upgrade.sock")),
-                error_log: raw.server.error_log.map(|p| resolve(&p)),
+                error_log: server.error_log.map(|p| resolve(&p)),
             },
-            access_log: raw.access_log,
+            access_log,
         }
     }
 }
@@ -311,7 +450,14 @@ mod tests {
     #[test]
     fn defaults_and_relative_rules_path() {
         let config = load_text("listen: [\"127.0.0.1:8080\"]\nrules: ../rules\n").unwrap();
-        assert_eq!(config.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(
+            config.listeners,
+            vec![Listener {
+                name: "http".into(),
+                addr: "127.0.0.1:8080".parse().unwrap(),
+                kind: ListenerKind::Plain,
+            }]
+        );
         assert!(config.rules.ends_with("../rules"));
         assert_eq!(config.admin.listen, "127.0.0.1:9901".parse().unwrap());
         assert_eq!(config.admin.token_env, "GRAYGATE_ADMIN_TOKEN");
@@ -363,5 +509,81 @@ mod tests {
         assert!(messages[2]
             .ends_with(":3: error: admin.listen: \"bad\" is not an address like 127.0.0.1:9901"));
         assert!(messages[3].ends_with(":5: error: server.threads: must be at least 1"));
+    }
+
+    #[test]
+    fn listeners_long_and_short_form() {
+        let config = load_text("listen: [\"127.0.0.1:8080\", \"127.0.0.1:8081\"]\n").unwrap();
+        let names: Vec<&str> = config.listeners.iter().map(|l| &*l.name).collect();
+        assert_eq!(names, ["http", "http-2"]);
+        let config = load_text(
+            "listeners:\n  - { name: public, listen: \"0.0.0.0:8080\" }\n  - { name: internal, listen: \"127.0.0.1:9000\" }\n",
+        )
+        .unwrap();
+        assert_eq!(config.listeners[1].name.as_ref(), "internal");
+        assert_eq!(config.listeners[1].kind.scheme(), Scheme::Http);
+        // A connection is placed on its listener by the local address it reached; a wildcard
+        // listener takes any local address on its port.
+        let local = |a: &str| Some(a.parse().unwrap());
+        let arrival_at = |a| arrival(&config.listeners, local(a)).listener;
+        assert_eq!(arrival_at("192.0.2.7:8080"), ListenerId(0));
+        assert_eq!(arrival_at("127.0.0.1:9000"), ListenerId(1));
+        assert_eq!(
+            arrival_at("127.0.0.2:9000"),
+            ListenerId(0),
+            "no match: the first"
+        );
+        assert_eq!(arrival(&config.listeners, None), Arrival::default());
+        // Defaults: one plain listener on :8080.
+        let config = load_text("rules: ../rules\n").unwrap();
+        assert_eq!(config.listeners[0].addr, "0.0.0.0:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_listeners_are_reported_with_their_lines() {
+        let messages = |text: &str| -> Vec<String> {
+            load_text(text)
+                .unwrap_err()
+                .items()
+                .iter()
+                .map(|d| d.to_string())
+                .collect()
+        };
+        let m = messages(
+            "listeners:\n  - { name: a, listen: \"127.0.0.1:1\" }\n  - { name: a, listen: \"127.0.0.1:2\" }\n  - { name: \"b c\", listen: \"127.0.0.1:1\" }\n  - { name: d, listen: nowhere }\n",
+        );
+        assert_eq!(m.len(), 4, "{m:?}");
+        assert!(
+            m[0].ends_with(":3: error: listeners: \"a\" is defined twice"),
+            "{m:?}"
+        );
+        assert!(
+            m[1].ends_with(
+                ":4: error: listeners: \"b c\" is not a name (letters, digits, '-', '_')"
+            ),
+            "{m:?}"
+        );
+        assert!(
+            m[2].ends_with(":4: error: listeners: 127.0.0.1:1 is listened on twice"),
+            "{m:?}"
+        );
+        assert!(
+            m[3].ends_with(":5: error: listen: \"nowhere\" is not an address like 0.0.0.0:8080"),
+            "{m:?}"
+        );
+        let m = messages("listen: [\"127.0.0.1:1\"]\nlisteners: []\n");
+        assert!(
+            m[0].ends_with(
+                ":2: error: listeners: use either listen (the short form) or listeners, not both"
+            ),
+            "{m:?}"
+        );
+        let m = messages("listeners:\n  - { name: a, listen: \"127.0.0.1:1\", tls: {} }\n");
+        assert!(m[0].contains("unknown field `tls`"), "{m:?}");
+        let m = messages("listen: []\n");
+        assert!(
+            m[0].ends_with(":1: error: listen: at least one proxy address is needed"),
+            "{m:?}"
+        );
     }
 }

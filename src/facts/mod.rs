@@ -19,6 +19,72 @@ use crate::rules::model::{Identity, Source, Tier, VersionId};
 /// Longest uid accepted; a longer one is ignored (routed as if absent).
 pub const MAX_UID_LEN: usize = 128;
 
+/// A request's scheme, from the listener it arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheme {
+    /// Plain HTTP.
+    #[default]
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Index of a listener in the configured listeners (`config::Config::listeners`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ListenerId(pub u16);
+
+impl ListenerId {
+    /// The index into the listeners table.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// The listener a request arrived on, and so its scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Arrival {
+    /// The listener.
+    pub listener: ListenerId,
+    /// Its scheme.
+    pub scheme: Scheme,
+}
+
+/// The host a request is for, without port: the URI authority (HTTP/2, absolute form) or
+/// the `Host` header.
+pub fn request_host(req: &http::request::Parts) -> &str {
+    let raw = req
+        .uri
+        .host()
+        .or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("");
+    strip_port(raw)
+}
+
+/// `host` without a `:port` (and without the brackets of an IPv6 literal).
+pub fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
 /// The parts of a request the rules may look at.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
@@ -34,6 +100,8 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
     /// The client's address.
     pub client_ip: Option<IpAddr>,
+    /// The listener it arrived on.
+    pub arrival: Arrival,
 }
 
 impl<'a> RequestView<'a> {
@@ -189,6 +257,16 @@ mod tests {
     use super::*;
     use crate::rules::model::{InternalPolicy, TierPolicy};
 
+    #[test]
+    fn hosts_without_ports() {
+        assert_eq!(strip_port("www.example.com:8080"), "www.example.com");
+        assert_eq!(strip_port("www.example.com"), "www.example.com");
+        assert_eq!(strip_port("[::1]:8080"), "::1");
+        assert_eq!(strip_port("[::1]"), "::1");
+        assert_eq!(strip_port("a:b"), "a:b");
+        assert_eq!(strip_port(""), "");
+    }
+
     fn identity() -> Identity {
         Identity {
             uid: vec![
@@ -230,6 +308,7 @@ mod tests {
             query,
             headers: &map,
             client_ip: ip.parse().ok(),
+            arrival: Arrival::default(),
         };
         f(Facts::gather(&identity(), req))
     }

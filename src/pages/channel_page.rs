@@ -8,13 +8,19 @@
 //! version this user may not choose, or a `return_to` off the site gets 403 and sets
 //! nothing; an unknown version gets 400.
 
-use pingora::proxy::Session;
+use http::header::{ACCEPT, LOCATION, ORIGIN, SET_COOKIE};
+use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
-use super::{form_pairs, html_escape, read_form, respond, respond_error, Visitor};
+use super::Visitor;
 use crate::channels::ChannelKey;
+use crate::facts::strip_port;
 use crate::rules::model::{RuleSet, Version};
-use crate::snapshot::Snapshot;
+use crate::state::Snapshot;
+use crate::web::{form_field, form_pairs, html_escape, read_body, Reply};
+
+/// Largest form the page reads.
+const MAX_FORM: usize = 8 * 1024;
 
 /// The value of `version` that clears the choice.
 const AUTOMATIC: &str = "automatic";
@@ -34,7 +40,7 @@ fn url_host(url: &str) -> Option<&str> {
     if authority.is_empty() || authority.contains(['@', '\\']) {
         return None;
     }
-    Some(crate::proxy::strip_port(authority))
+    Some(strip_port(authority))
 }
 
 /// Whether `host` is the request's host, or both lie within the cookie's domain.
@@ -60,7 +66,8 @@ fn safe_return_to<'a>(
     if return_to.is_empty() {
         return Some("/");
     }
-    if return_to.chars().any(|c| c.is_control()) || return_to.contains('\\') {
+    // Only visible ASCII: the value goes into a Location header as it is.
+    if !return_to.bytes().all(|b| b.is_ascii_graphic()) || return_to.contains('\\') {
         return None;
     }
     if return_to.starts_with('/') {
@@ -186,27 +193,25 @@ fn render_html(rules: &RuleSet, visitor: &Visitor, path: &str, cookie_note: &str
     )
 }
 
-/// Serves the channel page (GET and POST).
+/// Serves the channel page (GET and POST); `session` is read for the POSTed form only.
 pub async fn channel_page(
-    session: &mut Session,
+    session: &mut ServerSession,
     snapshot: &Snapshot,
     key: &ChannelKey,
     visitor: &Visitor,
-) -> pingora::Result<()> {
+) -> Reply {
     let rules = &snapshot.rules;
     let settings = &rules.channels;
     let req = session.req_header();
-    let method = req.method.as_str().to_string();
-    match method.as_str() {
+    match req.method.as_str() {
         "GET" | "HEAD" => {
             let wants_json = req
                 .headers
-                .get(http::header::ACCEPT)
+                .get(ACCEPT)
                 .and_then(|a| a.to_str().ok())
                 .is_some_and(|a| a.contains("application/json"));
             if wants_json {
-                let body = current_json(rules, visitor).to_string();
-                return respond(session, 200, "application/json", &[], body).await;
+                return Reply::json(200, &current_json(rules, visitor));
             }
             let days = settings.max_age.as_secs() / 86_400;
             let note = match &settings.domain {
@@ -217,67 +222,50 @@ pub async fn channel_page(
                 None => format!("Your choice is kept for {days} days on this site."),
             };
             let html = render_html(rules, visitor, &settings.path, &note);
-            respond(session, 200, "text/html; charset=utf-8", &[], html).await
+            Reply::new(200, "text/html; charset=utf-8", html)
         }
         "POST" => {
             let domain = settings.domain.as_deref();
             let origin = req
                 .headers
-                .get(http::header::ORIGIN)
+                .get(ORIGIN)
                 .map(|o| o.to_str().unwrap_or("null").to_string());
             if let Some(origin) = origin {
                 if !url_host(&origin).is_some_and(|h| same_site(h, &visitor.host, domain)) {
-                    return respond_error(
-                        session,
-                        403,
-                        "cross-site requests may not change the channel",
-                    )
-                    .await;
+                    return Reply::error(403, "cross-site requests may not change the channel");
                 }
             }
-            let Some(body) = read_form(session).await else {
-                return respond_error(session, 413, "the form is too large").await;
+            let body = match read_body(session, MAX_FORM).await {
+                Ok(body) => body,
+                Err(e) => return e.reply(),
             };
             let form = form_pairs(&String::from_utf8_lossy(&body));
-            let field = |name: &str| {
-                form.iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.as_str())
-            };
-            let version = field("version").unwrap_or("");
-            let return_to = field("return_to").unwrap_or("/");
+            let version = form_field(&form, "version").unwrap_or("");
+            let return_to = form_field(&form, "return_to").unwrap_or("/");
             let Some(location) = safe_return_to(return_to, &visitor.host, domain) else {
-                return respond_error(session, 403, "return_to must be a page on this site").await;
+                return Reply::error(403, "return_to must be a page on this site");
             };
             let choice = if version == AUTOMATIC {
                 None
             } else {
                 let Some(id) = rules.version_id(version) else {
-                    return respond_error(session, 400, "unknown version").await;
+                    return Reply::error(400, "unknown version");
                 };
                 if !may_choose(rules.version(id), visitor) {
-                    return respond_error(session, 403, "this version cannot be chosen").await;
+                    return Reply::error(403, "this version cannot be chosen");
                 }
                 Some(&*rules.version(id).name)
             };
             let cookie = key.set_cookie(settings, choice, visitor.uid.as_deref());
-            let location = location.to_string();
             let body = format!(
                 "<!doctype html><title>Channel saved</title><p>Saved. <a href=\"{}\">Continue</a></p>",
-                html_escape(&location)
+                html_escape(location)
             );
-            let mut header = pingora::http::ResponseHeader::build(303, Some(5))?;
-            header.insert_header(http::header::LOCATION, location.as_str())?;
-            header.insert_header(http::header::SET_COOKIE, cookie.as_str())?;
-            header.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
-            header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-            header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-            session
-                .write_response_header(Box::new(header), false)
-                .await?;
-            session.write_response_body(Some(body.into()), true).await
+            Reply::new(303, "text/html; charset=utf-8", body)
+                .with_header(LOCATION, location)
+                .with_header(SET_COOKIE, &cookie)
         }
-        _ => respond_error(session, 405, "use GET or POST").await,
+        _ => Reply::error(405, "use GET or POST"),
     }
 }
 
@@ -309,6 +297,8 @@ mod tests {
             "javascript:alert(1)",
             "/\\evil.com",
             "/ok\r\nSet-Cookie: x=1",
+            "/caf\u{e9}",
+            "/a b",
             "evil.com",
         ] {
             assert_eq!(ok(evil), None, "{evil}");

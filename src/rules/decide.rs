@@ -281,6 +281,17 @@ fn key_name(key: &SplitKey) -> String {
     }
 }
 
+/// The goals whose conditions the request meets, as a bit set (bit `i`: goal `i`); a
+/// conversion when the response status then fits the goal.
+pub fn goal_attempts(rules: &RuleSet, facts: &Facts) -> u64 {
+    rules
+        .goals
+        .iter()
+        .enumerate()
+        .filter(|(_, goal)| goal.conditions.iter().all(|c| holds(c, facts)))
+        .fold(0, |bits, (i, _)| bits | 1 << i)
+}
+
 /// Whether one condition holds.
 pub fn holds(condition: &Condition, facts: &Facts) -> bool {
     let req = &facts.req;
@@ -496,6 +507,7 @@ services:
             query: req.query,
             headers: &headers,
             client_ip: req.ip.parse().ok(),
+            arrival: Default::default(),
         };
         let facts = Facts::gather(&model.rules.identity, view);
         let decision = decide(&model.rules, &facts).expect("no store facts in these rules");
@@ -780,6 +792,7 @@ services:
             query: Some("uid=15"),
             headers: &headers,
             client_ip: None,
+            arrival: Default::default(),
         };
         let facts = Facts::gather(&model.rules.identity, view);
         let text = explain(&model.rules, &facts).unwrap().to_string();

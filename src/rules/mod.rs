@@ -38,6 +38,7 @@ pub(crate) mod testing {
             query: Some(&query),
             headers: &headers,
             client_ip: None,
+            arrival: Default::default(),
         })
     }
 

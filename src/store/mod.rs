@@ -210,6 +210,7 @@ rules:
             query: Some(&query),
             headers: &headers,
             client_ip: None,
+            arrival: Default::default(),
         };
         let mut facts = Facts::gather(&model.rules.identity, view);
         let decision = lookups.decide(&model.rules, &mut facts).await;

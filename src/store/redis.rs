@@ -29,6 +29,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{Answer, Store, StoreError};
+use crate::config::RedisSettings;
 
 /// How many keys the local cache holds at most (each entry is a few dozen bytes).
 const CACHE_CAPACITY: u64 = 1_000_000;
@@ -36,33 +37,6 @@ const CACHE_CAPACITY: u64 = 1_000_000;
 /// A fred command, boxed once where it is made.
 type FredCommand<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, fred::error::Error>> + Send + 'a>>;
-
-/// Validated `redis:` settings.
-#[derive(Debug, Clone)]
-pub struct RedisSettings {
-    /// What fred accepts: `redis://`, `redis-cluster://`, `redis-sentinel://`.
-    pub url: String,
-    /// Per lookup; past it the lookup counts as "no assignment".
-    pub lookup_timeout: Duration,
-    /// How long a cached answer may be used without an invalidation.
-    pub cache_ttl: Duration,
-}
-
-/// Checks that fred accepts `url`.
-pub fn check_url(url: &str) -> Result<(), String> {
-    const SCHEMES: [&str; 4] = [
-        "redis://",
-        "redis-cluster://",
-        "redis-sentinel://",
-        "redis+unix://",
-    ];
-    if !SCHEMES.iter().any(|s| url.starts_with(s)) {
-        return Err(format!("the scheme must be one of {}", SCHEMES.join(", ")));
-    }
-    Config::from_url(url)
-        .map(drop)
-        .map_err(|e| e.details().to_string())
-}
 
 /// A store backed by Redis, with a tracked local cache.
 pub struct RedisStore {

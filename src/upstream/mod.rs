@@ -1,184 +1,78 @@
-//! Upstream groups: services by host and path, one group of peers per version, health.
+//! Upstream groups: services by host and path, one group of peers per version, and the one
+//! answer to "which group serves this request".
 //!
 //! A [`ServiceTable`] is built from the compiled [`ServiceSpec`]s of one rules generation.
-//! Each version's group wraps a [`Pool`]: a Pingora `LoadBalancer` with its health state.
-//! Pools are keyed by their [`GroupSpec`], so a reload that leaves a group's peers and
+//! Each version's group wraps a [`Pool`] (`pool.rs`): a Pingora `LoadBalancer` with its health
+//! state. Pools are keyed by their [`GroupSpec`], so a reload that leaves a group's peers and
 //! settings alone hands the very same pool (health state, round-robin position) to the new
-//! generation. Health probes run in one background task ([`HealthChecker`]) over whatever
-//! pools the current snapshot holds; Pingora logs each peer's change of health.
+//! generation. Health probes run in one background task ([`HealthChecker`], `health.rs`).
+//!
+//! [`Service::serving_group`] is the serving policy: the decided version's group when it has a
+//! usable peer, else the fallback version's group with a [`FallbackReason`]. The proxy, the
+//! address API and `explain` all ask it, so they never disagree. `failure.rs` classifies
+//! upstream errors (metric labels, the status sent to the client).
 
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+mod failure;
+mod health;
+mod pool;
+
+pub use failure::{connect_error_kind, error_kind, error_status};
+pub use health::{HealthChecker, TableSource};
+pub use pool::Pool;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
-use pingora::lb::selection::{Consistent, RoundRobin};
-use pingora::lb::{Backend, LoadBalancer};
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
+use xxhash_rust::xxh64::xxh64;
 
-use crate::metrics::Metrics;
-use crate::rules::model::{
-    HealthCheckKind, HealthCheckSpec, HostPattern, LbPolicy, ServiceSpec, VersionId,
-};
-use crate::snapshot::SnapshotStore;
+use crate::facts::bucket::ip_text;
+use crate::rules::model::{GroupSpec, HostPattern, ServiceSpec, Version, VersionId};
 
-/// How many selection steps a pick may take before giving up on a group.
-const MAX_SELECT_STEPS: usize = 256;
-
-enum Balancer {
-    RoundRobin(LoadBalancer<RoundRobin>),
-    Consistent(LoadBalancer<Consistent>),
+/// Why a request is served by another group than its decided version's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackReason {
+    /// The service has no group for the decided version.
+    NoGroup,
+    /// The decided group has no healthy peer.
+    Unhealthy,
+    /// Connecting to the decided group failed on every healthy peer tried.
+    Connect,
 }
 
-/// The live peers of one group: a load balancer with health state.
-pub struct Pool {
-    spec: crate::rules::model::GroupSpec,
-    balancer: Balancer,
-    /// Milliseconds since [`Pool::epoch`] when the next probe is due.
-    next_probe_ms: AtomicU64,
-    probing: AtomicBool,
-    epoch: Instant,
-}
-
-impl std::fmt::Debug for Pool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool")
-            .field("peers", &self.spec.peers)
-            .finish()
-    }
-}
-
-fn health_check(spec: &HealthCheckSpec) -> Box<dyn HealthCheck + Send + Sync> {
-    match &spec.kind {
-        HealthCheckKind::Tcp => {
-            let mut hc = TcpHealthCheck::new();
-            hc.peer_template.options.connection_timeout = Some(spec.timeout);
-            hc.peer_template.options.total_connection_timeout = Some(spec.timeout);
-            hc.consecutive_success = spec.rise;
-            hc.consecutive_failure = spec.fall;
-            hc
-        }
-        HealthCheckKind::Http { path, host } => {
-            let mut hc = HttpHealthCheck::new(host, false);
-            // Compile validated the path (it starts with '/'); a request line that still
-            // fails to build leaves Pingora's default `GET /`.
-            if let Ok(mut req) = RequestHeader::build("GET", path.as_bytes(), None) {
-                if req.insert_header("Host", host.as_str()).is_ok() {
-                    hc.req = req;
-                }
-            }
-            let options = &mut hc.peer_template.options;
-            options.connection_timeout = Some(spec.timeout);
-            options.total_connection_timeout = Some(spec.timeout);
-            options.read_timeout = Some(spec.timeout);
-            options.write_timeout = Some(spec.timeout);
-            hc.consecutive_success = spec.rise;
-            hc.consecutive_failure = spec.fall;
-            hc.validator = Some(Box::new(|resp: &ResponseHeader| {
-                let status = resp.status.as_u16();
-                if (200..400).contains(&status) {
-                    Ok(())
-                } else {
-                    pingora::Error::e_explain(
-                        pingora::ErrorType::CustomCode("unhealthy status", status),
-                        "during http health check",
-                    )
-                }
-            }));
-            Box::new(hc)
+impl FallbackReason {
+    /// The `reason` label of `graygate_fallbacks_total`, and the word in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackReason::NoGroup => "no_group",
+            FallbackReason::Unhealthy => "unhealthy",
+            FallbackReason::Connect => "connect",
         }
     }
 }
 
-impl Pool {
-    /// Builds the load balancer for `spec`; every peer starts healthy.
-    pub fn new(spec: crate::rules::model::GroupSpec) -> std::io::Result<Pool> {
-        let hc = spec.health_check.as_ref().map(health_check);
-        let balancer = match spec.lb {
-            LbPolicy::RoundRobin => {
-                let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(spec.peers.iter().copied())?;
-                if let Some(hc) = hc {
-                    lb.set_health_check(hc);
-                }
-                Balancer::RoundRobin(lb)
-            }
-            LbPolicy::Consistent => {
-                let mut lb = LoadBalancer::<Consistent>::try_from_iter(spec.peers.iter().copied())?;
-                if let Some(hc) = hc {
-                    lb.set_health_check(hc);
-                }
-                Balancer::Consistent(lb)
-            }
-        };
-        Ok(Pool {
-            spec,
-            balancer,
-            next_probe_ms: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
-            epoch: Instant::now(),
-        })
-    }
+/// The group that serves a request, the peer it would use, and why it is not the decided
+/// version's group (when it is not).
+#[derive(Debug, Clone, Copy)]
+pub struct Serving<'a> {
+    /// The serving group.
+    pub group: &'a Group,
+    /// A healthy peer of that group not yet failed for this request, chosen by the balance
+    /// key; `None` when the group has none left (the proxy answers 503).
+    pub peer: Option<SocketAddr>,
+    /// Set when the group is not the decided version's.
+    pub fallback: Option<FallbackReason>,
+}
 
-    /// The configuration this pool was built from.
-    pub fn spec(&self) -> &crate::rules::model::GroupSpec {
-        &self.spec
+/// The consistent-hashing key of a request: XXH64 of the uid, else of the client address
+/// in its standard text form, else 0.
+pub fn balance_key(uid: Option<&str>, client_ip: Option<IpAddr>) -> [u8; 8] {
+    match (uid, client_ip) {
+        (Some(uid), _) => xxh64(uid.as_bytes(), 0),
+        (None, Some(ip)) => xxh64(ip_text(ip, &mut [0u8; 48]), 0),
+        (None, None) => 0,
     }
-
-    /// A healthy peer not in `exclude`; `key` places the request for consistent hashing.
-    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<SocketAddr> {
-        let accept = |b: &Backend, healthy: bool| {
-            healthy && b.addr.as_inet().is_some_and(|a| !exclude.contains(a))
-        };
-        let backend = match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
-            Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
-        }?;
-        backend.addr.as_inet().copied()
-    }
-
-    /// Whether `peer` is currently in rotation.
-    pub fn is_healthy(&self, peer: SocketAddr) -> bool {
-        let backend = Backend {
-            addr: pingora::protocols::l4::socket::SocketAddr::Inet(peer),
-            weight: 1,
-            ext: Default::default(),
-        };
-        match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.backends().ready(&backend),
-            Balancer::Consistent(lb) => lb.backends().ready(&backend),
-        }
-    }
-
-    /// Whether at least one peer is in rotation.
-    pub fn has_healthy_peer(&self) -> bool {
-        self.spec.peers.iter().any(|p| self.is_healthy(*p))
-    }
-
-    /// Runs one probe of every peer if one is due and none is running.
-    async fn probe_if_due(&self) {
-        let Some(hc) = &self.spec.health_check else {
-            return;
-        };
-        let now = self.epoch.elapsed().as_millis() as u64;
-        if now < self.next_probe_ms.load(Ordering::Relaxed)
-            || self.probing.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
-        match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.backends().run_health_check(true).await,
-            Balancer::Consistent(lb) => lb.backends().run_health_check(true).await,
-        }
-        let done = self.epoch.elapsed().as_millis() as u64;
-        self.next_probe_ms
-            .store(done + hc.interval.as_millis() as u64, Ordering::Relaxed);
-        self.probing.store(false, Ordering::Release);
-    }
+    .to_le_bytes()
 }
 
 /// One version's group inside a service.
@@ -186,6 +80,8 @@ impl Pool {
 pub struct Group {
     /// The version it serves.
     pub version: VersionId,
+    /// That version's name (a metric label).
+    pub version_name: Arc<str>,
     /// Its live peers.
     pub pool: Arc<Pool>,
     /// What the address API hands out.
@@ -214,6 +110,48 @@ impl Service {
     pub fn groups(&self) -> impl Iterator<Item = &Group> {
         self.groups.iter().flatten()
     }
+
+    /// Which group serves a request decided for `decided`, and with which peer.
+    ///
+    /// The decided version's group serves when it has a healthy peer not in `failed` (the
+    /// peers that refused this request's connection). Otherwise `fallback` (the default
+    /// version) serves, and the reason says why: the service has no group for the version
+    /// (`no_group`), the group has no healthy peer (`unhealthy`), or every healthy peer was
+    /// tried and refused (`connect`). When the decided version is the fallback version its
+    /// group serves with no reason, with `peer: None` if nothing is left. `None` only for a
+    /// service with neither group (compile rejects a service without the default's group).
+    pub fn serving_group(
+        &self,
+        decided: VersionId,
+        fallback: VersionId,
+        key: &[u8],
+        failed: &[SocketAddr],
+    ) -> Option<Serving<'_>> {
+        let reason = match self.group(decided) {
+            Some(group) => {
+                let peer = group.pool.select(key, failed);
+                if peer.is_some() || decided == fallback {
+                    return Some(Serving {
+                        group,
+                        peer,
+                        fallback: None,
+                    });
+                }
+                if failed.is_empty() || !group.pool.has_healthy_peer() {
+                    FallbackReason::Unhealthy
+                } else {
+                    FallbackReason::Connect
+                }
+            }
+            None => FallbackReason::NoGroup,
+        };
+        let group = self.group(fallback)?;
+        Some(Serving {
+            group,
+            peer: group.pool.select(key, failed),
+            fallback: Some(reason),
+        })
+    }
 }
 
 /// An index of [`ServiceTable::services`].
@@ -230,17 +168,19 @@ pub struct ServiceTable {
 
 impl ServiceTable {
     /// Builds live services, reusing the pools of `previous` whose spec is unchanged.
+    /// `versions` names the groups' versions (the generation's version table).
     pub fn build(
         specs: &[ServiceSpec],
+        versions: &[Version],
         previous: Option<&ServiceTable>,
     ) -> std::io::Result<ServiceTable> {
-        let mut reusable: HashMap<&crate::rules::model::GroupSpec, &Arc<Pool>> = HashMap::new();
+        let mut reusable: HashMap<&GroupSpec, &Arc<Pool>> = HashMap::new();
         for service in previous.map(|p| &p.services[..]).unwrap_or_default() {
             for group in service.groups() {
                 reusable.insert(group.pool.spec(), &group.pool);
             }
         }
-        let mut built: HashMap<crate::rules::model::GroupSpec, Arc<Pool>> = HashMap::new();
+        let mut built: HashMap<GroupSpec, Arc<Pool>> = HashMap::new();
         let mut services = Vec::with_capacity(specs.len());
         let mut routes = Vec::new();
         for (id, spec) in specs.iter().enumerate() {
@@ -263,6 +203,7 @@ impl ServiceTable {
                 }
                 groups[index] = Some(Group {
                     version: group.version,
+                    version_name: Arc::clone(&versions[index].name),
                     pool,
                     public_addresses: group.public_addresses.clone().into(),
                 });
@@ -303,80 +244,5 @@ impl ServiceTable {
             }
         }
         pools
-    }
-}
-
-/// The background task that probes the peers of the current snapshot's groups.
-pub struct HealthChecker {
-    store: Arc<SnapshotStore>,
-    metrics: Arc<Metrics>,
-    tick: Duration,
-}
-
-impl HealthChecker {
-    /// Probes the groups of whatever generation `store` holds.
-    pub fn new(store: Arc<SnapshotStore>, metrics: Arc<Metrics>) -> Self {
-        HealthChecker {
-            store,
-            metrics,
-            tick: Duration::from_millis(100),
-        }
-    }
-
-    /// Sets `graygate_upstream_peer_healthy` in place for every peer of the current
-    /// generation, then drops the series of peers it no longer has (never a reset: a scrape
-    /// must not see the series vanish and come back).
-    fn export_health(
-        &self,
-        snapshot: &crate::snapshot::Snapshot,
-        exported: &mut HashSet<[String; 3]>,
-    ) {
-        let gauge = &self.metrics.peer_healthy;
-        let mut current = HashSet::new();
-        for service in &snapshot.services.services {
-            for group in service.groups() {
-                let version = &snapshot.rules.version(group.version).name;
-                for peer in &group.pool.spec().peers {
-                    let labels = [
-                        service.name.to_string(),
-                        version.to_string(),
-                        peer.to_string(),
-                    ];
-                    let healthy = group.pool.is_healthy(*peer) as i64;
-                    gauge.with_label_values(&labels).set(healthy);
-                    current.insert(labels);
-                }
-            }
-        }
-        for gone in exported.difference(&current) {
-            let _ = gauge.remove_label_values(&[&gone[0], &gone[1], &gone[2]]);
-        }
-        *exported = current;
-    }
-}
-
-#[async_trait]
-impl BackgroundService for HealthChecker {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut ticker = tokio::time::interval(self.tick);
-        let mut exported = Instant::now() - Duration::from_secs(1);
-        let mut exported_series = HashSet::new();
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = ticker.tick() => {}
-            }
-            let snapshot = self.store.current();
-            if exported.elapsed() >= Duration::from_secs(1) {
-                self.export_health(&snapshot, &mut exported_series);
-                exported = Instant::now();
-            }
-            for pool in snapshot.services.pools() {
-                if pool.spec().health_check.is_some() {
-                    // A slow peer must not hold back the other groups' probes.
-                    tokio::spawn(async move { pool.probe_if_due().await });
-                }
-            }
-        }
     }
 }

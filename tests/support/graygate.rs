@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use graygate::server::{App, RunOptions};
-use graygate::snapshot::SnapshotStore;
+use graygate::state::SnapshotStore;
 use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::watch;
 

@@ -1,0 +1,316 @@
+//! The one piece of hot state: the current [`Snapshot`], swapped atomically.
+//!
+//! A snapshot is built from two inputs: the rules files (compiled into a [`RuleSet`] and a
+//! [`ServiceTable`]) and the [`RuntimeState`] that is not in the files (rollout weights,
+//! withdrawn versions, an override; see `runtime.rs`). The runtime state is resolved against
+//! the generation's names when the snapshot is built, and kept across file reloads: a reload
+//! rebuilds the snapshot from the new files and the same runtime state, a runtime change
+//! rebuilds it from the same files (shared, not recompiled) and the new state.
+//!
+//! A request loads the snapshot once (in `new_ctx`) and uses it to the end, whatever reloads
+//! happen meanwhile; the one `ArcSwap` here is the only thing a request loads.
+
+pub mod runtime;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::diagnostics::{Diagnostics, Severity};
+use crate::metrics::Metrics;
+use crate::rules::model::RuleSet;
+use crate::rules::{self, LoadedRules};
+use crate::upstream::ServiceTable;
+pub use runtime::{AppliedState, Override, RuntimeState};
+
+/// Everything a request needs: one rules generation and the runtime state applied to it.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// 1 for the rules loaded at start, +1 per successful reload.
+    pub generation: u64,
+    /// The compiled rules.
+    pub rules: Arc<RuleSet>,
+    /// Services and their live groups.
+    pub services: Arc<ServiceTable>,
+    /// XXH64 of the rules files.
+    pub content_hash: u64,
+    /// The files read.
+    pub files: Vec<PathBuf>,
+    /// When this generation was loaded.
+    pub loaded_at: SystemTime,
+    /// The runtime state, resolved against this generation's names.
+    pub runtime: AppliedState,
+}
+
+impl Snapshot {
+    /// Builds a new generation from compiled rules; unchanged groups keep `previous`'s pools.
+    fn build(
+        loaded: LoadedRules,
+        generation: u64,
+        previous: Option<&Snapshot>,
+        runtime: &RuntimeState,
+    ) -> Result<Snapshot, Diagnostics> {
+        let rules = loaded.model.rules;
+        let services = ServiceTable::build(
+            &loaded.model.services,
+            &rules.versions,
+            previous.map(|p| &*p.services),
+        )
+        .map_err(|e| {
+            let mut diags = Diagnostics::default();
+            let file = loaded.files.first().cloned().unwrap_or_default();
+            diags.push(
+                Severity::Error,
+                &Arc::from(file.as_path()),
+                None,
+                format!("cannot build upstream groups: {e}"),
+            );
+            diags
+        })?;
+        Ok(Snapshot {
+            generation,
+            runtime: runtime.apply(&rules),
+            rules: Arc::new(rules),
+            services: Arc::new(services),
+            content_hash: loaded.content_hash,
+            files: loaded.files,
+            loaded_at: SystemTime::now(),
+        })
+    }
+
+    /// The same generation with another runtime state: rules and groups are shared.
+    fn with_runtime(&self, runtime: &RuntimeState) -> Snapshot {
+        Snapshot {
+            generation: self.generation,
+            rules: Arc::clone(&self.rules),
+            services: Arc::clone(&self.services),
+            content_hash: self.content_hash,
+            files: self.files.clone(),
+            loaded_at: self.loaded_at,
+            runtime: runtime.apply(&self.rules),
+        }
+    }
+
+    /// Creates at 0 the series this generation can produce, so that rates and ratios exist
+    /// before the first event, and sets the generation gauge.
+    pub fn prepare_metrics(&self, metrics: &Metrics) {
+        for service in &self.services.services {
+            for group in service.groups() {
+                metrics.prepare_requests(&service.name, &group.version_name);
+            }
+        }
+        for goal in &self.rules.goals {
+            for version in &self.rules.versions {
+                metrics.prepare_goal(&goal.name, &version.name);
+            }
+        }
+        metrics.rules_generation.set(self.generation as i64);
+    }
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone)]
+pub enum Reloaded {
+    /// A new generation serves.
+    Swapped(Arc<Snapshot>),
+    /// The files were unchanged; the current generation keeps serving.
+    Unchanged(Arc<Snapshot>),
+}
+
+impl Reloaded {
+    /// The generation serving after the reload.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        match self {
+            Reloaded::Swapped(s) | Reloaded::Unchanged(s) => s,
+        }
+    }
+}
+
+/// Holds the current [`Snapshot`], the runtime state it was built with, and where to reload
+/// the rules from.
+pub struct SnapshotStore {
+    current: ArcSwap<Snapshot>,
+    rules_path: PathBuf,
+    /// The runtime state; its lock also orders every rebuild (file reloads and runtime
+    /// changes), so neither can lose the other's update.
+    runtime: Mutex<RuntimeState>,
+}
+
+impl SnapshotStore {
+    /// Loads the first generation from `rules_path`; warnings are logged.
+    pub fn load(rules_path: &Path) -> Result<SnapshotStore, Diagnostics> {
+        Self::load_with(rules_path, RuntimeState::default())
+    }
+
+    /// Loads the first generation with a runtime state known from before (a restart).
+    pub fn load_with(
+        rules_path: &Path,
+        runtime: RuntimeState,
+    ) -> Result<SnapshotStore, Diagnostics> {
+        let loaded = rules::load(rules_path)?;
+        for warning in loaded.warnings.items() {
+            log::warn!("{warning}");
+        }
+        let snapshot = Snapshot::build(loaded, 1, None, &runtime)?;
+        snapshot.runtime.log_ignored();
+        Ok(SnapshotStore {
+            current: ArcSwap::from_pointee(snapshot),
+            rules_path: rules_path.to_path_buf(),
+            runtime: Mutex::new(runtime),
+        })
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The services of the current snapshot (what the health checker probes).
+    pub fn current_services(&self) -> Arc<ServiceTable> {
+        Arc::clone(&self.current.load().services)
+    }
+
+    fn lock_runtime(&self) -> MutexGuard<'_, RuntimeState> {
+        self.runtime.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads, validates and compiles the rules again and swaps them in, with the runtime
+    /// state kept; on any error the current snapshot keeps serving and every error is
+    /// returned. Files whose content did not change leave the current snapshot in place.
+    pub fn reload(&self) -> Result<Reloaded, Diagnostics> {
+        let runtime = self.lock_runtime();
+        let previous = self.current();
+        let loaded = rules::load(&self.rules_path)?;
+        if loaded.content_hash == previous.content_hash && loaded.files == previous.files {
+            return Ok(Reloaded::Unchanged(previous));
+        }
+        for warning in loaded.warnings.items() {
+            log::warn!("{warning}");
+        }
+        let next = Arc::new(Snapshot::build(
+            loaded,
+            previous.generation + 1,
+            Some(&previous),
+            &runtime,
+        )?);
+        next.runtime.log_ignored();
+        self.current.store(Arc::clone(&next));
+        Ok(Reloaded::Swapped(next))
+    }
+
+    /// Changes the runtime state and swaps in the current generation rebuilt with it.
+    pub fn update_runtime(&self, change: impl FnOnce(&mut RuntimeState)) -> Arc<Snapshot> {
+        let mut runtime = self.lock_runtime();
+        change(&mut runtime);
+        let next = Arc::new(self.current().with_runtime(&runtime));
+        next.runtime.log_ignored();
+        self.current.store(Arc::clone(&next));
+        next
+    }
+
+    /// The runtime state as last set (names, not resolved).
+    pub fn runtime(&self) -> RuntimeState {
+        self.lock_runtime().clone()
+    }
+
+    /// The rules file or directory.
+    pub fn rules_path(&self) -> &Path {
+        &self.rules_path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: &str = "versions: { stable: {}, canary: {} }\ndefault: stable\n\
+        services:\n  web:\n    hosts: [\"*\"]\n    groups:\n      stable: { peers: [\"127.0.0.1:1\"] }\n      canary: { peers: [\"127.0.0.1:2\"] }\n";
+
+    fn store_with(rules: &str) -> (tempfile::TempDir, SnapshotStore) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+        let store = SnapshotStore::load(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn runtime_state_survives_a_file_reload_and_follows_the_names() {
+        let (dir, store) = store_with(RULES);
+        let before = store.current();
+        let changed = store.update_runtime(|state| {
+            state.withdrawn.insert("canary".into());
+            state.override_version = Some(Override {
+                version: "stable".into(),
+                reason: "incident 42".into(),
+            });
+        });
+        // Same generation, rules and groups shared, runtime applied.
+        assert_eq!(changed.generation, before.generation);
+        assert!(Arc::ptr_eq(&changed.rules, &before.rules));
+        assert!(Arc::ptr_eq(&changed.services, &before.services));
+        let canary = changed.rules.version_id("canary").unwrap();
+        assert!(changed.runtime.is_withdrawn(canary));
+        assert_eq!(
+            changed.runtime.override_version,
+            changed.rules.version_id("stable")
+        );
+
+        // A reload that moves canary to another index keeps it withdrawn by name.
+        std::fs::write(
+            dir.path().join("rules.yaml"),
+            RULES.replace(
+                "{ stable: {}, canary: {} }",
+                "{ beta: {}, canary: {}, stable: {} }",
+            ),
+        )
+        .unwrap();
+        let Reloaded::Swapped(next) = store.reload().unwrap() else {
+            panic!("the files changed");
+        };
+        assert_eq!(next.generation, 2);
+        let canary = next.rules.version_id("canary").unwrap();
+        assert_eq!(canary.index(), 1);
+        assert!(next.runtime.is_withdrawn(canary));
+        assert!(!next
+            .runtime
+            .is_withdrawn(next.rules.version_id("beta").unwrap()));
+        assert_eq!(
+            next.runtime.override_version,
+            next.rules.version_id("stable")
+        );
+
+        // A reload whose rules no longer know the version keeps the name for later.
+        std::fs::write(
+            dir.path().join("rules.yaml"),
+            RULES
+                .replace("{ stable: {}, canary: {} }", "{ stable: {} }")
+                .replace("      canary: { peers: [\"127.0.0.1:2\"] }\n", ""),
+        )
+        .unwrap();
+        let Reloaded::Swapped(third) = store.reload().unwrap() else {
+            panic!("the files changed");
+        };
+        assert_eq!(
+            third.runtime.ignored,
+            vec!["withdrawn version \"canary\" is not in the rules".to_string()]
+        );
+        assert!(store.runtime().withdrawn.contains("canary"));
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_runtime_state_serving() {
+        let (dir, store) = store_with(RULES);
+        store.update_runtime(|state| {
+            state.withdrawn.insert("canary".into());
+        });
+        std::fs::write(dir.path().join("rules.yaml"), "versions: [").unwrap();
+        assert!(store.reload().is_err());
+        let current = store.current();
+        assert_eq!(current.generation, 1);
+        assert!(current
+            .runtime
+            .is_withdrawn(current.rules.version_id("canary").unwrap()));
+    }
+}

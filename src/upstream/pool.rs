@@ -1,0 +1,170 @@
+//! One group's live peers: a Pingora `LoadBalancer` with its health state and probe schedule.
+//!
+//! A [`Pool`] is built from a [`GroupSpec`] and shared by every generation whose group has
+//! the same spec, so a reload that leaves a group alone keeps its health state and its
+//! round-robin position.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::{Consistent, RoundRobin};
+use pingora::lb::{Backend, LoadBalancer};
+
+use crate::rules::model::{GroupSpec, HealthCheckKind, HealthCheckSpec, LbPolicy};
+
+/// How many selection steps a pick may take before giving up on a group.
+const MAX_SELECT_STEPS: usize = 256;
+
+enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Consistent(LoadBalancer<Consistent>),
+}
+
+/// The live peers of one group: a load balancer with health state.
+pub struct Pool {
+    spec: GroupSpec,
+    balancer: Balancer,
+    /// Milliseconds since [`Pool::epoch`] when the next probe is due.
+    next_probe_ms: AtomicU64,
+    probing: AtomicBool,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("peers", &self.spec.peers)
+            .finish()
+    }
+}
+
+fn health_check(spec: &HealthCheckSpec) -> Box<dyn HealthCheck + Send + Sync> {
+    match &spec.kind {
+        HealthCheckKind::Tcp => {
+            let mut hc = TcpHealthCheck::new();
+            hc.peer_template.options.connection_timeout = Some(spec.timeout);
+            hc.peer_template.options.total_connection_timeout = Some(spec.timeout);
+            hc.consecutive_success = spec.rise;
+            hc.consecutive_failure = spec.fall;
+            hc
+        }
+        HealthCheckKind::Http { path, host } => {
+            let mut hc = HttpHealthCheck::new(host, false);
+            // Compile validated the path (it starts with '/'); a request line that still
+            // fails to build leaves Pingora's default `GET /`.
+            if let Ok(mut req) = RequestHeader::build("GET", path.as_bytes(), None) {
+                if req.insert_header("Host", host.as_str()).is_ok() {
+                    hc.req = req;
+                }
+            }
+            let options = &mut hc.peer_template.options;
+            options.connection_timeout = Some(spec.timeout);
+            options.total_connection_timeout = Some(spec.timeout);
+            options.read_timeout = Some(spec.timeout);
+            options.write_timeout = Some(spec.timeout);
+            hc.consecutive_success = spec.rise;
+            hc.consecutive_failure = spec.fall;
+            hc.validator = Some(Box::new(|resp: &ResponseHeader| {
+                let status = resp.status.as_u16();
+                if (200..400).contains(&status) {
+                    Ok(())
+                } else {
+                    pingora::Error::e_explain(
+                        pingora::ErrorType::CustomCode("unhealthy status", status),
+                        "during http health check",
+                    )
+                }
+            }));
+            Box::new(hc)
+        }
+    }
+}
+
+impl Pool {
+    /// Builds the load balancer for `spec`; every peer starts healthy.
+    pub fn new(spec: GroupSpec) -> std::io::Result<Pool> {
+        let hc = spec.health_check.as_ref().map(health_check);
+        let balancer = match spec.lb {
+            LbPolicy::RoundRobin => {
+                let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(spec.peers.iter().copied())?;
+                if let Some(hc) = hc {
+                    lb.set_health_check(hc);
+                }
+                Balancer::RoundRobin(lb)
+            }
+            LbPolicy::Consistent => {
+                let mut lb = LoadBalancer::<Consistent>::try_from_iter(spec.peers.iter().copied())?;
+                if let Some(hc) = hc {
+                    lb.set_health_check(hc);
+                }
+                Balancer::Consistent(lb)
+            }
+        };
+        Ok(Pool {
+            spec,
+            balancer,
+            next_probe_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// The configuration this pool was built from.
+    pub fn spec(&self) -> &GroupSpec {
+        &self.spec
+    }
+
+    /// A healthy peer not in `exclude`; `key` places the request for consistent hashing.
+    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<SocketAddr> {
+        let accept = |b: &Backend, healthy: bool| {
+            healthy && b.addr.as_inet().is_some_and(|a| !exclude.contains(a))
+        };
+        let backend = match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
+            Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
+        }?;
+        backend.addr.as_inet().copied()
+    }
+
+    /// Whether `peer` is currently in rotation.
+    pub fn is_healthy(&self, peer: SocketAddr) -> bool {
+        let backend = Backend {
+            addr: pingora::protocols::l4::socket::SocketAddr::Inet(peer),
+            weight: 1,
+            ext: Default::default(),
+        };
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.backends().ready(&backend),
+            Balancer::Consistent(lb) => lb.backends().ready(&backend),
+        }
+    }
+
+    /// Whether at least one peer is in rotation.
+    pub fn has_healthy_peer(&self) -> bool {
+        self.spec.peers.iter().any(|p| self.is_healthy(*p))
+    }
+
+    /// Runs one probe of every peer if one is due and none is running.
+    pub(super) async fn probe_if_due(&self) {
+        let Some(hc) = &self.spec.health_check else {
+            return;
+        };
+        let now = self.epoch.elapsed().as_millis() as u64;
+        if now < self.next_probe_ms.load(Ordering::Relaxed)
+            || self.probing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.backends().run_health_check(true).await,
+            Balancer::Consistent(lb) => lb.backends().run_health_check(true).await,
+        }
+        let done = self.epoch.elapsed().as_millis() as u64;
+        self.next_probe_ms
+            .store(done + hc.interval.as_millis() as u64, Ordering::Relaxed);
+        self.probing.store(false, Ordering::Release);
+    }
+}
