@@ -17,6 +17,10 @@ pub(crate) mod testing {
     use super::compile::{compile, RuleSource};
     use super::model::RoutingModel;
 
+    /// The start of a rules file: versions stable and canary, default stable, and a
+    /// service `web` on every host; sections such as `rules:` may follow.
+    pub const HEAD: &str = "versions: { stable: {}, canary: {} }\ndefault: stable\nservices:\n  web:\n    hosts: [\"*\"]\n    groups: { stable: { peers: [\"127.0.0.1:1\"] } }\n";
+
     /// Compiles one rules file, panicking with every diagnostic on failure.
     pub fn model(yaml: &str) -> RoutingModel {
         compile(&[RuleSource {
