@@ -168,7 +168,15 @@ fn evaluate(rules: &RuleSet, facts: &Facts, trace: &mut impl Trace) -> Result<De
         let (version, reason) = match &rule.action {
             Action::Version(version) => (*version, Reason::Rule),
             Action::Split(split) => match split_point(split, facts) {
-                Some(point) => (arm_at(split, point), Reason::Split { point }),
+                Some(point) => match arm_at(split, point) {
+                    Some(version) => (version, Reason::Split { point }),
+                    None => {
+                        trace.record(&rule.name, || {
+                            Outcome::Skipped("the split has no arms".into())
+                        });
+                        continue;
+                    }
+                },
                 None => {
                     trace.record(&rule.name, || {
                         Outcome::Skipped(format!(
@@ -260,15 +268,15 @@ fn split_point(split: &Split, facts: &Facts) -> Option<u64> {
     Some(scale(hash, split.total))
 }
 
-/// The version whose range holds `point`.
-pub fn arm_at(split: &Split, point: u64) -> VersionId {
+/// The version whose range holds `point` (`None` only for a split without arms, which
+/// compile never builds).
+pub fn arm_at(split: &Split, point: u64) -> Option<VersionId> {
     split
         .arms
         .iter()
         .find(|arm| point < arm.upper)
         .or(split.arms.last())
         .map(|arm| arm.version)
-        .expect("compile guarantees a split has arms")
 }
 
 fn key_name(key: &SplitKey) -> String {
