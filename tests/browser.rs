@@ -15,6 +15,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use support::graygate::Graygate;
-use support::{free_port, Backend};
+use support::Backend;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "chromedriver";
@@ -158,29 +159,62 @@ impl Browser {
     fn start() -> Browser {
         use std::os::unix::process::CommandExt as _;
 
-        let port = free_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
+        // chromedriver binds its port itself and cannot be handed a listener (no option takes
+        // an inherited socket), but with `--port=0` the kernel chooses the port at its bind and
+        // chromedriver reports it on stdout (see `reported_port`).
+        let mut driver = Command::new(CHROMEDRIVER)
+            .arg("--port=0")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             // Its own process group, so Drop can end Chromium's processes with it.
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("could not start {CHROMEDRIVER}: {e}"));
+        let stdout = driver.stdout.take().expect("chromedriver's stdout");
+        let (port_tx, port_rx) = mpsc::channel();
+        thread::spawn(move || {
+            // Read to the end, so chromedriver never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(port) = reported_port(&line) {
+                    let _ = port_tx.send(port);
+                }
+            }
+        });
         let profile = tempfile::Builder::new()
             .prefix("graygate-chromium-")
             .tempdir()
             .expect("chromium profile dir");
         let mut browser = Browser {
             driver,
-            addr,
+            // Known once chromedriver reports it; nothing is sent before.
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             session: None,
             profile,
         };
 
         let deadline = Instant::now() + WAIT;
+        let port = loop {
+            match port_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(port) => break port,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "{CHROMEDRIVER} closed its stdout without reporting its port (exit: {:?})",
+                    browser.driver.try_wait()
+                ),
+            }
+            if let Ok(Some(status)) = browser.driver.try_wait() {
+                panic!("{CHROMEDRIVER} exited before it reported its port: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{CHROMEDRIVER} did not report its port within {WAIT:?} (expected a line \
+                 \"ChromeDriver was started successfully on port N.\" on stdout)"
+            );
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        browser.addr = addr;
+
         loop {
             let ready = driver_http(addr, "GET", "/status", None, Duration::from_secs(2))
                 .is_ok_and(|(_, v)| v["value"]["ready"] == true);
@@ -357,6 +391,19 @@ impl Browser {
         self.try_session_call("GET", &format!("/cookie/{name}"), None)
             .ok()
     }
+}
+
+/// The port in chromedriver's start-up line "ChromeDriver was started successfully on port
+/// 43095.", which names the port it bound, also the one the kernel chose for `--port=0`
+/// (checked with ChromeDriver 156; a version that printed `0` or no port would fail the wait
+/// for it, with a message saying so).
+fn reported_port(line: &str) -> Option<u16> {
+    line.trim()
+        .strip_prefix("ChromeDriver was started successfully on port ")?
+        .trim_end_matches('.')
+        .parse()
+        .ok()
+        .filter(|&port| port != 0)
 }
 
 impl Drop for Browser {

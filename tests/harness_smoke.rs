@@ -2,7 +2,7 @@
 
 mod support;
 
-use support::graygate::Graygate;
+use support::graygate::{metric, Graygate};
 use support::{get, Backend};
 
 #[test]
@@ -13,6 +13,18 @@ fn routes_to_the_default_group_and_stops() {
         stable.addr()
     );
     let gg = Graygate::start(&rules);
+    // `start` waited for answers on both listeners: its probes reach no backend and count as
+    // no request.
+    assert_eq!(
+        stable.requests(),
+        0,
+        "the start-up probes reached the backend"
+    );
+    assert_eq!(
+        metric(&gg.scrape(), "graygate_requests_total", &[]),
+        Some(0.0),
+        "the start-up probes were counted"
+    );
     let response = get(gg.proxy, "www.example.com", "/", &[]);
     assert_eq!(response.status, 200);
     assert_eq!(response.body_text(), "stable");

@@ -1,9 +1,15 @@
 //! The `graygate` binary as a process: rules reload on SIGHUP, graceful upgrade (SIGQUIT plus
 //! `run -u`) and graceful terminate (SIGTERM).
 //!
-//! Every test writes its own config and rules into a temporary directory (free loopback
-//! ports, its own `pid_file` and `upgrade_sock`), starts `graygate run -c CONF` with stdout
-//! and stderr going to a log file there, and prints that log when it fails.
+//! Every test binds its proxy and admin listeners on `127.0.0.1:0`, writes their addresses
+//! into its own config and rules in a temporary directory (with its own `pid_file` and
+//! `upgrade_sock`), starts `graygate run -u -c CONF` with stdout and stderr going to a log
+//! file there, and prints that log when it fails.
+//!
+//! Every graygate here starts in upgrade mode (`-u`): the first process of a test takes its
+//! listeners over from the test itself (`support::handover`, the same SCM_RIGHTS transfer
+//! an old process makes on SIGQUIT), so no port is released and bound again; a later process
+//! takes them over from the one it replaces.
 //!
 //! The graceful upgrade works like this (Pingora 0.9, `pingora-core/src/server`):
 //!
@@ -24,7 +30,7 @@ mod support;
 
 use std::fs::File;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +38,9 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use support::{assert_eventually, free_port, get, http_request, Backend, Response};
+use support::graygate::{ADMIN_PROBE, PROXY_PROBE};
+use support::handover::{bind_loopback, Handover};
+use support::{answers_http, assert_eventually, get, http_request, Backend, Response};
 
 const TOKEN: &str = "process-test-token";
 
@@ -43,18 +51,22 @@ struct Site {
     rules_file: PathBuf,
     proxy: SocketAddr,
     admin: SocketAddr,
+    /// The proxy and admin listeners, until [`Site::start`] hands them to graygate.
+    listeners: Option<Vec<TcpListener>>,
 }
 
 impl Site {
-    /// Writes `rules/rules.yaml` and `graygate.yaml` with free ports and the given drain times.
+    /// Binds the listeners and writes `rules/rules.yaml` and `graygate.yaml` with their
+    /// addresses and the given drain times.
     fn new(rules: &str, grace_period_seconds: u64, graceful_shutdown_timeout_seconds: u64) -> Site {
         let dir = tempfile::tempdir().expect("temp dir");
         let rules_dir = dir.path().join("rules");
         std::fs::create_dir(&rules_dir).expect("rules dir");
         let rules_file = rules_dir.join("rules.yaml");
         std::fs::write(&rules_file, rules).expect("write rules");
-        let proxy: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let listeners = vec![bind_loopback(), bind_loopback()];
+        let addr = |l: &TcpListener| l.local_addr().expect("listener address");
+        let (proxy, admin) = (addr(&listeners[0]), addr(&listeners[1]));
         let conf = dir.path().join("graygate.yaml");
         let text = format!(
             "listen: [\"{proxy}\"]\n\
@@ -74,6 +86,7 @@ impl Site {
             rules_file,
             proxy,
             admin,
+            listeners: Some(listeners),
         }
     }
 
@@ -93,17 +106,51 @@ impl Site {
         target
     }
 
-    /// Starts `graygate run -c CONF` (plus `-u` for an upgrade); output goes to `NAME.log`.
-    fn spawn(&self, name: &str, upgrade: bool) -> Proc {
+    /// Starts the site's first graygate, hands it the listeners bound in [`Site::new`] and
+    /// waits until it serves on them.
+    fn start(&mut self, name: &str) -> Proc {
+        let listeners = self
+            .listeners
+            .take()
+            .expect("the site's listeners were handed over already");
+        let handover = Handover::start(
+            listeners,
+            self.path("upgrade.sock"),
+            Duration::from_secs(15),
+        );
+        let mut proc = self.spawn(name);
+        // The send gives up by itself (about 20 s at most); a process that exits ends the wait.
+        assert_eventually(
+            Duration::from_secs(30),
+            &format!("{name} to take its listeners over"),
+            || {
+                assert!(
+                    proc.exit_status().is_none(),
+                    "{name} exited before it took its listeners over"
+                );
+                handover.is_finished()
+            },
+        );
+        let listeners = handover.finish();
+        self.wait_ready(&mut proc);
+        // Held until graygate answered: it could not have bound these addresses itself while
+        // they were open, so it serves on the sockets it was handed.
+        drop(listeners);
+        proc
+    }
+
+    /// Starts `graygate run -u -c CONF`, which takes its listeners over on `upgrade_sock`
+    /// (from the test, see [`Site::start`], or from the process it replaces); output goes to
+    /// `NAME.log`.
+    fn spawn(&self, name: &str) -> Proc {
         let log = self.path(&format!("{name}.log"));
         let out = File::create(&log).expect("create log file");
         let err = out.try_clone().expect("clone log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_graygate"));
-        cmd.arg("run").arg("-c").arg(&self.conf);
-        if upgrade {
-            cmd.arg("-u");
-        }
-        let child = cmd
+        let child = Command::new(env!("CARGO_BIN_EXE_graygate"))
+            .arg("run")
+            .arg("-u")
+            .arg("-c")
+            .arg(&self.conf)
             .current_dir(self.dir.path())
             .env("GRAYGATE_ADMIN_TOKEN", TOKEN)
             .env("RUST_LOG", "info")
@@ -120,20 +167,21 @@ impl Site {
         }
     }
 
-    /// Waits until the proxy and the admin listener accept connections.
+    /// Waits until graygate answers on the proxy and the admin listener (a connect alone
+    /// would succeed on the test's own listening sockets before graygate runs).
     fn wait_ready(&self, proc: &mut Proc) {
         let deadline = Instant::now() + Duration::from_secs(15);
         let name = proc.name.clone();
-        for addr in [self.proxy, self.admin] {
+        for (addr, probe) in [(self.proxy, PROXY_PROBE), (self.admin, ADMIN_PROBE)] {
             assert_eventually(
                 deadline.saturating_duration_since(Instant::now()),
-                &format!("{name} listening on {addr}"),
+                &format!("{name} answering on {addr}"),
                 || {
                     assert!(
                         proc.exit_status().is_none(),
                         "{name} exited during start-up"
                     );
-                    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                    answers_http(addr, probe)
                 },
             );
         }
@@ -296,12 +344,11 @@ fn assert_backend(r: &Response, backend: &str, what: &str) {
 fn sighup_reloads_the_rules() {
     let stable = Backend::start("stable");
     let canary = Backend::start("canary");
-    let site = Site::new(&rules("stable", &stable, &canary), 0, 1);
+    let mut site = Site::new(&rules("stable", &stable, &canary), 0, 1);
     // rules/rules.yaml is a symlink into another directory, and the edits are made there:
     // the file watch (on the rules directory) does not see them, so SIGHUP has to.
     let target = site.link_rules_elsewhere();
-    let mut gg = site.spawn("graygate", false);
-    site.wait_ready(&mut gg);
+    let mut gg = site.start("graygate");
 
     assert_backend(&site.get("/"), "stable", "before the change");
     assert_eq!(site.generation(), 1, "generation at start");
@@ -438,11 +485,10 @@ impl Drop for Load {
 fn graceful_upgrade_hands_over_without_failed_requests() {
     let stable = Backend::start("stable");
     let canary = Backend::start("canary");
-    let site = Site::new(&rules("stable", &stable, &canary), 1, 1);
+    let mut site = Site::new(&rules("stable", &stable, &canary), 1, 1);
     let upgrade_sock = site.path("upgrade.sock");
 
-    let mut old = site.spawn("old", false);
-    site.wait_ready(&mut old);
+    let mut old = site.start("old");
     assert_backend(&site.get("/"), "stable", "old process");
 
     let start = Instant::now();
@@ -450,7 +496,7 @@ fn graceful_upgrade_hands_over_without_failed_requests() {
     thread::sleep(Duration::from_millis(300));
 
     // The new process waits on upgrade_sock during bootstrap; only then ask the old one.
-    let mut new = site.spawn("new", true);
+    let mut new = site.spawn("new");
     assert_eventually(
         Duration::from_secs(5),
         "the new process to bind upgrade_sock",
@@ -550,9 +596,8 @@ fn sigterm_lets_in_flight_requests_finish() {
     let stable = Backend::start("stable");
     let canary = Backend::start("canary");
     let (grace, shutdown_timeout) = (3, 2);
-    let site = Site::new(&rules("stable", &stable, &canary), grace, shutdown_timeout);
-    let mut gg = site.spawn("graygate", false);
-    site.wait_ready(&mut gg);
+    let mut site = Site::new(&rules("stable", &stable, &canary), grace, shutdown_timeout);
+    let mut gg = site.start("graygate");
     assert_backend(&site.get("/"), "stable", "before SIGTERM");
 
     stable.set_delay(Duration::from_millis(1500));

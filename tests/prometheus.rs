@@ -23,7 +23,7 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
 
 use support::graygate::Graygate;
-use support::{free_port, get, http_request, Backend, Response};
+use support::{get, http_request, Backend, Response};
 
 /// Every wait of this test is bounded by this.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -40,8 +40,8 @@ fn on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A `prometheus` server on a free loopback port with its storage in a temporary directory.
-/// Killed on drop.
+/// A `prometheus` server on a loopback port the kernel chose, with its storage in a temporary
+/// directory. Killed on drop.
 struct Prometheus {
     addr: SocketAddr,
     child: Child,
@@ -50,59 +50,74 @@ struct Prometheus {
 
 impl Prometheus {
     /// Starts `bin` scraping `target` every second, with `rules` loaded, and waits until it is
-    /// ready. Retries on a fresh port when the chosen one was taken meanwhile.
+    /// ready.
+    ///
+    /// Prometheus binds its port itself and cannot be handed a listener (it has no option to
+    /// take an inherited socket), but it accepts `--web.listen-address=127.0.0.1:0` and logs
+    /// the address it bound (see [`listening_on`]), so the kernel chooses the port.
     fn start(bin: &Path, target: SocketAddr, rules: &Path) -> Prometheus {
-        let mut last_log = String::new();
-        for _ in 0..3 {
-            let dir = tempfile::Builder::new()
-                .prefix("graygate-prometheus-")
-                .tempdir()
-                .expect("prometheus: temp dir");
-            let config = format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 rule_files: [\"{}\"]\n\
-                 scrape_configs:\n  - job_name: graygate\n    metrics_path: /metrics\n    \
-                 static_configs:\n      - targets: [\"{target}\"]\n",
-                rules.display()
-            );
-            let config_path = dir.path().join("prometheus.yml");
-            std::fs::write(&config_path, config).expect("prometheus: write config");
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let log = File::create(dir.path().join("prometheus.log")).expect("prometheus: log");
-            let log2 = log.try_clone().expect("prometheus: log");
-            let child = Command::new(bin)
-                .arg(format!("--config.file={}", config_path.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.path().join("data").display()
-                ))
-                .arg(format!("--web.listen-address={addr}"))
-                .arg("--log.level=warn")
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-            let mut prom = Prometheus { addr, child, dir };
-            let started = Instant::now();
-            loop {
-                if let Ok(Some(status)) = prom.child.try_wait() {
-                    last_log = format!("exited early ({status}); log:\n{}", prom.log());
-                    break;
-                }
+        let dir = tempfile::Builder::new()
+            .prefix("graygate-prometheus-")
+            .tempdir()
+            .expect("prometheus: temp dir");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files: [\"{}\"]\n\
+             scrape_configs:\n  - job_name: graygate\n    metrics_path: /metrics\n    \
+             static_configs:\n      - targets: [\"{target}\"]\n",
+            rules.display()
+        );
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).expect("prometheus: write config");
+        let log = File::create(dir.path().join("prometheus.log")).expect("prometheus: log");
+        let log2 = log.try_clone().expect("prometheus: log");
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg("--web.listen-address=127.0.0.1:0")
+            // The "Listening on" line, with the port, is logged at info.
+            .arg("--log.level=info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        let mut prom = Prometheus {
+            // Known once Prometheus logs it; nothing is sent before.
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            child,
+            dir,
+        };
+        let started = Instant::now();
+        let mut bound = None;
+        loop {
+            if let Ok(Some(status)) = prom.child.try_wait() {
+                panic!("prometheus exited early ({status}); log:\n{}", prom.log());
+            }
+            if bound.is_none() {
+                bound = listening_on(&prom.log());
+            }
+            if let Some(addr) = bound {
                 if http(addr, "/-/ready").is_some_and(|r| r.status == 200) {
+                    prom.addr = addr;
                     return prom;
                 }
-                if started.elapsed() > DEADLINE {
-                    panic!(
-                        "prometheus not ready on {addr} within {DEADLINE:?}; log:\n{}",
-                        prom.log()
-                    );
-                }
-                thread::sleep(Duration::from_millis(100));
             }
+            if started.elapsed() > DEADLINE {
+                let state = match bound {
+                    Some(addr) => format!("not ready on {addr}"),
+                    None => "did not log the address it listens on".to_string(),
+                };
+                panic!(
+                    "prometheus {state} within {DEADLINE:?}; log:\n{}",
+                    prom.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
         }
-        panic!("could not start prometheus: {last_log}");
     }
 
     fn log(&self) -> String {
@@ -189,6 +204,23 @@ impl Drop for Prometheus {
 }
 
 /// `GET path` on `addr`, `None` on a connection error.
+/// The address in Prometheus's `msg="Listening on" address=127.0.0.1:46711` log line, which
+/// its web server logs at info once bound, with the port the kernel chose (checked with
+/// Prometheus 2.42; the earlier "Start listening for connections" line still says `:0`).
+fn listening_on(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter(|line| line.contains("msg=\"Listening on\""))
+        .flat_map(str::split_whitespace)
+        .find_map(|field| {
+            field
+                .strip_prefix("address=")?
+                .trim_matches('"')
+                .parse()
+                .ok()
+        })
+        .filter(|addr: &SocketAddr| addr.port() != 0)
+}
+
 fn http(addr: SocketAddr, path: &str) -> Option<Response> {
     let raw = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     http_request(addr, raw.as_bytes()).ok()

@@ -5,9 +5,9 @@ mod support;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use support::{assert_eventually, get, http_request, Backend, RedisServer};
+use support::{assert_eventually, get, http_request, Backend, RedisServer, RedisStartError};
 
 #[test]
 fn backend_answers_its_name_and_echoes_graygate_headers() {
@@ -191,4 +191,36 @@ fn redis_server_starts_answers_and_restarts() {
     assert!(redis.is_running());
     assert_eq!(redis.cli(&["PING"]), "PONG");
     assert_eq!(redis.cli(&["GET", "graygate:k"]), "", "no persistence");
+}
+
+#[test]
+fn redis_server_reports_a_taken_port_as_taken() {
+    if !RedisServer::available() {
+        println!("SKIPPED: redis-server / redis-cli not installed (make deps-test installs them)");
+        return;
+    }
+    // Held by a listener that is no Redis: redis-server fails its bind and exits.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let started = Instant::now();
+    let result = RedisServer::start_on(port);
+    assert!(
+        matches!(result, Err(RedisStartError::PortTaken)),
+        "port {port} held by a listener: {result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "told from the bind error, not a timeout ({:?})",
+        started.elapsed()
+    );
+
+    // Held by another Redis, which answers there: that one must not pass for the new one.
+    let first = RedisServer::start();
+    let result = RedisServer::start_on(first.port());
+    assert!(
+        matches!(result, Err(RedisStartError::PortTaken)),
+        "port {} held by another Redis: {result:?}",
+        first.port()
+    );
+    assert_eq!(first.cli(&["PING"]), "PONG", "the first Redis is unharmed");
 }

@@ -1,6 +1,10 @@
-//! Runs the real graygate server in-process on free loopback ports.
+//! Runs the real graygate server in-process on loopback listeners the test bound.
+//!
+//! The listeners are bound to `127.0.0.1:0` here and handed to the server through Pingora's
+//! upgrade socket (see [`super::handover`]), so no port is released between choosing it and
+//! serving on it.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -12,7 +16,21 @@ use graygate::state::SnapshotStore;
 use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::watch;
 
-use super::{free_port, wait_for_listen};
+use super::handover::{bind_loopback, Handover};
+use super::{answers_http, assert_eventually};
+
+/// Not HTTP: Pingora answers it with a 400 itself, before any graygate phase runs, so a
+/// readiness probe on the proxy listener shows up in no metric, access log or backend.
+pub const PROXY_PROBE: &[u8] = b"not http\r\n\r\n";
+
+/// The admin listener's liveness endpoint, which counts nothing either.
+pub const ADMIN_PROBE: &[u8] =
+    b"GET /-/healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+
+/// Does graygate answer on both its listeners?
+pub fn serving(proxy: SocketAddr, admin: SocketAddr) -> bool {
+    answers_http(proxy, PROXY_PROBE) && answers_http(admin, ADMIN_PROBE)
+}
 
 struct ChannelSignal(watch::Receiver<bool>);
 
@@ -42,7 +60,7 @@ pub struct Graygate {
 }
 
 impl Graygate {
-    /// Writes `rules` to a temporary rules directory and starts graygate on free ports,
+    /// Writes `rules` to a temporary rules directory and starts graygate on its own ports,
     /// with the admin API disabled.
     pub fn start(rules: &str) -> Graygate {
         Self::start_with_token(rules, None)
@@ -60,8 +78,9 @@ impl Graygate {
         let rules_dir = dir.path().join("rules");
         std::fs::create_dir(&rules_dir).expect("rules dir");
         std::fs::write(rules_dir.join("rules.yaml"), rules).expect("write rules");
-        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let listeners = vec![bind_loopback(), bind_loopback()];
+        let addr = |l: &TcpListener| l.local_addr().expect("listener address");
+        let (proxy, admin) = (addr(&listeners[0]), addr(&listeners[1]));
         let conf = format!(
             "listen: [\"{proxy}\"]\nadmin: {{ listen: \"{admin}\" }}\nrules: rules\nserver:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n  pid_file: graygate.pid\n  upgrade_sock: upgrade.sock\n"
         );
@@ -72,14 +91,31 @@ impl Graygate {
         app.admin_token = token.map(str::to_string);
         let store = Arc::clone(&app.store);
         let (stop, stop_rx) = watch::channel(false);
+        // Started first: `App::server` bootstraps, and in upgrade mode the bootstrap waits on
+        // `upgrade_sock` for these listeners.
+        let handover = Handover::start(
+            listeners,
+            dir.path().join("upgrade.sock"),
+            Duration::from_secs(10),
+        );
         let thread = std::thread::spawn(move || {
-            let server = app.server(RunOptions::default());
-            server.run(RunArgs {
+            let options = RunOptions {
+                upgrade: true,
+                ..RunOptions::default()
+            };
+            app.server(options).run(RunArgs {
                 shutdown_signal: Box::new(ChannelSignal(stop_rx)),
             });
         });
-        wait_for_listen(proxy, Duration::from_secs(10));
-        wait_for_listen(admin, Duration::from_secs(10));
+        let listeners = handover.finish();
+        assert_eventually(
+            Duration::from_secs(10),
+            &format!("graygate serving on {proxy} and {admin}"),
+            || serving(proxy, admin),
+        );
+        // Held until graygate answered: it could not have bound these addresses itself while
+        // they were open, so it serves on the sockets it was handed.
+        drop(listeners);
         Graygate {
             proxy,
             admin,

@@ -8,12 +8,16 @@
 //! * [`http_request`] / [`get`]: a raw HTTP/1.1 client that can send any
 //!   bytes (including invalid UTF-8 header values) and parses the response.
 //! * [`assert_eventually`]: poll a condition until it holds or time out.
-//! * [`RedisServer`]: a throw-away `redis-server` on a free local port.
+//! * [`RedisServer`]: a throw-away `redis-server` on a local port of its own.
+//! * [`graygate`]: the real server in-process; [`handover`]: how it gets listeners the test
+//!   bound, so no port is ever released and bound again.
 //!
-//! Only `std` and `tempfile` are used here (no async runtime).
+//! Only `std` and `tempfile` are used here (no async runtime); `graygate` and `handover`
+//! also use Pingora.
 #![allow(dead_code)]
 
 pub mod graygate;
+pub mod handover;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -38,20 +42,12 @@ fn invalid_data(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released again; there is a small
-/// race window before the caller binds it).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("could not bind 127.0.0.1:0 to find a free port")
-}
-
-/// Wait until something accepts TCP connections on `addr`; panics after `timeout`.
-pub fn wait_for_listen(addr: SocketAddr, timeout: Duration) {
-    assert_eventually(timeout, &format!("something listening on {addr}"), || {
-        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-    });
+/// Does a server on `addr` answer `raw` with an HTTP response (any status)?
+///
+/// The readiness test for a server on a listener the test bound: that socket accepts
+/// connections into its backlog from the start, so a connect alone proves nothing.
+pub fn answers_http(addr: SocketAddr, raw: &[u8]) -> bool {
+    http_request(addr, raw).is_ok()
 }
 
 /// Poll `f` every 20 ms until it returns true; panic with `what` after `timeout`.
@@ -807,7 +803,7 @@ pub fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &[u8])]) 
 // Redis
 // ---------------------------------------------------------------------------
 
-/// A throw-away `redis-server` on a free port of 127.0.0.1, without
+/// A throw-away `redis-server` on a port of 127.0.0.1 of its own, without
 /// persistence, in a temporary directory. Killed on drop.
 pub struct RedisServer {
     port: u16,
@@ -824,6 +820,15 @@ impl fmt::Debug for RedisServer {
     }
 }
 
+/// Why a `redis-server` did not come up.
+#[derive(Debug)]
+pub enum RedisStartError {
+    /// Another process holds the port: try another one (or, to keep it, again).
+    PortTaken,
+    /// Anything else: trying again would not help.
+    Failed(String),
+}
+
 impl RedisServer {
     /// Are `redis-server` and `redis-cli` on PATH?
     pub fn available() -> bool {
@@ -838,26 +843,40 @@ impl RedisServer {
         })
     }
 
-    /// Start a server and wait until it answers PING; panics on failure.
+    /// Start a server and wait until it answers; panics on failure.
+    ///
+    /// redis-server binds its port itself and cannot be handed a listener (it has no option
+    /// to take an inherited socket), and `--port 0` switches TCP off instead of letting the
+    /// kernel choose. So it starts on a [`candidate_port`] and, when that port turns out to
+    /// be taken, again on another one.
     pub fn start() -> RedisServer {
-        let mut last_err = String::new();
-        // The free port may be taken again before redis binds it: retry.
-        for _ in 0..5 {
-            let dir = tempfile::Builder::new()
-                .prefix("graygate-redis-")
-                .tempdir()
-                .expect("redis: create temp dir");
-            let mut server = RedisServer {
-                port: free_port(),
-                dir,
-                child: None,
-            };
-            match server.spawn_and_wait() {
-                Ok(()) => return server,
-                Err(e) => last_err = e,
+        const ATTEMPTS: usize = 20;
+        let mut taken = Vec::new();
+        for _ in 0..ATTEMPTS {
+            let port = candidate_port();
+            match RedisServer::start_on(port) {
+                Ok(server) => return server,
+                Err(RedisStartError::PortTaken) => taken.push(port),
+                Err(RedisStartError::Failed(why)) => panic!("could not start redis-server: {why}"),
             }
         }
-        panic!("could not start redis-server: {last_err}");
+        panic!("could not start redis-server: every port tried was taken: {taken:?}");
+    }
+
+    /// Start a server on `port` and wait until it answers; [`RedisStartError::PortTaken`]
+    /// when another process holds the port.
+    pub fn start_on(port: u16) -> Result<RedisServer, RedisStartError> {
+        let dir = tempfile::Builder::new()
+            .prefix("graygate-redis-")
+            .tempdir()
+            .map_err(|e| RedisStartError::Failed(format!("temp dir: {e}")))?;
+        let mut server = RedisServer {
+            port,
+            dir,
+            child: None,
+        };
+        server.spawn_and_wait()?;
+        Ok(server)
     }
 
     pub fn port(&self) -> u16 {
@@ -914,17 +933,23 @@ impl RedisServer {
     /// Kill (if running) and start again on the same port; the data is gone.
     pub fn restart(&mut self) {
         self.kill();
+        // The clients know this port, so it is kept: should another process hold it for a
+        // moment, try it again until the deadline.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match self.spawn_and_wait() {
                 Ok(()) => return,
-                Err(e) if Instant::now() >= deadline => {
-                    panic!("could not restart redis-server on port {}: {e}", self.port)
+                Err(RedisStartError::Failed(why)) => {
+                    panic!(
+                        "could not restart redis-server on port {}: {why}",
+                        self.port
+                    )
                 }
-                Err(_) => {
-                    self.kill();
-                    thread::sleep(Duration::from_millis(100));
-                }
+                Err(RedisStartError::PortTaken) if Instant::now() >= deadline => panic!(
+                    "could not restart redis-server: port {} was still taken after 10 s",
+                    self.port
+                ),
+                Err(RedisStartError::PortTaken) => thread::sleep(Duration::from_millis(100)),
             }
         }
     }
@@ -933,9 +958,17 @@ impl RedisServer {
         self.dir.path().join("redis.log")
     }
 
-    fn spawn_and_wait(&mut self) -> Result<(), String> {
-        let log = std::fs::File::create(self.log_path()).map_err(|e| format!("log file: {e}"))?;
-        let log2 = log.try_clone().map_err(|e| format!("log file: {e}"))?;
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), RedisStartError> {
+        let failed = RedisStartError::Failed;
+        let log =
+            std::fs::File::create(self.log_path()).map_err(|e| failed(format!("log file: {e}")))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| failed(format!("log file: {e}")))?;
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
@@ -948,28 +981,45 @@ impl RedisServer {
             .stdout(log)
             .stderr(log2)
             .spawn()
-            .map_err(|e| format!("spawn redis-server: {e} (is it installed? make deps-test)"))?;
+            .map_err(|e| {
+                failed(format!(
+                    "spawn redis-server: {e} (is it installed? make deps-test)"
+                ))
+            })?;
+        let pid = child.id();
         self.child = Some(child);
 
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 self.child = None;
-                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-                return Err(format!(
+                let log = self.log();
+                // redis-server 6 and 7: "Could not create server TCP listening socket
+                // 127.0.0.1:PORT: bind: Address already in use", then exit status 1.
+                if log.contains("Address already in use") {
+                    return Err(RedisStartError::PortTaken);
+                }
+                return Err(failed(format!(
                     "redis-server on port {} exited early ({status}); log:\n{log}",
                     self.port
-                ));
+                )));
             }
-            if ping(self.addr()) {
-                return Ok(());
+            match answering_pid(self.addr()) {
+                Some(p) if p == pid => return Ok(()),
+                // Another Redis holds the port; ours is about to exit with the bind error.
+                Some(_) => {
+                    self.kill();
+                    return Err(RedisStartError::PortTaken);
+                }
+                None => {}
             }
             if Instant::now() >= deadline {
-                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-                return Err(format!(
-                    "redis-server on port {} did not answer PING within 10 s; log:\n{log}",
-                    self.port
-                ));
+                self.kill();
+                return Err(failed(format!(
+                    "redis-server on port {} did not answer within 10 s; log:\n{}",
+                    self.port,
+                    self.log()
+                )));
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -982,23 +1032,43 @@ impl Drop for RedisServer {
     }
 }
 
-/// Does a Redis server at `addr` answer `PING` with `+PONG`?
-fn ping(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
+/// A port to try for a program that binds by itself and cannot be told to choose one: a
+/// random port below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), where the
+/// ports the kernel hands out for `bind(0)` (every other listener of the tests) and for
+/// outgoing connections never land. Nothing reserves it: the caller starts the program on it
+/// and tries another when the program reports it taken.
+fn candidate_port() -> u16 {
+    use std::hash::BuildHasher as _;
+
+    let ephemeral_start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_start >= 4096 {
+        (ephemeral_start / 2, ephemeral_start)
+    } else {
+        // No room below the range: any unprivileged port, the retry copes.
+        (1024, u16::MAX)
     };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 64];
-    let mut got = Vec::new();
-    while got.len() < 7 {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-    got.starts_with(b"+PONG")
+    // Random enough, and differs between calls and processes (std's per-call hasher keys).
+    let random = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+    low + (random % u64::from(high - low)) as u16
+}
+
+/// The `process_id` of the Redis server answering on `addr`, from `INFO server`.
+fn answering_pid(addr: SocketAddr) -> Option<u32> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    s.set_write_timeout(Some(Duration::from_millis(500))).ok()?;
+    s.write_all(b"INFO server\r\n").ok()?;
+    // A bulk string: `$<length>\r\n<length bytes>\r\n`.
+    let mut reader = BufReader::new(s);
+    let mut head = String::new();
+    reader.read_line(&mut head).ok()?;
+    let len: usize = head.strip_prefix('$')?.trim_end().parse().ok()?;
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:")?.trim().parse().ok())
 }
