@@ -10,7 +10,8 @@
 //! ```
 //!
 //! `proxy` is the thin Pingora glue over these modules; `server` assembles the Pingora server
-//! that `main` (and the integration tests) run.
+//! that `main` (and the integration tests) run. `stats` keeps windowed per-version figures
+//! (requests, 5xx, latency quantiles, goals) for rollout verdicts and `GET /-/stats`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -26,6 +27,7 @@ pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod snapshot;
+pub mod stats;
 pub mod store;
 pub mod throttle;
 pub mod upstream;
