@@ -3,14 +3,19 @@
 //! Data flows one way through the modules:
 //!
 //! ```text
-//! conf/graygate.yaml ─► config ─┐
-//! rules/*.yaml ──────► rules::load (raw ─► validate ─► compile) ─► snapshot::Snapshot (ArcSwap)
+//! conf/graygate.yaml ─► config (listeners, admin, redis, server)
+//! rules/*.yaml ──────► rules::load (raw ─► compile/ ─► model) ─┐
+//! runtime state (rollouts, withdrawn, override) ───────────────┴─► state::Snapshot (one ArcSwap)
 //!                                                                        │
-//! request ─► facts (cookies, uid, tier, internal) ─► rules::decide ─► upstream (service, group, peer)
+//! request ─► facts (listener, cookies, uid, tier, internal) ─► rules::decide
+//!         ─► upstream::Service::serving_group (group, peer, fallback reason)
+//!         ─► logging: metrics (Prometheus, write-only) and stats (windowed, readable)
 //! ```
 //!
-//! `proxy` is the thin Pingora glue over these modules; `server` assembles the Pingora server
-//! that `main` (and the integration tests) run.
+//! `proxy` is the thin Pingora glue over these modules and `pages` answer what graygate serves
+//! itself, as a `web::Reply`; `admin` is the admin listener; `server` assembles the Pingora
+//! server that `main` (and the integration tests) run. `stats` keeps windowed per-version
+//! figures (requests, 5xx, latency quantiles, goals) for rollout verdicts and `GET /-/stats`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -26,6 +31,7 @@ pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod state;
+pub mod stats;
 pub mod store;
 pub mod throttle;
 pub mod upstream;
