@@ -4,7 +4,8 @@
 //! page, a refusal) or keeps a [`Route`] in the context; `upstream_peer` asks
 //! `Service::serving_group` for the group and peer (the fallback policy lives there);
 //! `fail_to_connect` marks the peer and asks for a retry, which lands in `upstream_peer`
-//! again; `logging` hands the outcome to metrics and the access log. No policy lives here.
+//! again; `logging` hands the outcome to metrics, the windowed stats and the access log. No
+//! policy lives here.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -453,11 +454,22 @@ impl ProxyHttp for Gateway {
         let answered = match route {
             Some(route) => {
                 let decided = &*rules.version(route.decision.version).name;
+                let mut conversions = 0u64;
                 for (i, goal) in rules.goals.iter().enumerate() {
                     if route.goal_attempts & (1 << i) != 0 {
-                        self.metrics
-                            .record_goal(&goal.name, decided, goal.status.matches(status));
+                        let converted = goal.status.matches(status);
+                        conversions |= u64::from(converted) << i;
+                        self.metrics.record_goal(&goal.name, decided, converted);
                     }
+                }
+                if let Some(cell) = snapshot.stats.cell(route.service, route.serving) {
+                    let goals = &snapshot.stats.goals;
+                    cell.record(
+                        status,
+                        elapsed,
+                        goals.translate(route.goal_attempts),
+                        goals.translate(conversions),
+                    );
                 }
                 Answered {
                     service: &snapshot.services.services[route.service].name,

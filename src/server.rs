@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadTriggers, Reloader};
 use crate::state::SnapshotStore;
+use crate::stats::StatsTicker;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::{RedisMaintainer, RedisStore};
 use crate::store::{Lookups, Store};
@@ -161,6 +162,10 @@ impl App {
         server.add_service(proxy);
         server.add_service(admin);
         server.add_service(health);
+        server.add_service(background_service(
+            "graygate stats",
+            StatsTicker::new(Arc::clone(self.store.stats())),
+        ));
         server.add_service(triggers);
         if let Some(redis) = &self.redis {
             server.add_service(background_service(

@@ -228,3 +228,82 @@ fn a_reload_does_not_hold_up_the_admin_listener() {
         "/-/healthz waited for the reload to finish"
     );
 }
+
+#[test]
+fn stats_show_each_versions_window_figures() {
+    let (stable, canary) = (Backend::start("stable"), Backend::start("canary"));
+    let rules = format!(
+        "{}goals:\n  - {{ name: signup, when: {{ method: [POST], path_prefix: /register }}, status: 2xx }}\n",
+        rules(&stable, &canary)
+    );
+    let gg = Graygate::start_with_token(&rules, Some(TOKEN));
+    // uid 13 -> canary, 14 -> stable (uid_tail 3).
+    for _ in 0..6 {
+        get(gg.proxy, HOST, "/", &[("X-User-Id", b"13")]);
+    }
+    canary.set_status(503);
+    for _ in 0..4 {
+        get(gg.proxy, HOST, "/", &[("X-User-Id", b"13")]);
+    }
+    for _ in 0..3 {
+        let raw = "POST /register HTTP/1.1\r\nHost: www.example.com\r\nX-User-Id: 14\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        assert_eq!(http_request(gg.proxy, raw.as_bytes()).unwrap().status, 200);
+    }
+    for _ in 0..7 {
+        get(gg.proxy, HOST, "/", &[("X-User-Id", b"14")]);
+    }
+
+    let stats = json(&admin(&gg, "GET", "/-/stats?window=5m"));
+    assert_eq!(stats["window_seconds"], 300.0);
+    let cell = |version: &str| -> serde_json::Value {
+        stats["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| {
+                c["scope"]["kind"] == "service"
+                    && c["scope"]["name"] == "web"
+                    && c["version"] == version
+            })
+            .unwrap_or_else(|| panic!("no cell for web/{version}: {stats}"))["figures"]
+            .clone()
+    };
+    let canary_figures = cell("canary");
+    assert_eq!(canary_figures["requests"], 10, "{canary_figures}");
+    assert_eq!(canary_figures["errors_5xx"], 4);
+    assert_eq!(canary_figures["error_rate"], 0.4);
+    let p99 = canary_figures["p99_ms"].as_f64().unwrap();
+    assert!(p99 > 0.0 && p99 < 5_000.0, "{p99}");
+    let stable_figures = cell("stable");
+    assert_eq!(stable_figures["requests"], 10, "{stable_figures}");
+    assert_eq!(stable_figures["errors_5xx"], 0);
+    let signup = &stable_figures["goals"][0];
+    assert_eq!(signup["name"], "signup");
+    assert_eq!(signup["attempts"], 3);
+    assert_eq!(signup["conversions"], 3);
+    assert_eq!(signup["rate"], 1.0);
+
+    // A reload keeps the figures: cells are kept by service and version name.
+    let reloaded = std::fs::read_to_string(&gg.rules_file)
+        .unwrap()
+        .replace("uid_tail: [7]", "uid_tail: [7, 9]");
+    std::fs::write(&gg.rules_file, reloaded).unwrap();
+    assert_eq!(json(&admin(&gg, "POST", "/-/reload"))["result"], "reloaded");
+    let stats = json(&admin(&gg, "GET", "/-/stats"));
+    assert_eq!(stats["window_seconds"], 60.0);
+    let canary_again = stats["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["version"] == "canary")
+        .unwrap()["figures"]
+        .clone();
+    assert_eq!(canary_again["requests"], 10);
+
+    for bad in ["0s", "soon", "1000d"] {
+        let r = admin(&gg, "GET", &format!("/-/stats?window={bad}"));
+        assert_eq!(r.status, 400, "{bad}: {}", r.body_text());
+    }
+    let raw = "GET /-/stats HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
+    assert_eq!(http_request(gg.admin, raw.as_bytes()).unwrap().status, 401);
+}

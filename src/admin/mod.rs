@@ -8,10 +8,13 @@
 //! - `GET /-/rules`: generation, content hash, load time, files and a summary.
 //! - `POST /-/reload`: reload the rules now (200 with the generation, 422 with every error).
 //! - `GET /-/explain?uid=&host=&path=&ip=&cookie=&method=`: the decision trace as JSON.
+//! - `GET /-/stats?window=1m`: windowed per-service, per-version figures (requests, 5xx rate,
+//!   p50/p90/p99, goal conversions) from `stats`, the read side a rollout check uses.
 //! - `GET|PUT|DELETE /-/assignments/{uid}`: the uid's stored version (Redis when configured,
 //!   else the embedded store); `PUT` takes the version name, bare or as `{"version": ...}`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use http::header::WWW_AUTHENTICATE;
@@ -22,12 +25,16 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::channels::ChannelKey;
+use crate::config::parse_duration;
 use crate::explain::{explain_request, RequestDescription};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::state::{Reloaded, Snapshot};
 use crate::store::Lookups;
 use crate::web::{form_field, form_pairs, read_body, Reply};
+
+/// The window of `GET /-/stats` when none is asked.
+const DEFAULT_STATS_WINDOW: Duration = Duration::from_secs(60);
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -251,6 +258,31 @@ impl AdminApp {
         }
     }
 
+    /// `GET /-/stats?window=1m`: every service's per-version figures over the window
+    /// (default 1 minute, at most the history kept).
+    fn stats(&self, query: Option<&str>) -> Reply {
+        let stats = self.reloader.store().stats();
+        let params = form_pairs(query.unwrap_or(""));
+        let window = match form_field(&params, "window").map(parse_duration) {
+            None => DEFAULT_STATS_WINDOW,
+            Some(Ok(window)) if !window.is_zero() && window <= stats.history() => window,
+            Some(_) => {
+                let message = format!(
+                    "window must be a duration like 30s or 5m, above 0 and at most {}",
+                    humantime::format_duration(stats.history())
+                );
+                return Reply::error(400, &message);
+            }
+        };
+        Reply::json(
+            200,
+            &json!({
+                "window_seconds": window.as_secs_f64(),
+                "cells": stats.all(window),
+            }),
+        )
+    }
+
     /// Answers one admin request. The token is checked before anything of the request
     /// beyond its header is read.
     async fn answer(&self, session: &mut ServerSession) -> Reply {
@@ -263,7 +295,7 @@ impl AdminApp {
                 return Reply::new(200, "text/plain; version=0.0.4", self.metrics.render())
             }
             ("GET", "/-/healthz") => return Reply::new(200, "text/plain", "ok\n"),
-            (_, "/-/rules" | "/-/reload" | "/-/explain") => {}
+            (_, "/-/rules" | "/-/reload" | "/-/explain" | "/-/stats") => {}
             (_, p) if p.starts_with("/-/assignments/") => {}
             _ => return Reply::error(404, "not found"),
         }
@@ -276,6 +308,7 @@ impl AdminApp {
             }
             ("POST", "/-/reload") => self.reload().await,
             ("GET", "/-/explain") => self.explain(query.as_deref()).await,
+            ("GET", "/-/stats") => self.stats(query.as_deref()),
             (_, p) if p.starts_with("/-/assignments/") => {
                 let uid = percent_encoding::percent_decode_str(&p["/-/assignments/".len()..])
                     .decode_utf8_lossy()

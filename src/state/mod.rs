@@ -7,6 +7,10 @@
 //! rebuilds the snapshot from the new files and the same runtime state, a runtime change
 //! rebuilds it from the same files (shared, not recompiled) and the new state.
 //!
+//! The snapshot also holds the generation's [`StatsCells`]: the windowed-figure cells of each
+//! service's groups, resolved by name once per generation, so that the proxy's `logging`
+//! records a request with a few atomic adds and no lookup.
+//!
 //! A request loads the snapshot once (in `new_ctx`) and uses it to the end, whatever reloads
 //! happen meanwhile; the one `ArcSwap` here is the only thing a request loads.
 
@@ -20,9 +24,10 @@ use arc_swap::ArcSwap;
 
 use crate::diagnostics::{Diagnostics, Severity};
 use crate::metrics::Metrics;
-use crate::rules::model::RuleSet;
+use crate::rules::model::{RuleSet, VersionId};
 use crate::rules::{self, LoadedRules};
-use crate::upstream::ServiceTable;
+use crate::stats::{Cell, GoalMap, Scope, Stats};
+use crate::upstream::{ServiceId, ServiceTable};
 pub use runtime::{AppliedState, Override, RuntimeState};
 
 /// Everything a request needs: one rules generation and the runtime state applied to it.
@@ -42,6 +47,44 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     /// The runtime state, resolved against this generation's names.
     pub runtime: AppliedState,
+    /// This generation's windowed-figure cells, resolved once.
+    pub stats: Arc<StatsCells>,
+}
+
+/// The stats cells of one generation, resolved when it is built so that a request never
+/// looks a cell up (the cells themselves are keyed by name and outlive generations).
+#[derive(Debug)]
+pub struct StatsCells {
+    /// `cells[service][version]`: the cell of the service's group for that version.
+    cells: Vec<Vec<Option<Arc<Cell>>>>,
+    /// The generation's goals mapped to stats goal slots.
+    pub goals: GoalMap,
+}
+
+impl StatsCells {
+    fn resolve(stats: &Stats, rules: &RuleSet, services: &ServiceTable) -> StatsCells {
+        let cells = services
+            .services
+            .iter()
+            .map(|service| {
+                let scope = Scope::Service(Arc::clone(&service.name));
+                let mut row = vec![None; rules.versions.len()];
+                for group in service.groups() {
+                    row[group.version.index()] = Some(stats.cell(&scope, &group.version_name));
+                }
+                row
+            })
+            .collect();
+        StatsCells {
+            cells,
+            goals: stats.goal_map(rules.goals.iter().map(|g| &*g.name)),
+        }
+    }
+
+    /// The cell counting `service`'s requests served by `version`'s group.
+    pub fn cell(&self, service: ServiceId, version: VersionId) -> Option<&Cell> {
+        self.cells.get(service)?.get(version.index())?.as_deref()
+    }
 }
 
 impl Snapshot {
@@ -51,6 +94,7 @@ impl Snapshot {
         generation: u64,
         previous: Option<&Snapshot>,
         runtime: &RuntimeState,
+        stats: &Stats,
     ) -> Result<Snapshot, Diagnostics> {
         let rules = loaded.model.rules;
         let services = ServiceTable::build(
@@ -72,6 +116,7 @@ impl Snapshot {
         Ok(Snapshot {
             generation,
             runtime: runtime.apply(&rules),
+            stats: Arc::new(StatsCells::resolve(stats, &rules, &services)),
             rules: Arc::new(rules),
             services: Arc::new(services),
             content_hash: loaded.content_hash,
@@ -90,6 +135,7 @@ impl Snapshot {
             files: self.files.clone(),
             loaded_at: self.loaded_at,
             runtime: runtime.apply(&self.rules),
+            stats: Arc::clone(&self.stats),
         }
     }
 
@@ -136,6 +182,8 @@ pub struct SnapshotStore {
     /// The runtime state; its lock also orders every rebuild (file reloads and runtime
     /// changes), so neither can lose the other's update.
     runtime: Mutex<RuntimeState>,
+    /// The windowed per-version figures every generation's cells live in.
+    stats: Arc<Stats>,
 }
 
 impl SnapshotStore {
@@ -153,12 +201,14 @@ impl SnapshotStore {
         for warning in loaded.warnings.items() {
             log::warn!("{warning}");
         }
-        let snapshot = Snapshot::build(loaded, 1, None, &runtime)?;
+        let stats = Arc::new(Stats::default());
+        let snapshot = Snapshot::build(loaded, 1, None, &runtime, &stats)?;
         snapshot.runtime.log_ignored();
         Ok(SnapshotStore {
             current: ArcSwap::from_pointee(snapshot),
             rules_path: rules_path.to_path_buf(),
             runtime: Mutex::new(runtime),
+            stats,
         })
     }
 
@@ -194,6 +244,7 @@ impl SnapshotStore {
             previous.generation + 1,
             Some(&previous),
             &runtime,
+            &self.stats,
         )?);
         next.runtime.log_ignored();
         self.current.store(Arc::clone(&next));
@@ -213,6 +264,11 @@ impl SnapshotStore {
     /// The runtime state as last set (names, not resolved).
     pub fn runtime(&self) -> RuntimeState {
         self.lock_runtime().clone()
+    }
+
+    /// The windowed per-version figures (for `/-/stats`, rollouts, and the ticker).
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
     }
 
     /// The rules file or directory.
