@@ -130,6 +130,8 @@ impl Page {
 pub struct RequestCtx {
     snapshot: Arc<Snapshot>,
     started: Instant,
+    /// The listener the request arrived on.
+    arrival: Arrival,
     route: Option<Route>,
 }
 
@@ -210,6 +212,7 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             snapshot: self.store.current(),
             started: Instant::now(),
+            arrival: Arrival::default(),
             route: None,
         }
     }
@@ -228,6 +231,7 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         let arrival = self.arrival(session);
+        ctx.arrival = arrival;
         let client_ip = client_ip(session);
         let req = session.req_header();
         let host = request_host(req);
@@ -493,19 +497,13 @@ impl ProxyHttp for Gateway {
             },
         };
         self.metrics.record(&answered);
-        self.access_log(session, &answered, route.and_then(|r| r.peer), snapshot);
+        self.access_log(session, ctx, &answered);
     }
 }
 
 impl Gateway {
     /// One line per request on the `graygate::access` log target, text or JSON.
-    fn access_log(
-        &self,
-        session: &Session,
-        answered: &Answered,
-        upstream: Option<SocketAddr>,
-        snapshot: &Snapshot,
-    ) {
+    fn access_log(&self, session: &Session, ctx: &RequestCtx, answered: &Answered) {
         if self.access_log == AccessLogFormat::Off
             || !log::log_enabled!(target: ACCESS_TARGET, log::Level::Info)
         {
@@ -522,7 +520,15 @@ impl Gateway {
             upstream_error: _,
         } = *answered;
         let decided = decided.unwrap_or(UNMATCHED);
-        let upstream = upstream.map(|p| p.to_string());
+        let upstream = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.peer)
+            .map(|p| p.to_string());
+        let listener = self
+            .listeners
+            .get(ctx.arrival.listener.index())
+            .map(|l| &*l.name);
         let client = client_ip(session).map(|ip| ip.to_string());
         let millis = elapsed.as_secs_f64() * 1e3;
         match self.access_log {
@@ -539,7 +545,9 @@ impl Gateway {
                     "decided": decided,
                     "rule": rule,
                     "upstream": upstream,
-                    "generation": snapshot.generation,
+                    "generation": ctx.snapshot.generation,
+                    "listener": listener,
+                    "scheme": ctx.arrival.scheme.as_str(),
                 });
                 log::info!(target: ACCESS_TARGET, "{line}");
             }
