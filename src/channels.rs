@@ -15,8 +15,9 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::facts::Facts;
+use crate::facts::VersionId;
 use crate::rules::decide::Decision;
-use crate::rules::model::{Action, ChannelSettings, RuleSet, VersionId};
+use crate::rules::model::{Action, ChannelSettings, RuleSet};
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -12,9 +12,9 @@ use http::{HeaderMap, Method};
 use serde::Serialize;
 
 use crate::channels::ChannelKey;
+use crate::facts::identity::Source;
 use crate::facts::{Facts, RequestView};
 use crate::rules::decide::Step;
-use crate::rules::model::Source;
 use crate::state::Snapshot;
 use crate::store::Lookups;
 use crate::upstream::balance_key;

@@ -7,6 +7,7 @@
 
 pub mod bucket;
 pub mod cookie;
+pub mod identity;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -14,10 +15,21 @@ use std::net::IpAddr;
 use http::header::HeaderName;
 use http::{HeaderMap, Method};
 
-use crate::rules::model::{Identity, Source, Tier, VersionId};
+use identity::{Identity, Source, Tier};
 
 /// Longest uid accepted; a longer one is ignored (routed as if absent).
 pub const MAX_UID_LEN: usize = 128;
+
+/// Index of a version in the rules' versions table (`RuleSet::versions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VersionId(pub u16);
+
+impl VersionId {
+    /// The index into the versions table.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
 
 /// A request's scheme, from the listener it arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -254,8 +266,8 @@ impl<'a> Facts<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::identity::{InternalPolicy, TierPolicy};
     use super::*;
-    use crate::rules::model::{InternalPolicy, TierPolicy};
 
     #[test]
     fn hosts_without_ports() {

@@ -8,8 +8,8 @@ mod channel_page;
 pub use address::address_api;
 pub use channel_page::channel_page;
 
+use crate::facts::VersionId;
 use crate::rules::decide::Decision;
-use crate::rules::model::VersionId;
 
 /// Who is asking, as the proxy's filter chain and rules saw them.
 #[derive(Debug, Clone)]

@@ -11,8 +11,9 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::facts::bucket::{ip_text, scale, split_hash};
+use crate::facts::VersionId;
 use crate::facts::{Assigned, Facts};
-use crate::rules::model::{Action, Condition, RuleSet, Split, SplitKey, ValueMatch, VersionId};
+use crate::rules::model::{Action, Condition, RuleSet, Split, SplitKey, ValueMatch};
 
 /// Why a version was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

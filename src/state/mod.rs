@@ -23,8 +23,9 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::diagnostics::{Diagnostics, Severity};
+use crate::facts::VersionId;
 use crate::metrics::Metrics;
-use crate::rules::model::{RuleSet, VersionId};
+use crate::rules::model::RuleSet;
 use crate::rules::{self, LoadedRules};
 use crate::stats::{Cell, GoalMap, Scope, Stats};
 use crate::upstream::{ServiceId, ServiceTable};

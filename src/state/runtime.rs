@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::rules::model::{RuleSet, VersionId};
+use crate::rules::model::RuleSet;
+
+use crate::facts::VersionId;
 
 /// An emergency override: every request goes to one version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::facts::identity::Tier;
 use crate::facts::{Assigned, Facts};
 use crate::metrics::Metrics;
 use crate::rules::decide::{decide, explain, Decision, Explanation, Missing};
-use crate::rules::model::{RuleSet, Tier};
+use crate::rules::model::RuleSet;
 use crate::throttle::LogThrottle;
 
 /// Why a store operation gave no answer.

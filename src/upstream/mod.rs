@@ -27,7 +27,8 @@ use std::sync::Arc;
 use xxhash_rust::xxh64::xxh64;
 
 use crate::facts::bucket::ip_text;
-use crate::rules::model::{GroupSpec, HostPattern, ServiceSpec, Version, VersionId};
+use crate::facts::VersionId;
+use crate::rules::model::{GroupSpec, HostPattern, ServiceSpec, Version};
 
 /// Why a request is served by another group than its decided version's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

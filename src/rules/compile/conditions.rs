@@ -9,7 +9,8 @@ use http::Method;
 use regex::RegexSet;
 
 use super::{At, Compiler};
-use crate::rules::model::{Condition, Tier, ValueMatch};
+use crate::facts::identity::Tier;
+use crate::rules::model::{Condition, ValueMatch};
 use crate::rules::raw::{OneOrMany, RawWhen};
 
 impl Compiler {

@@ -7,7 +7,8 @@ use http::header::HeaderName;
 use ipnet::IpNet;
 
 use super::{At, Compiler};
-use crate::rules::model::{Identity, InternalPolicy, KeyTemplate, Source, Tier, TierPolicy};
+use crate::facts::identity::{Identity, InternalPolicy, Source, Tier, TierPolicy};
+use crate::rules::model::KeyTemplate;
 use crate::rules::raw::{RawAssignments, RawIdentity, RawInternal, RawTier};
 
 impl Compiler {

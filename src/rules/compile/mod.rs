@@ -36,9 +36,11 @@ use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 use xxhash_rust::xxh64::xxh64;
 
-use super::model::{RoutingModel, RuleSet, VersionId};
+use super::model::{RoutingModel, RuleSet};
+
 use super::raw::RawRuleFile;
 use crate::diagnostics::{Diagnostics, Severity, SourceFile};
+use crate::facts::VersionId;
 
 pub use goals::MAX_GOALS;
 

@@ -10,9 +10,10 @@ use std::time::Duration;
 use indexmap::IndexMap;
 
 use super::{is_dotted_name, is_name, At, Compiler};
+use crate::facts::VersionId;
 use crate::rules::model::{
     GroupConfig, GroupSpec, HealthCheckKind, HealthCheckSpec, HostPattern, LbPolicy, ServiceSpec,
-    UpstreamTimeouts, Version, VersionId,
+    UpstreamTimeouts, Version,
 };
 use crate::rules::raw::{RawGroup, RawHealthCheck, RawService, RawTimeouts};
 

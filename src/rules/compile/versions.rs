@@ -6,7 +6,8 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 
 use super::{header_value, is_name, At, Compiler};
-use crate::rules::model::{Version, VersionId};
+use crate::facts::VersionId;
+use crate::rules::model::Version;
 use crate::rules::raw::RawVersion;
 
 impl Compiler {
