@@ -278,6 +278,16 @@ fn a_shared_version_loses_every_namespaced_cookie() {
         let want = want.map(|(cookie, counts)| (cookie.map(str::to_string), counts));
         assert_eq!(rewritten(&shared, values), want, "{values:?}");
     }
+    // Bytes that are not UTF-8 skip the quick search, not the look.
+    let mut headers = HeaderMap::new();
+    headers.append(
+        COOKIE,
+        HeaderValue::from_bytes(b"a=\xff; gg.dev.x=1").unwrap(),
+    );
+    let r = rewrite(&shared, &passing(), &headers).unwrap();
+    assert_eq!(r.cookie.unwrap().as_bytes(), b"a=\xff");
+    headers.insert(COOKIE, HeaderValue::from_bytes(b"a=\xff; b=2").unwrap());
+    assert_eq!(rewrite(&shared, &passing(), &headers), None);
     // A passing cookie keeps its name even in the namespace (a channel cookie named so).
     let passing: Vec<Box<str>> = vec!["gg.ch".into()];
     let r = rewrite(&shared, &passing, &cookie_headers(&["gg.ch=c; gg.dev.x=1"])).unwrap();
