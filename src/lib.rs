@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod channels;
 pub mod config;
+pub mod cookies;
 pub mod diagnostics;
 pub mod explain;
 pub mod facts;

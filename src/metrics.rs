@@ -57,6 +57,8 @@ pub struct Metrics {
     pub rules_reloads: IntCounterVec,
     /// `graygate_upstream_peer_healthy{service,version,peer}`
     pub peer_healthy: IntGaugeVec,
+    /// `graygate_cookies_rewritten_total{version,action}`: the cookie isolation's work.
+    pub cookies_rewritten: IntCounterVec,
 }
 
 impl Metrics {
@@ -105,6 +107,11 @@ impl Metrics {
             "graygate_store_lookups_total",
             "Assignment store lookups, per kind (assignment, tier, internal) and result.",
             &["kind", "result"],
+        );
+        let cookies_rewritten = counter(
+            "graygate_cookies_rewritten_total",
+            "Cookies rewritten for version isolation, per serving version and action (renamed, restored, removed, dropped_too_long, dropped_invalid).",
+            &["version", "action"],
         );
         let rules_reloads = counter(
             "graygate_rules_reload_total",
@@ -165,6 +172,7 @@ impl Metrics {
             rules_generation,
             rules_reloads,
             peer_healthy,
+            cookies_rewritten,
         }
     }
 
@@ -181,6 +189,20 @@ impl Metrics {
         let labels = [goal, version];
         self.goals.with_label_values(&labels);
         self.goal_attempts.with_label_values(&labels);
+    }
+
+    /// Creates at 0 the cookie-isolation series of one version for `actions`.
+    pub fn prepare_cookies(&self, version: &str, actions: &[&str]) {
+        for action in actions {
+            self.cookies_rewritten.with_label_values(&[version, action]);
+        }
+    }
+
+    /// Counts `n` cookies of `version` handled by `action` (a fixed word).
+    pub fn record_cookies(&self, version: &str, action: &str, n: u64) {
+        self.cookies_rewritten
+            .with_label_values(&[version, action])
+            .inc_by(n);
     }
 
     /// Counts one answered request: its status class, its duration, its decision and its

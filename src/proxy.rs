@@ -4,8 +4,10 @@
 //! page, a refusal) or keeps a [`Route`] in the context; `upstream_peer` asks
 //! `Service::serving_group` for the group and peer (the fallback policy lives there);
 //! `fail_to_connect` marks the peer and asks for a retry, which lands in `upstream_peer`
-//! again; `logging` hands the outcome to metrics, the windowed stats and the access log. No
-//! policy lives here.
+//! again; `upstream_request_filter` (once per attempt, on Pingora's fresh copy of the
+//! request) and `response_filter` give the serving version the cookies it may see
+//! (`cookies`); `logging` hands the outcome to metrics, the windowed stats and the access
+//! log. No policy lives here.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use pingora::{Error, ErrorType};
 
 use crate::channels::ChannelKey;
 use crate::config::{self, AccessLogFormat, Listener};
+use crate::cookies;
 use crate::facts::bucket::ip_text;
 use crate::facts::VersionId;
 use crate::facts::{request_host, Arrival, Facts, RequestView};
@@ -371,7 +374,14 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        if let Some(cookie) = ctx.route.as_mut().and_then(|r| r.set_cookie.take()) {
+        let Some(route) = ctx.route.as_mut() else {
+            return Ok(());
+        };
+        // The upstream's cookies first: graygate's own, appended below, is never renamed.
+        let rules = &ctx.snapshot.rules;
+        cookies::apply_to_response(rules, route.serving, response)?
+            .record(&self.metrics, &rules.version(route.serving).name);
+        if let Some(cookie) = route.set_cookie.take() {
             // Appended: the upstream's own cookies stay.
             response.append_header(SET_COOKIE, cookie)?;
         }
@@ -416,6 +426,15 @@ impl ProxyHttp for Gateway {
             rules.version(route.serving).header_value.clone(),
         )?;
         upstream.insert_header(RULE_HEADER, route.decision.rule_header_value(rules).clone())?;
+        // The cookies the serving version may see (SPEC section 15), from the browser's:
+        // after a fallback, the default version's share.
+        cookies::apply_to_request(
+            rules,
+            route.serving,
+            &session.req_header().headers,
+            upstream,
+        )?
+        .record(&self.metrics, &rules.version(route.serving).name);
         if let Some(ip) = client_ip(session) {
             let mut buf = [0u8; 48];
             let ip = ip_text(ip, &mut buf);

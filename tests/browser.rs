@@ -5,6 +5,10 @@
 //! (a plain HTML form post, no JavaScript on the page) and lands back on `/`, which the beta
 //! group now serves because the `follow-channel` rule follows the signed channel cookie.
 //!
+//! A second visitor shows environment-isolated cookies (SPEC section 15): logged in on stable,
+//! they switch to the isolated dev channel, log in there, switch back and forth, and each
+//! backend keeps its own session while the other never sees it.
+//!
 //! `scripts/install-deps.sh test` (run by `make test`) installs Debian's `chromium` and
 //! `chromium-driver`; without them the test prints why it is skipped and passes.
 //! `GRAYGATE_UPDATE_SCREENSHOT=1 cargo test --test browser` rewrites `docs/channel-page.png`.
@@ -391,6 +395,52 @@ impl Browser {
         self.try_session_call("GET", &format!("/cookie/{name}"), None)
             .ok()
     }
+
+    /// Runs `script` in the page and returns its value.
+    fn script(&self, script: &str) -> Value {
+        self.session_call(
+            "POST",
+            "/execute/sync",
+            Some(&json!({ "script": script, "args": [] })),
+        )
+    }
+
+    /// The cookies the page's scripts see (`document.cookie`: no `HttpOnly` ones), sorted.
+    fn document_cookies(&self) -> Vec<String> {
+        let all = self.script("return document.cookie;");
+        let mut cookies: Vec<String> = all
+            .as_str()
+            .unwrap_or_default()
+            .split("; ")
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect();
+        cookies.sort();
+        cookies
+    }
+
+    /// Picks `version` on the channel page at `page`, saves, and waits until the browser is
+    /// back on `home`, served by `served_by`.
+    fn choose(&self, page: &str, version: &str, home: &str, served_by: &str) {
+        self.goto(page);
+        let radio = self.find(&format!("input[type=radio][value={version}]"));
+        self.click(&radio);
+        self.click(&self.find("button[type=submit]"));
+        wait_for(
+            &format!("the browser on {home} served by {served_by}"),
+            || {
+                let url = self.current_url()?;
+                if url != home {
+                    return Err(format!("the browser is on {url}"));
+                }
+                let text = self.try_body_text()?;
+                if text.trim() != served_by {
+                    return Err(format!("the page says {text:?}"));
+                }
+                Ok(())
+            },
+        );
+    }
 }
 
 /// The port in chromedriver's start-up line "ChromeDriver was started successfully on port
@@ -561,4 +611,166 @@ fn choosing_beta_on_the_channel_page_routes_the_browser_to_beta() {
 
     drop(browser);
     eprintln!("browser test took {:?}", started.elapsed());
+}
+
+fn isolated_rules(stable: &Backend, dev: &Backend) -> String {
+    format!(
+        r#"versions:
+  stable: {{}}
+  dev: {{ selectable: true, restricted: true, cookies: isolated, description: "today's dev build" }}
+default: stable
+identity: {{ internal: {{ cidrs: [127.0.0.1/32] }} }}
+channels: {{ cookie: gg_channel, max_age: 30d }}
+services:
+  web:
+    hosts: ["*"]
+    groups:
+      stable: {{ peers: ["{}"] }}
+      dev: {{ peers: ["{}"] }}
+rules:
+  - {{ name: follow-channel, when: {{ channel: any }}, version: $channel }}
+"#,
+        stable.addr(),
+        dev.addr()
+    )
+}
+
+/// The `Cookie` header of the last request for `path` that `backend` got, split into pairs
+/// and sorted (a browser orders cookies by path, then age).
+fn seen_pairs(backend: &Backend, path: &str) -> Vec<String> {
+    let seen = backend.seen_cookies(path);
+    let last = seen
+        .last()
+        .unwrap_or_else(|| panic!("{} got no request for {path}", backend.name()));
+    assert!(last.len() <= 1, "several Cookie headers: {last:?}");
+    let mut pairs: Vec<String> = last
+        .iter()
+        .flat_map(|c| c.split("; "))
+        .map(str::to_string)
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+#[test]
+fn isolated_dev_cookies_survive_channel_switches_in_the_browser() {
+    if let Some(why) = missing_browser() {
+        eprintln!(
+            "SKIPPED browser test: {why}; `make test` (scripts/install-deps.sh test) installs Debian's chromium and chromium-driver"
+        );
+        return;
+    }
+    let stable = Backend::start("stable");
+    let dev = Backend::start("dev");
+    for (backend, session, theme) in [(&stable, "stable-1", "light"), (&dev, "dev-1", "dark")] {
+        backend.set_cookies_on(
+            "/login",
+            &[
+                &format!("SESSION={session}; Path=/; HttpOnly; SameSite=Lax"),
+                &format!("theme={theme}; Path=/"),
+            ],
+        );
+    }
+    let gg = Graygate::start(&isolated_rules(&stable, &dev));
+    let origin = format!("http://127.0.0.1:{}", gg.proxy.port());
+    let (page, home) = (format!("{origin}/.canary-deployment"), format!("{origin}/"));
+    let browser = Browser::start();
+
+    // Logged in on stable.
+    browser.goto(&format!("{origin}/login"));
+    assert_eq!(browser.try_body_text().unwrap_or_default().trim(), "stable");
+    assert_eq!(browser.document_cookies(), ["theme=light"]);
+
+    // The page says that dev keeps a separate session; switch to it.
+    browser.goto(&page);
+    let dev_choice = browser.text("label.choice:has(input[value=dev])");
+    assert!(
+        dev_choice.contains("keeps a separate session"),
+        "the dev choice reads {dev_choice:?}"
+    );
+    browser.choose(&page, "dev", &home, "dev");
+    let channel = browser.cookie("gg_channel").expect("the channel cookie");
+    let channel = format!(
+        "gg_channel={}",
+        channel["value"].as_str().unwrap_or_default()
+    );
+    assert_eq!(
+        seen_pairs(&dev, "/"),
+        std::slice::from_ref(&channel),
+        "dev sees the channel cookie only, not stable's session"
+    );
+
+    // Logged in on dev: the browser keeps dev's cookies apart, HttpOnly included.
+    browser.goto(&format!("{origin}/login"));
+    assert_eq!(browser.try_body_text().unwrap_or_default().trim(), "dev");
+    assert_eq!(
+        browser.document_cookies(),
+        ["gg.dev.theme=dark", "theme=light"]
+    );
+    let dev_session = browser
+        .cookie("gg.dev.SESSION")
+        .expect("dev's session in the browser");
+    assert_eq!(dev_session["value"], "dev-1", "{dev_session}");
+    assert_eq!(dev_session["httpOnly"], true, "{dev_session}");
+    assert_eq!(dev_session["sameSite"], "Lax", "{dev_session}");
+    let stable_session = browser.cookie("SESSION").expect("stable's session");
+    assert_eq!(stable_session["value"], "stable-1", "{stable_session}");
+    browser.goto(&home);
+    assert_eq!(
+        seen_pairs(&dev, "/"),
+        [
+            "SESSION=dev-1".to_string(),
+            channel.clone(),
+            "theme=dark".into()
+        ]
+    );
+
+    // Back to stable: its session is intact and it sees none of dev's cookies.
+    browser.choose(&page, "automatic", &home, "stable");
+    assert_eq!(
+        seen_pairs(&stable, "/"),
+        ["SESSION=stable-1", "theme=light"]
+    );
+    assert_eq!(
+        browser.document_cookies(),
+        ["gg.dev.theme=dark", "theme=light"]
+    );
+
+    // And dev again: its session is where it was.
+    browser.choose(&page, "dev", &home, "dev");
+    let channel = browser.cookie("gg_channel").expect("the channel cookie");
+    let channel = format!(
+        "gg_channel={}",
+        channel["value"].as_str().unwrap_or_default()
+    );
+    assert_eq!(
+        seen_pairs(&dev, "/"),
+        ["SESSION=dev-1".to_string(), channel, "theme=dark".into()]
+    );
+
+    // Neither backend ever saw the other's session, on any request (favicons included).
+    let everything = |backend: &Backend| {
+        backend
+            .seen_requests()
+            .iter()
+            .flat_map(|r| r.header_all("cookie"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    assert!(
+        !everything(&dev).contains("stable-1"),
+        "{}",
+        everything(&dev)
+    );
+    assert!(
+        !everything(&stable).contains("dev-1"),
+        "{}",
+        everything(&stable)
+    );
+    assert!(
+        !everything(&stable).contains("gg."),
+        "{}",
+        everything(&stable)
+    );
+    drop(browser);
 }

@@ -110,6 +110,7 @@ fn rules_summary(snapshot: &Snapshot) -> serde_json::Value {
         "default": &*rules.version(rules.default).name,
         "versions": rules.versions.iter().map(|v| json!({
             "name": &*v.name, "description": v.description, "selectable": v.selectable, "restricted": v.restricted,
+            "cookies": v.cookies.as_str(),
         })).collect::<Vec<_>>(),
         "rules": rules.rules.iter().map(|r| &*r.name).collect::<Vec<_>>(),
         "runtime": runtime_summary(snapshot),

@@ -15,14 +15,12 @@ pub fn find<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(COOKIE)
         .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
+        .flat_map(|value| pairs(value.as_bytes()))
         .find_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|&b| b == b'=')?;
-            if pair[..eq].trim_ascii() != name.as_bytes() {
+            let (pair_name, mut value) = split_pair(pair)?;
+            if pair_name != name.as_bytes() {
                 return None;
             }
-            let mut value = pair[eq + 1..].trim_ascii();
             if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
                 value = &value[1..value.len() - 1];
             }
@@ -31,6 +29,21 @@ pub fn find<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
             }
             std::str::from_utf8(value).ok()
         })
+}
+
+/// The pairs of one `Cookie` header value, in order: split at `;`, trimmed, empty ones
+/// skipped. A pair may still lack a `=` (see [`split_pair`]).
+pub fn pairs(value: &[u8]) -> impl Iterator<Item = &[u8]> + Clone + '_ {
+    value
+        .split(|&b| b == b';')
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty())
+}
+
+/// A pair's name and value, split at its first `=` and each trimmed; `None` without `=`.
+pub fn split_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = pair.iter().position(|&b| b == b'=')?;
+    Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
 }
 
 #[cfg(test)]
@@ -68,6 +81,15 @@ mod tests {
     fn first_readable_pair_wins() {
         let h = headers(&[b"uid=\xff; uid=8"]);
         assert_eq!(find(&h, "uid"), Some("8"));
+    }
+
+    #[test]
+    fn pairs_are_trimmed_and_split_at_the_first_equals_sign() {
+        let all: Vec<&[u8]> = pairs(b" a=1 ;; b = x=y ;c;  ").collect();
+        assert_eq!(all, [&b"a=1"[..], b"b = x=y", b"c"]);
+        assert_eq!(split_pair(b"b = x=y"), Some((&b"b"[..], &b"x=y"[..])));
+        assert_eq!(split_pair(b"c"), None);
+        assert_eq!(split_pair(b"=v"), Some((&b""[..], &b"v"[..])));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! `GET` shows the version this user is on now and the choices they may make: the
 //! `selectable` versions, the `restricted` ones too for internal users, and "automatic"
-//! (clear the choice). It works without JavaScript (a form), and answers JSON to
+//! (clear the choice); a version with isolated cookies says it keeps a separate session. It works without JavaScript (a form), and answers JSON to
 //! `Accept: application/json`. `POST version=NAME[&return_to=/path]` sets the signed channel
 //! cookie and redirects (303) to `return_to` on the same site. A cross-site `Origin`, a
 //! version this user may not choose, or a `return_to` off the site gets 403 and sets
@@ -24,6 +24,10 @@ const MAX_FORM: usize = 8 * 1024;
 
 /// The value of `version` that clears the choice.
 const AUTOMATIC: &str = "automatic";
+
+/// Added to the description of a version with isolated cookies (SPEC section 15).
+const SEPARATE_SESSION: &str =
+    " It keeps a separate session: sign in there once, and your session here stays as it is.";
 
 /// Whether `visitor` may pick `version`.
 fn may_choose(version: &Version, visitor: &Visitor) -> bool {
@@ -88,6 +92,7 @@ fn current_json(rules: &RuleSet, visitor: &Visitor) -> serde_json::Value {
                 "version": &*v.name,
                 "description": v.description,
                 "restricted": v.restricted,
+                "separate_session": v.cookies.is_isolated(),
                 "selected": visitor.channel.is_some_and(|c| rules.version(c).name == v.name),
             })
         })
@@ -119,16 +124,21 @@ fn render_html(rules: &RuleSet, visitor: &Visitor, path: &str, cookie_note: &str
         visitor.channel.is_none(),
     ));
     for version in rules.versions.iter().filter(|v| may_choose(v, visitor)) {
-        let badge = if version.restricted {
-            r#" <span class="badge">internal</span>"#
-        } else {
-            ""
-        };
-        let description = if version.description.is_empty() {
+        let mut badge = String::new();
+        if version.restricted {
+            badge.push_str(r#" <span class="badge">internal</span>"#);
+        }
+        if version.cookies.is_isolated() {
+            badge.push_str(r#" <span class="badge session">separate session</span>"#);
+        }
+        let mut description = if version.description.is_empty() {
             format!("The {} channel.", version.name)
         } else {
             version.description.clone()
         };
+        if version.cookies.is_isolated() {
+            description.push_str(SEPARATE_SESSION);
+        }
         let checked = visitor
             .channel
             .is_some_and(|c| rules.version(c).name == version.name);
@@ -136,7 +146,7 @@ fn render_html(rules: &RuleSet, visitor: &Visitor, path: &str, cookie_note: &str
             &html_escape(&version.name),
             &html_escape(&version.name),
             &html_escape(&description),
-            badge,
+            &badge,
             checked,
         ));
     }
@@ -168,6 +178,7 @@ fn render_html(rules: &RuleSet, visitor: &Visitor, path: &str, cookie_note: &str
   .choice .name {{ font-weight: 600; }}
   .choice .desc {{ color: var(--muted); font-size: 14px; }}
   .badge {{ font-size: 11px; font-weight: 600; text-transform: uppercase; letter-spacing: .04em; color: #8a5300; background: #fff3d6; border-radius: 6px; padding: 1px 6px; margin-left: 6px; }}
+  .badge.session {{ color: #1d5c3a; background: #dcf5e6; }}
   button {{ margin-top: 12px; width: 100%; font: inherit; font-weight: 600; color: #fff; background: var(--accent); border: 0; border-radius: 10px; padding: 12px; cursor: pointer; }}
   footer {{ color: var(--muted); font-size: 13px; margin-top: 16px; text-align: center; }}
 </style>
@@ -272,6 +283,52 @@ pub async fn channel_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::decide::{Decision, Reason};
+
+    #[test]
+    fn versions_with_isolated_cookies_say_they_keep_a_separate_session() {
+        let rules = crate::rules::testing::model(
+            "versions:\n  stable: {}\n  beta: { selectable: true }\n  dev: { selectable: true, restricted: true, cookies: isolated }\n\
+             default: stable\nservices:\n  web:\n    hosts: [\"*\"]\n    groups: { stable: { peers: [\"127.0.0.1:1\"] } }\n",
+        )
+        .rules;
+        let visitor = Visitor {
+            decision: Decision {
+                version: rules.default,
+                rule: None,
+                reason: Reason::Default,
+            },
+            uid: None,
+            internal: true,
+            channel: None,
+            host: "www.example.com".into(),
+            balance_key: [0; 8],
+        };
+        let json = current_json(&rules, &visitor);
+        let sessions: Vec<(&str, bool)> = json["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let separate = c["separate_session"].as_bool().unwrap();
+                (c["version"].as_str().unwrap(), separate)
+            })
+            .collect();
+        assert_eq!(sessions, [("beta", false), ("dev", true)]);
+        let html = render_html(&rules, &visitor, "/.canary-deployment", "");
+        assert_eq!(
+            html.matches("keeps a separate session").count(),
+            1,
+            "{html}"
+        );
+        assert_eq!(
+            html.matches(">separate session</span>").count(),
+            1,
+            "{html}"
+        );
+        let dev = html.find(r#"value="dev""#).unwrap();
+        assert!(html[dev..].contains("keeps a separate session"), "{html}");
+    }
 
     #[test]
     fn return_to_stays_on_the_site() {

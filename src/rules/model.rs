@@ -30,6 +30,56 @@ pub struct Version {
     pub selectable: bool,
     /// Only internal users may be routed to it.
     pub restricted: bool,
+    /// Whether its cookies are shared with the other versions or kept apart (SPEC section 15).
+    pub cookies: CookiePolicy,
+}
+
+/// How a version's cookies are kept in the browser (`cookies: shared | isolated`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CookiePolicy {
+    /// The browser's cookies as they are, without any version's `gg.*` namespace.
+    #[default]
+    Shared,
+    /// Its cookies live in the browser as `{namespace}{name}` and it sees only those (plus
+    /// [`RuleSet::passing_cookies`]).
+    Isolated {
+        /// `gg.{version}.`, built once per generation.
+        namespace: Box<str>,
+    },
+}
+
+impl CookiePolicy {
+    /// The policy of version `name` as written: `shared` or `isolated`.
+    pub fn parse(text: &str, name: &str) -> Option<CookiePolicy> {
+        match text {
+            "shared" => Some(CookiePolicy::Shared),
+            "isolated" => Some(CookiePolicy::Isolated {
+                namespace: format!("gg.{name}.").into(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The namespace of an isolated version.
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            CookiePolicy::Shared => None,
+            CookiePolicy::Isolated { namespace } => Some(namespace),
+        }
+    }
+
+    /// Whether the version keeps its cookies (its session) apart.
+    pub fn is_isolated(&self) -> bool {
+        matches!(self, CookiePolicy::Isolated { .. })
+    }
+
+    /// `shared` or `isolated`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CookiePolicy::Shared => "shared",
+            CookiePolicy::Isolated { .. } => "isolated",
+        }
+    }
 }
 
 /// A host pattern: `www.example.com`, `*.example.com` or `*`.
@@ -313,6 +363,9 @@ pub struct RuleSet {
     pub channel_page: bool,
     /// The address API, when configured.
     pub address_api: Option<AddressApiSettings>,
+    /// Cookies every version receives unchanged, isolated or not: the channel cookie and the
+    /// identity cookies (`cookie:` sources of `identity.uid` and `identity.tier.sources`).
+    pub passing_cookies: Vec<Box<str>>,
 }
 
 impl RuleSet {

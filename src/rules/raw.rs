@@ -77,6 +77,8 @@ pub struct RawVersion {
     pub selectable: bool,
     #[serde(default)]
     pub restricted: bool,
+    /// `shared` (the default) or `isolated`.
+    pub cookies: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

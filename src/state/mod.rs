@@ -22,6 +22,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use crate::cookies;
 use crate::diagnostics::{Diagnostics, Severity};
 use crate::facts::VersionId;
 use crate::metrics::Metrics;
@@ -146,6 +147,12 @@ impl Snapshot {
         for service in &self.services.services {
             for group in service.groups() {
                 metrics.prepare_requests(&service.name, &group.version_name);
+            }
+        }
+        // Cookie isolation's series, once some version is isolated.
+        if self.rules.versions.iter().any(|v| v.cookies.is_isolated()) {
+            for version in &self.rules.versions {
+                metrics.prepare_cookies(&version.name, cookies::actions(&version.cookies));
             }
         }
         for goal in &self.rules.goals {

@@ -88,6 +88,11 @@ impl SeenRequest {
     pub fn header_all(&self, name: &str) -> Vec<String> {
         header_values(&self.headers, name)
     }
+
+    /// The path of the target, without the query.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or_default()
+    }
 }
 
 fn header_values(headers: &[(String, Vec<u8>)], name: &str) -> Vec<String> {
@@ -107,6 +112,8 @@ struct BackendState {
     requests: AtomicUsize,
     healthz_requests: AtomicUsize,
     seen: Mutex<Vec<SeenRequest>>,
+    /// `Set-Cookie` values per request path (see [`Backend::set_cookies_on`]).
+    set_cookies: Mutex<HashMap<String, Vec<String>>>,
     next_conn_id: AtomicU64,
     /// Clones of the open connections, so `stop` can shut them down.
     conns: Mutex<HashMap<u64, TcpStream>>,
@@ -118,7 +125,8 @@ struct BackendState {
 /// [`Backend::set_status`] (default 200), body = the backend's name and the
 /// headers `Content-Length`, `Content-Type: text/plain`, `X-Backend: <name>`,
 /// plus `X-Seen-Version` / `X-Seen-Rule` echoing each received
-/// `X-Graygate-Version` / `X-Graygate-Rule` value (omitted when absent).
+/// `X-Graygate-Version` / `X-Graygate-Rule` value (omitted when absent), and the
+/// `Set-Cookie` headers given to [`Backend::set_cookies_on`] for the request's path.
 /// `GET /healthz` answers `200 ok`, or `503 unhealthy` after
 /// `set_healthy(false)`; health checks are not counted or recorded.
 pub struct Backend {
@@ -153,6 +161,7 @@ impl Backend {
             requests: AtomicUsize::new(0),
             healthz_requests: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
+            set_cookies: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(0),
             conns: Mutex::new(HashMap::new()),
         });
@@ -207,6 +216,24 @@ impl Backend {
     /// The last non-healthz request received.
     pub fn last_request(&self) -> Option<SeenRequest> {
         lock(&self.state.seen).last().cloned()
+    }
+
+    /// For every non-healthz request for `path` (without query), in order: the values of
+    /// all `Cookie` headers it carried (empty if none).
+    pub fn seen_cookies(&self, path: &str) -> Vec<Vec<String>> {
+        lock(&self.state.seen)
+            .iter()
+            .filter(|r| r.path() == path)
+            .map(|r| r.header_all("cookie"))
+            .collect()
+    }
+
+    /// From now on, every response to a request for `path` (without query) carries one
+    /// `Set-Cookie` header per value of `cookies`, sent as is and in order (a login sets a
+    /// session, a logout deletes it); an empty list sets none.
+    pub fn set_cookies_on(&self, path: &str, cookies: &[&str]) {
+        let cookies = cookies.iter().map(|c| c.to_string()).collect();
+        lock(&self.state.set_cookies).insert(path.to_string(), cookies);
     }
 
     /// Status for non-healthz requests from now on.
@@ -541,6 +568,9 @@ fn serve_connection(stream: TcpStream, st: &BackendState) -> io::Result<()> {
             }
             out.extend_from_slice(b"Content-Type: text/plain\r\n");
             write!(out, "X-Backend: {}\r\n", st.name)?;
+            for cookie in lock(&st.set_cookies).get(path).into_iter().flatten() {
+                write!(out, "Set-Cookie: {cookie}\r\n")?;
+            }
             for v in &versions {
                 out.extend_from_slice(b"X-Seen-Version: ");
                 out.extend_from_slice(v);

@@ -395,6 +395,10 @@ impl Compiler {
         if versions.is_empty() {
             self.missing("versions: at least one version is needed");
         }
+        let passing_cookies = match (&channels, &identity) {
+            (Some(channels), Some(identity)) => Self::passing_cookies(channels, identity),
+            _ => Vec::new(),
+        };
         Some(RoutingModel {
             rules: RuleSet {
                 versions,
@@ -406,6 +410,7 @@ impl Compiler {
                 channels: channels?,
                 channel_page,
                 address_api: address_api?,
+                passing_cookies,
             },
             services,
         })

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 
 use super::{header_value, is_name, At, Compiler};
+use crate::facts::identity::{Identity, Source};
 use crate::facts::VersionId;
-use crate::rules::model::Version;
+use crate::rules::model::{ChannelSettings, CookiePolicy, Version};
 use crate::rules::raw::RawVersion;
 
 impl Compiler {
@@ -38,13 +39,25 @@ impl Compiler {
                 description,
                 selectable,
                 restricted,
+                cookies,
             } = v;
+            let cookies = match cookies.as_deref() {
+                None => CookiePolicy::Shared,
+                Some(text) => CookiePolicy::parse(text, name).unwrap_or_else(|| {
+                    self.error(
+                        at,
+                        format!("version \"{name}\": cookies: \"{text}\" is neither isolated nor shared"),
+                    );
+                    CookiePolicy::Shared
+                }),
+            };
             versions.push(Version {
                 name: Arc::from(name.as_str()),
                 header_value: header_value(name),
                 description: description.unwrap_or_default(),
                 selectable,
                 restricted,
+                cookies,
             });
         }
         if versions.len() > u16::MAX as usize {
@@ -52,6 +65,23 @@ impl Compiler {
             self.error(&at, "versions: too many".into());
         }
         versions
+    }
+
+    /// The cookies that pass to every version unchanged (SPEC section 15): the channel
+    /// cookie and the identity cookies, each name once.
+    pub(super) fn passing_cookies(
+        channels: &ChannelSettings,
+        identity: &Identity,
+    ) -> Vec<Box<str>> {
+        let mut names: Vec<Box<str>> = vec![channels.cookie.clone()];
+        for source in identity.uid.iter().chain(&identity.tier.sources) {
+            if let Source::Cookie(name) = source {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+        names
     }
 
     /// The version that serves when no rule decides.
@@ -75,7 +105,60 @@ impl Compiler {
 
 #[cfg(test)]
 mod tests {
-    use crate::rules::testing::diagnostics;
+    use crate::rules::model::CookiePolicy;
+    use crate::rules::testing::{diagnostics, model};
+
+    const SERVICES: &str = "default: stable\nservices:\n  web:\n    hosts: [\"*\"]\n    groups: { stable: { peers: [\"127.0.0.1:1\"] } }\n";
+
+    #[test]
+    fn cookie_policies() {
+        let rules = model(&format!(
+            "versions:\n  stable: {{}}\n  beta: {{ cookies: shared }}\n  dev-eu_2: {{ selectable: true, restricted: true, cookies: isolated }}\n{SERVICES}"
+        ))
+        .rules;
+        let policies: Vec<&CookiePolicy> = rules.versions.iter().map(|v| &v.cookies).collect();
+        assert_eq!(
+            policies,
+            [
+                &CookiePolicy::Shared,
+                &CookiePolicy::Shared,
+                &CookiePolicy::Isolated {
+                    namespace: "gg.dev-eu_2.".into()
+                },
+            ]
+        );
+        assert_eq!(
+            diagnostics(&format!(
+                "versions:\n  stable: {{}}\n  dev: {{ cookies: separate }}\n  qa: {{ cookies: Isolated }}\n  ops: {{ cookies: [isolated] }}\n  ci: {{ cookie: isolated }}\n{SERVICES}"
+            )),
+            vec![
+                "rules.yaml:3: error: version \"dev\": cookies: \"separate\" is neither isolated nor shared",
+                "rules.yaml:4: error: version \"qa\": cookies: \"Isolated\" is neither isolated nor shared",
+                "rules.yaml:5: error: version \"ops\": invalid type: sequence, expected a string",
+                "rules.yaml:6: error: version \"ci\": unknown field `cookie`, expected one of `description`, `selectable`, `restricted`, `cookies`",
+            ]
+        );
+    }
+
+    fn names(names: &[Box<str>]) -> Vec<&str> {
+        names.iter().map(|n| &**n).collect()
+    }
+
+    #[test]
+    fn passing_cookies_are_the_channel_and_identity_cookies() {
+        let rules = model(&format!("versions: {{ stable: {{}} }}\n{SERVICES}")).rules;
+        // The default identity reads the uid from cookie:uid, header:X-User-Id, query:uid.
+        assert_eq!(names(&rules.passing_cookies), ["gg_channel", "uid"]);
+        let rules = model(&format!(
+            "versions: {{ stable: {{}} }}\n{SERVICES}channels: {{ cookie: gg_ch }}\n\
+             identity:\n  uid: [header:X-User-Id, cookie:user, cookie:uid]\n  tier: {{ sources: [cookie:plan, cookie:user, query:tier] }}\n"
+        ))
+        .rules;
+        assert_eq!(
+            names(&rules.passing_cookies),
+            ["gg_ch", "user", "uid", "plan"]
+        );
+    }
 
     #[test]
     fn missing_default_and_default_group() {
