@@ -1,6 +1,6 @@
 //! The compiled routing model: what the request path reads.
 //!
-//! Everything here is built once per rule-set generation by [`super::compile`]: names are
+//! Everything here is built once per rule-set generation by [`compile`](mod@super::compile): names are
 //! resolved to indices, regexes compiled, CIDRs parsed, split buckets laid out. Nothing on
 //! the request path parses or allocates to evaluate it.
 

@@ -1,6 +1,6 @@
 //! The rules files as written: serde types with unknown keys rejected.
 //!
-//! These types never reach the request path; [`super::compile`] validates them and builds
+//! These types never reach the request path; [`compile`](mod@super::compile) validates them and builds
 //! the [`super::model`]. Sections are parsed item by item (one rule, one service, one group
 //! at a time) so that one bad item does not hide the errors of the next.
 
