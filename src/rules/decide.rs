@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::facts::bucket::{ip_text, scale, split_hash};
 use crate::facts::VersionId;
 use crate::facts::{Assigned, Facts};
+use crate::rules::matcher::Shown;
 use crate::rules::model::{Action, Condition, RuleSet, Split, SplitKey, ValueMatch};
 
 /// Why a version was decided.
@@ -149,6 +150,10 @@ fn needs(condition: &Condition, facts: &Facts) -> Option<Missing> {
     match condition {
         Condition::Tier(_) if facts.tier_unresolved => Some(Missing::Tier),
         Condition::Internal(_) if facts.internal_unresolved => Some(Missing::Internal),
+        // Inside a combinator every inner fact is asked for: more lookups than the shortest
+        // evaluation might need, never a decision on a fact not yet known.
+        Condition::Not(inner) => inner.iter().find_map(|c| needs(c, facts)),
+        Condition::Any(sets) => sets.iter().flatten().find_map(|c| needs(c, facts)),
         _ => None,
     }
 }
@@ -333,18 +338,8 @@ pub fn holds(condition: &Condition, facts: &Facts) -> bool {
         Condition::Internal(wanted) => facts.internal == *wanted,
         Condition::Channel(None) => facts.channel.is_some(),
         Condition::Channel(Some(versions)) => facts.channel.is_some_and(|v| versions.contains(&v)),
-    }
-}
-
-struct Shown<'a>(Option<&'a str>);
-
-impl fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(v) if v.len() > 64 => write!(f, "\"{}...\"", &v[..v.floor_char_boundary(64)]),
-            Some(v) => write!(f, "\"{v}\""),
-            None => f.write_str("absent"),
-        }
+        Condition::Not(inner) => !inner.iter().all(|c| holds(c, facts)),
+        Condition::Any(sets) => sets.iter().any(|set| set.iter().all(|c| holds(c, facts))),
     }
 }
 
@@ -353,11 +348,48 @@ fn describe_pairs<'a>(
     pairs: impl Iterator<Item = (&'a str, &'a ValueMatch, Option<String>)>,
 ) -> String {
     for (name, m, value) in pairs {
-        if !m.matches(value.as_deref()) {
-            return format!("{kind} {name} is {}", Shown(value.as_deref()));
+        if let Some(why) = m.why_not(value.as_deref()) {
+            return format!("{kind} {name} {why}");
         }
     }
     format!("{kind} did not match")
+}
+
+/// The name of a condition, for saying which inner ones held.
+fn label(condition: &Condition) -> String {
+    let names = |names: Vec<&str>| names.join(", ");
+    match condition {
+        Condition::Host(_) => "host".into(),
+        Condition::PathPrefix(_) => "path_prefix".into(),
+        Condition::PathRegex(_) => "path_regex".into(),
+        Condition::Method(_) => "method".into(),
+        Condition::Header(pairs) => {
+            format!(
+                "header {}",
+                names(pairs.iter().map(|(n, _)| n.as_str()).collect())
+            )
+        }
+        Condition::Cookie(pairs) => {
+            format!(
+                "cookie {}",
+                names(pairs.iter().map(|(n, _)| &**n).collect())
+            )
+        }
+        Condition::Query(pairs) => {
+            format!("query {}", names(pairs.iter().map(|(n, _)| &**n).collect()))
+        }
+        Condition::ClientIp(_) => "client_ip".into(),
+        Condition::UidTail(_) => "uid_tail".into(),
+        Condition::UidSuffix(_) => "uid_suffix".into(),
+        Condition::UidIn(_) => "uid_in".into(),
+        Condition::UidRange(..) => "uid_range".into(),
+        Condition::HasUid(_) => "has_uid".into(),
+        Condition::Tier(_) => "tier".into(),
+        Condition::Internal(_) => "internal".into(),
+        Condition::Channel(_) => "channel".into(),
+        Condition::Not(_) => "not".into(),
+        Condition::Any(_) => "any".into(),
+    }
 }
 
 /// Why a condition did not hold, in words.
@@ -422,6 +454,21 @@ pub fn describe_miss(condition: &Condition, facts: &Facts) -> String {
             } else {
                 "internal: false, but the user is internal".into()
             }
+        }
+        Condition::Not(inner) => format!(
+            "not: every inner condition holds ({})",
+            inner.iter().map(label).collect::<Vec<_>>().join("; ")
+        ),
+        Condition::Any(sets) => {
+            let misses: Vec<String> = sets
+                .iter()
+                .enumerate()
+                .filter_map(|(i, set)| {
+                    let miss = set.iter().find(|c| !holds(c, facts))?;
+                    Some(format!("#{}: {}", i + 1, describe_miss(miss, facts)))
+                })
+                .collect();
+            format!("any: no set holds ({})", misses.join("; "))
         }
     }
 }
