@@ -235,7 +235,7 @@ fn evaluate(rules: &RuleSet, facts: &Facts, trace: &mut impl Trace) -> Result<De
         }
         trace.record(&rule.name, || {
             let name = &rules.version(version).name;
-            Outcome::Decided(match (reason, &rule.action) {
+            let mut why = match (reason, &rule.action) {
                 (Reason::Split { point }, Action::Split(split)) => format!(
                     "{name}: {} fell at {point} of [0, {})",
                     key_name(&split.by),
@@ -244,7 +244,11 @@ fn evaluate(rules: &RuleSet, facts: &Facts, trace: &mut impl Trace) -> Result<De
                 (Reason::Assigned, _) => format!("{name}: the stored assignment"),
                 (Reason::Channel, _) => format!("{name}: the channel cookie"),
                 _ => name.to_string(),
-            })
+            };
+            for held in rule.conditions.iter().filter_map(|c| held_set(c, facts)) {
+                why.push_str(&format!(" ({held})"));
+            }
+            Outcome::Decided(why)
         });
         return Ok(Decision {
             version,
@@ -353,6 +357,17 @@ fn describe_pairs<'a>(
         }
     }
     format!("{kind} did not match")
+}
+
+/// For an `any` that held, which set decided it: `any #2 holds`.
+fn held_set(condition: &Condition, facts: &Facts) -> Option<String> {
+    let Condition::Any(sets) = condition else {
+        return None;
+    };
+    let i = sets
+        .iter()
+        .position(|set| set.iter().all(|c| holds(c, facts)))?;
+    Some(format!("any #{} holds", i + 1))
 }
 
 /// The name of a condition, for saying which inner ones held.
@@ -1046,6 +1061,23 @@ services:
         for (rules, headers, path, why) in cases {
             assert_eq!(explained(rules, headers, path), why, "{rules}");
         }
+        let model = model(&format!("{BASE}rules:\n  - {{ name: a, when: {{ any: [ {{ header: {{ X-Beta: \"1\" }} }}, {{ cookie: {{ beta: \"1\" }} }} ] }}, version: canary }}\n"));
+        let mut headers = HeaderMap::new();
+        headers.insert("cookie", HeaderValue::from_static("beta=1"));
+        let view = RequestView {
+            method: &Method::GET,
+            host: "h",
+            path: "/",
+            query: None,
+            headers: &headers,
+            client_ip: None,
+            arrival: Default::default(),
+        };
+        let facts = Facts::gather(&model.rules.identity, view);
+        assert_eq!(
+            explain(&model.rules, &facts).unwrap().steps[0].outcome,
+            Outcome::Decided("canary (any #2 holds)".into())
+        );
     }
 
     #[test]
