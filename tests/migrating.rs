@@ -64,6 +64,46 @@ fn every_example_passes_graygate_check() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Every YAML block of docs/migrating.md is copied from one of the example files.
+#[test]
+fn the_guide_shows_the_checked_files() {
+    let guide = std::fs::read_to_string(example("../migrating.md")).unwrap();
+    let files: Vec<String> = FILES
+        .iter()
+        .map(|f| std::fs::read_to_string(example(f)).unwrap())
+        .collect();
+    let blocks: Vec<&str> = guide
+        .split("```yaml\n")
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap())
+        .collect();
+    assert_eq!(blocks.len(), 7);
+    for block in blocks {
+        assert!(
+            files.iter().any(|f| f.contains(block)),
+            "not in any docs/migrating file:\n{block}"
+        );
+    }
+}
+
+/// The README's matcher example compiles as written.
+#[test]
+fn the_readme_matcher_example_compiles() {
+    let readme = std::fs::read_to_string(example("../../README.md")).unwrap();
+    let block = readme
+        .split("```yaml\n")
+        .find(|b| b.contains("app-5.2-and-later"))
+        .and_then(|b| b.split("```").next())
+        .expect("the README has the matcher example");
+    let text = format!("versions: {{ stable: {{}}, canary: {{}} }}\ndefault: stable\nservices:\n  web:\n    hosts: [\"*\"]\n    groups: {{ stable: {{ peers: [\"127.0.0.1:1\"] }} }}\n{block}");
+    let loaded = graygate::rules::compile(&[graygate::rules::RuleSource {
+        path: "README.md".into(),
+        text,
+    }])
+    .unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(loaded.model.rules.rules.len(), 1);
+}
+
 /// One request: path, query, headers, client address.
 struct Req<'a> {
     path: &'a str,
