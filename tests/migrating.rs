@@ -86,6 +86,52 @@ fn the_guide_shows_the_checked_files() {
     }
 }
 
+/// `graygate explain` names the matcher that failed and the value, and why no `any` set held.
+#[test]
+fn explain_names_the_failing_matcher() {
+    let dir = std::env::temp_dir().join(format!("graygate-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("apisix.conf.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: [\"127.0.0.1:0\"]\nrules: {}\n",
+            example("apisix.yaml").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_graygate"))
+        .args([
+            "explain",
+            "-c",
+            conf.to_str().unwrap(),
+            "--path",
+            "/?name=jack",
+        ])
+        .args(["--header", "User-Id: 23", "--header", "Apisix-Key: hello"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run graygate");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
+    assert!(
+        lines.contains(
+            &"1. no match    match-vars               header user-id \"23\" is not above 23"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        lines.contains(&"2. no match    operators                any: no set holds (#1: header x-region is absent; #2: header x-build is absent; #3: cookie plan is absent)"),
+        "{stdout}"
+    );
+}
+
 /// The README's matcher example compiles as written.
 #[test]
 fn the_readme_matcher_example_compiles() {
