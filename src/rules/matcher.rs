@@ -173,7 +173,7 @@ impl Matcher {
             Matcher::Suffix(s) => format!("{v} does not end with \"{s}\""),
             Matcher::Contains(c) => format!("{v} does not contain \"{c}\""),
             Matcher::In(values) => format!("{v} is not in [{}]", values.join(", ")),
-            Matcher::Number(bound) if parse_number(value).is_none() => {
+            Matcher::Number(_) if parse_number(value).is_none() => {
                 format!("{v} is not a number")
             }
             Matcher::Version(bound) if compare_version(value, &bound.value).is_none() => {

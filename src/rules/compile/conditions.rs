@@ -375,16 +375,16 @@ impl Compiler {
             };
             match key.as_str() {
                 "regex" => {
-                    let patterns: Vec<String> = match &value {
+                    let patterns: Option<Vec<String>> = match &value {
                         serde_yaml::Value::Sequence(items) => {
-                            items.iter().filter_map(scalar_text).collect()
+                            items.iter().map(scalar_text).collect()
                         }
-                        v => scalar_text(v).into_iter().collect(),
+                        v => scalar_text(v).map(|p| vec![p]),
                     };
-                    if patterns.is_empty() {
+                    let Some(patterns) = patterns.filter(|p| !p.is_empty()) else {
                         self.error(&a, format!("{subject}: regex needs a pattern or a list of patterns"));
                         continue;
-                    }
+                    };
                     let label = format!("{subject}: regex");
                     if let Some(set) = self.regex_set(&a, &label, &patterns) {
                         matchers.push(Matcher::Regex(set));
@@ -652,6 +652,8 @@ mod tests {
         let cases: Vec<(&str, usize, String)> = vec![
             ("      header:\n        X-A: { regexp: x }\n", 12, format!("header X-A: unknown matcher \"regexp\"; the matchers are {MATCHERS}")),
             ("      header:\n        X-A: { regex: [\"^ok\", \"(\"] }\n", 12, "header X-A: regex \"(\" is invalid: unclosed group".into()),
+            ("      header:\n        X-A: { regex: [\"^a\", { b: 1 }] }\n", 12, "header X-A: regex needs a pattern or a list of patterns".into()),
+            ("      header:\n        X-A: { regex: [] }\n", 12, "header X-A: regex needs a pattern or a list of patterns".into()),
             ("      header:\n        X-A: {}\n", 12, format!("header X-A: the matcher map is empty; the matchers are {MATCHERS}")),
             ("      cookie:\n        a: { in: [] }\n", 12, "cookie a: in is empty, so no value matches".into()),
             ("      cookie:\n        a: { gte: 2000, lt: 1200 }\n", 12, "cookie a: gte 2000 and lt 1200 leave no value that matches".into()),
