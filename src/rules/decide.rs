@@ -152,8 +152,8 @@ fn needs(condition: &Condition, facts: &Facts) -> Option<Missing> {
         Condition::Internal(_) if facts.internal_unresolved => Some(Missing::Internal),
         // Inside a combinator every inner fact is asked for: more lookups than the shortest
         // evaluation might need, never a decision on a fact not yet known.
-        Condition::Not(inner) => inner.iter().find_map(|c| needs(c, facts)),
-        Condition::Any(sets) => sets.iter().flatten().find_map(|c| needs(c, facts)),
+        Condition::Not(inner) => needs_nested(inner.iter(), facts),
+        Condition::Any(sets) => needs_nested(sets.iter().flatten(), facts),
         _ => None,
     }
 }
@@ -342,9 +342,25 @@ pub fn holds(condition: &Condition, facts: &Facts) -> bool {
         Condition::Internal(wanted) => facts.internal == *wanted,
         Condition::Channel(None) => facts.channel.is_some(),
         Condition::Channel(Some(versions)) => facts.channel.is_some_and(|v| versions.contains(&v)),
-        Condition::Not(inner) => !inner.iter().all(|c| holds(c, facts)),
-        Condition::Any(sets) => sets.iter().any(|set| set.iter().all(|c| holds(c, facts))),
+        Condition::Not(inner) => !holds_all(inner, facts),
+        Condition::Any(sets) => sets.iter().any(|set| holds_all(set, facts)),
     }
+}
+
+/// Whether every condition of an inner set holds. Kept out of line so that the recursion
+/// through `not` and `any` does not stop [`holds`] from being inlined into the rule loop.
+#[inline(never)]
+fn holds_all(conditions: &[Condition], facts: &Facts) -> bool {
+    conditions.iter().all(|c| holds(c, facts))
+}
+
+/// The first store fact an inner condition needs; out of line like [`holds_all`].
+#[inline(never)]
+fn needs_nested<'c>(
+    mut conditions: impl Iterator<Item = &'c Condition>,
+    facts: &Facts,
+) -> Option<Missing> {
+    conditions.find_map(|c| needs(c, facts))
 }
 
 fn describe_pairs<'a>(
