@@ -10,6 +10,11 @@
 //! - `gather+decide`: both, for requests cycling through 10,000 uids (most decided by the
 //!   rules near the end, a few by splits and tails), what `request_filter` pays per request.
 //!
+//! A second group, `matchers`, measures `decide` on a one-rule set for each value matcher and
+//! combinator of SPEC section 16 (`regex`, a four-pattern `regex` set, `prefix`, `suffix`,
+//! `contains`, `in`, a numeric range, a version range, a value that is not a version,
+//! `absent`, `not`, `any`), on a request the rule matches (but `version-not-a-version`).
+//!
 //! The rules use every kind of condition a request can be tested on (host, path prefix and
 //! regex, method, header, cookie, query, client address, uid tail, suffix, list and range,
 //! tier, internal) and splits by uid and client address; none needs the assignment store, so
@@ -158,5 +163,60 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// One rule `m` with `when` deciding canary, after the usual head.
+fn one_rule(when: &str) -> graygate::rules::model::RuleSet {
+    let text = format!(
+        "versions: {{ stable: {{}}, canary: {{}} }}\ndefault: stable\nservices:\n  web:\n    hosts: [\"*\"]\n    groups: {{ stable: {{ peers: [\"127.0.0.1:18001\"] }} }}\nrules:\n  - {{ name: m, when: {when}, version: canary }}\n"
+    );
+    compile(&[RuleSource {
+        path: "bench-matchers.yaml".into(),
+        text,
+    }])
+    .unwrap_or_else(|d| panic!("the matcher bench rules do not compile:\n{d}"))
+    .model
+    .rules
+}
+
+fn matchers(c: &mut Criterion) {
+    let mut h = headers("4567", "trial");
+    h.insert("x-app-version", HeaderValue::from_static("5.10.3"));
+    h.insert("x-tester", HeaderValue::from_static("tester-42"));
+    h.insert("x-build", HeaderValue::from_static("1500"));
+    h.insert("x-odd-version", HeaderValue::from_static("v5.10.3"));
+    let view = RequestView {
+        method: &GET,
+        host: "www.example.com",
+        path: "/products/42",
+        query: Some("page=2&sort=desc"),
+        headers: &h,
+        client_ip: "203.0.113.7".parse().ok(),
+        arrival: Default::default(),
+    };
+    let cases: &[(&str, &str, bool)] = &[
+        ("regex", "{ header: { X-Tester: { regex: \"^(qa|tester)-\" } } }", true),
+        ("regex-set-4", "{ header: { X-Tester: { regex: [\"^qa-\", \"^dev-\", \"^ops-\", \"^tester-\"] } } }", true),
+        ("prefix", "{ cookie: { theme: { prefix: da } } }", true),
+        ("suffix", "{ cookie: { sid: { suffix: 4e5f } } }", true),
+        ("contains", "{ header: { User-Agent: { contains: Firefox } } }", true),
+        ("in", "{ cookie: { theme: { in: [light, dark, contrast] } } }", true),
+        ("number-range", "{ header: { X-Build: { gte: 1200, lt: 2000 } } }", true),
+        ("version-range", "{ header: { X-App-Version: { version_gte: \"5.2\", version_lt: \"6\" } } }", true),
+        ("version-not-a-version", "{ header: { X-Odd-Version: { version_gte: \"5.2\" } } }", false),
+        ("absent", "{ cookie: { legacy: { absent: true } } }", true),
+        ("not", "{ not: { path_prefix: /admin } }", true),
+        ("any", "{ any: [ { header: { X-Beta: \"1\" } }, { cookie: { beta: \"1\" } }, { header: { X-Tester: { prefix: tester- } } } ] }", true),
+    ];
+    let mut group = c.benchmark_group("matchers");
+    group.throughput(Throughput::Elements(1));
+    for (name, when, matches) in cases {
+        let rules = one_rule(when);
+        let facts = Facts::gather(&rules.identity, view);
+        let decision = decide(&rules, &facts).expect("no store facts");
+        assert_eq!(decision.rule.is_some(), *matches, "{name}: {when}");
+        group.bench_function(*name, |b| b.iter(|| decide(&rules, black_box(&facts))));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, matchers);
 criterion_main!(benches);

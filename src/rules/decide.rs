@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::facts::bucket::{ip_text, scale, split_hash};
 use crate::facts::VersionId;
 use crate::facts::{Assigned, Facts};
+use crate::rules::matcher::Shown;
 use crate::rules::model::{Action, Condition, RuleSet, Split, SplitKey, ValueMatch};
 
 /// Why a version was decided.
@@ -149,6 +150,10 @@ fn needs(condition: &Condition, facts: &Facts) -> Option<Missing> {
     match condition {
         Condition::Tier(_) if facts.tier_unresolved => Some(Missing::Tier),
         Condition::Internal(_) if facts.internal_unresolved => Some(Missing::Internal),
+        // Inside a combinator every inner fact is asked for: more lookups than the shortest
+        // evaluation might need, never a decision on a fact not yet known.
+        Condition::Not(inner) => needs_nested(inner.iter(), facts),
+        Condition::Any(sets) => needs_nested(sets.iter().flatten(), facts),
         _ => None,
     }
 }
@@ -230,7 +235,7 @@ fn evaluate(rules: &RuleSet, facts: &Facts, trace: &mut impl Trace) -> Result<De
         }
         trace.record(&rule.name, || {
             let name = &rules.version(version).name;
-            Outcome::Decided(match (reason, &rule.action) {
+            let mut why = match (reason, &rule.action) {
                 (Reason::Split { point }, Action::Split(split)) => format!(
                     "{name}: {} fell at {point} of [0, {})",
                     key_name(&split.by),
@@ -239,7 +244,11 @@ fn evaluate(rules: &RuleSet, facts: &Facts, trace: &mut impl Trace) -> Result<De
                 (Reason::Assigned, _) => format!("{name}: the stored assignment"),
                 (Reason::Channel, _) => format!("{name}: the channel cookie"),
                 _ => name.to_string(),
-            })
+            };
+            for held in rule.conditions.iter().filter_map(|c| held_set(c, facts)) {
+                why.push_str(&format!(" ({held})"));
+            }
+            Outcome::Decided(why)
         });
         return Ok(Decision {
             version,
@@ -333,19 +342,25 @@ pub fn holds(condition: &Condition, facts: &Facts) -> bool {
         Condition::Internal(wanted) => facts.internal == *wanted,
         Condition::Channel(None) => facts.channel.is_some(),
         Condition::Channel(Some(versions)) => facts.channel.is_some_and(|v| versions.contains(&v)),
+        Condition::Not(inner) => !holds_all(inner, facts),
+        Condition::Any(sets) => sets.iter().any(|set| holds_all(set, facts)),
     }
 }
 
-struct Shown<'a>(Option<&'a str>);
+/// Whether every condition of an inner set holds. Kept out of line so that the recursion
+/// through `not` and `any` does not stop [`holds`] from being inlined into the rule loop.
+#[inline(never)]
+fn holds_all(conditions: &[Condition], facts: &Facts) -> bool {
+    conditions.iter().all(|c| holds(c, facts))
+}
 
-impl fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(v) if v.len() > 64 => write!(f, "\"{}...\"", &v[..v.floor_char_boundary(64)]),
-            Some(v) => write!(f, "\"{v}\""),
-            None => f.write_str("absent"),
-        }
-    }
+/// The first store fact an inner condition needs; out of line like [`holds_all`].
+#[inline(never)]
+fn needs_nested<'c>(
+    mut conditions: impl Iterator<Item = &'c Condition>,
+    facts: &Facts,
+) -> Option<Missing> {
+    conditions.find_map(|c| needs(c, facts))
 }
 
 fn describe_pairs<'a>(
@@ -353,11 +368,59 @@ fn describe_pairs<'a>(
     pairs: impl Iterator<Item = (&'a str, &'a ValueMatch, Option<String>)>,
 ) -> String {
     for (name, m, value) in pairs {
-        if !m.matches(value.as_deref()) {
-            return format!("{kind} {name} is {}", Shown(value.as_deref()));
+        if let Some(why) = m.why_not(value.as_deref()) {
+            return format!("{kind} {name} {why}");
         }
     }
     format!("{kind} did not match")
+}
+
+/// For an `any` that held, which set decided it: `any #2 holds`.
+fn held_set(condition: &Condition, facts: &Facts) -> Option<String> {
+    let Condition::Any(sets) = condition else {
+        return None;
+    };
+    let i = sets
+        .iter()
+        .position(|set| set.iter().all(|c| holds(c, facts)))?;
+    Some(format!("any #{} holds", i + 1))
+}
+
+/// The name of a condition, for saying which inner ones held.
+fn label(condition: &Condition) -> String {
+    let names = |names: Vec<&str>| names.join(", ");
+    match condition {
+        Condition::Host(_) => "host".into(),
+        Condition::PathPrefix(_) => "path_prefix".into(),
+        Condition::PathRegex(_) => "path_regex".into(),
+        Condition::Method(_) => "method".into(),
+        Condition::Header(pairs) => {
+            format!(
+                "header {}",
+                names(pairs.iter().map(|(n, _)| n.as_str()).collect())
+            )
+        }
+        Condition::Cookie(pairs) => {
+            format!(
+                "cookie {}",
+                names(pairs.iter().map(|(n, _)| &**n).collect())
+            )
+        }
+        Condition::Query(pairs) => {
+            format!("query {}", names(pairs.iter().map(|(n, _)| &**n).collect()))
+        }
+        Condition::ClientIp(_) => "client_ip".into(),
+        Condition::UidTail(_) => "uid_tail".into(),
+        Condition::UidSuffix(_) => "uid_suffix".into(),
+        Condition::UidIn(_) => "uid_in".into(),
+        Condition::UidRange(..) => "uid_range".into(),
+        Condition::HasUid(_) => "has_uid".into(),
+        Condition::Tier(_) => "tier".into(),
+        Condition::Internal(_) => "internal".into(),
+        Condition::Channel(_) => "channel".into(),
+        Condition::Not(_) => "not".into(),
+        Condition::Any(_) => "any".into(),
+    }
 }
 
 /// Why a condition did not hold, in words.
@@ -422,6 +485,21 @@ pub fn describe_miss(condition: &Condition, facts: &Facts) -> String {
             } else {
                 "internal: false, but the user is internal".into()
             }
+        }
+        Condition::Not(inner) => format!(
+            "not: every inner condition holds ({})",
+            inner.iter().map(label).collect::<Vec<_>>().join("; ")
+        ),
+        Condition::Any(sets) => {
+            let misses: Vec<String> = sets
+                .iter()
+                .enumerate()
+                .filter_map(|(i, set)| {
+                    let miss = set.iter().find(|c| !holds(c, facts))?;
+                    Some(format!("#{}: {}", i + 1, describe_miss(miss, facts)))
+                })
+                .collect();
+            format!("any: no set holds ({})", misses.join("; "))
         }
     }
 }
@@ -702,6 +780,320 @@ services:
             };
             assert_eq!(run(&when(conditions), &req), expected, "when: {conditions}");
         }
+    }
+
+    #[test]
+    fn value_matchers_and_combinators() {
+        let hdr = |h: &'static [(&'static str, &'static str)]| Req { headers: h, ..GET };
+        let app = |v: &'static str| -> Req {
+            let headers: &'static [(&'static str, &'static str)] =
+                Box::leak(Box::new([("x-app-version", v)]));
+            Req { headers, ..GET }
+        };
+        let version = "{ header: { X-App-Version: { version_gte: \"5.2\", version_lt: \"6\" } } }";
+        let build = "{ header: { X-App-Version: { gte: 1200, lt: 2000 } } }";
+        let cases: Vec<(&str, Req, bool)> = vec![
+            (
+                "{ header: { X-T: { regex: \"^(qa|tester)-\" } } }",
+                hdr(&[("x-t", "qa-7")]),
+                true,
+            ),
+            (
+                "{ header: { X-T: { regex: \"^(qa|tester)-\" } } }",
+                hdr(&[("x-t", "xqa-7")]),
+                false,
+            ),
+            // Unanchored unless written so.
+            (
+                "{ header: { X-T: { regex: \"qa\" } } }",
+                hdr(&[("x-t", "xqa-7")]),
+                true,
+            ),
+            (
+                "{ header: { X-T: { regex: [\"^a\", \"^b\"] } } }",
+                hdr(&[("x-t", "b1")]),
+                true,
+            ),
+            (
+                "{ header: { X-T: { regex: [\"^a\", \"^b\"] } } }",
+                hdr(&[("x-t", "c1")]),
+                false,
+            ),
+            ("{ header: { X-T: { regex: \".*\" } } }", GET, false),
+            (
+                "{ cookie: { plan: { prefix: pro- } } }",
+                hdr(&[("cookie", "plan=pro-y")]),
+                true,
+            ),
+            (
+                "{ cookie: { plan: { prefix: pro- } } }",
+                hdr(&[("cookie", "plan=basic")]),
+                false,
+            ),
+            (
+                "{ cookie: { plan: { suffix: -y } } }",
+                hdr(&[("cookie", "plan=pro-y")]),
+                true,
+            ),
+            (
+                "{ cookie: { plan: { suffix: -y } } }",
+                hdr(&[("cookie", "plan=pro-m")]),
+                false,
+            ),
+            (
+                "{ cookie: { plan: { contains: o-y } } }",
+                hdr(&[("cookie", "plan=pro-y")]),
+                true,
+            ),
+            (
+                "{ cookie: { plan: { contains: o-y } } }",
+                hdr(&[("cookie", "plan=pro")]),
+                false,
+            ),
+            (
+                "{ cookie: { region: { in: [eu, us] } } }",
+                hdr(&[("cookie", "region=us")]),
+                true,
+            ),
+            (
+                "{ cookie: { region: { in: [eu, us] } } }",
+                hdr(&[("cookie", "region=ap")]),
+                false,
+            ),
+            ("{ cookie: { legacy: { absent: true } } }", GET, true),
+            (
+                "{ cookie: { legacy: { absent: true } } }",
+                hdr(&[("cookie", "legacy=1")]),
+                false,
+            ),
+            (version, app("5.2"), true),
+            (version, app("5.2.0"), true),
+            (version, app("5.10"), true),
+            (version, app("5.9.9"), true),
+            (version, app("5.1.9"), false),
+            (version, app("6"), false),
+            (version, app("6.0.1"), false),
+            (version, app("5..2"), false),
+            (version, app("v5.2"), false),
+            (version, app(""), false),
+            (version, GET, false),
+            (build, app("1200"), true),
+            (build, app("1999.99"), true),
+            (build, app("2000"), false),
+            (build, app("1199"), false),
+            (build, app("+1300"), false),
+            (build, app("1.3e3"), false),
+            (build, app("13e2"), false),
+            (
+                "{ query: { n: { gt: -5, lte: 0 } } }",
+                Req {
+                    query: Some("n=-1"),
+                    ..GET
+                },
+                true,
+            ),
+            (
+                "{ query: { n: { gt: -5, lte: 0 } } }",
+                Req {
+                    query: Some("n=-5"),
+                    ..GET
+                },
+                false,
+            ),
+            (
+                "{ query: { n: { gt: -5, lte: 0 } } }",
+                Req {
+                    query: Some("n=%2D1"),
+                    ..GET
+                },
+                true,
+            ),
+            // The first value of a repeated header counts.
+            (
+                version,
+                hdr(&[("x-app-version", "5.3"), ("x-app-version", "4.0")]),
+                true,
+            ),
+            (
+                version,
+                hdr(&[("x-app-version", "4.0"), ("x-app-version", "5.3")]),
+                false,
+            ),
+            ("{ not: { path_prefix: /admin } }", GET, true),
+            (
+                "{ not: { path_prefix: /admin } }",
+                Req {
+                    path: "/admin/x",
+                    ..GET
+                },
+                false,
+            ),
+            (
+                "{ not: { path_prefix: /admin, method: POST } }",
+                Req {
+                    path: "/admin/x",
+                    ..GET
+                },
+                true,
+            ),
+            (
+                "{ any: [ { header: { X-Beta: \"1\" } }, { cookie: { beta: \"1\" } } ] }",
+                hdr(&[("x-beta", "1")]),
+                true,
+            ),
+            (
+                "{ any: [ { header: { X-Beta: \"1\" } }, { cookie: { beta: \"1\" } } ] }",
+                hdr(&[("cookie", "beta=1")]),
+                true,
+            ),
+            (
+                "{ any: [ { header: { X-Beta: \"1\" } }, { cookie: { beta: \"1\" } } ] }",
+                hdr(&[("cookie", "beta=2")]),
+                false,
+            ),
+            (
+                "{ any: [ { not: { any: [ { path_prefix: /a }, { path_prefix: /b } ] } } ] }",
+                Req { path: "/c", ..GET },
+                true,
+            ),
+            (
+                "{ any: [ { not: { any: [ { path_prefix: /a }, { path_prefix: /b } ] } } ] }",
+                Req { path: "/b", ..GET },
+                false,
+            ),
+        ];
+        for (conditions, req, matches) in cases {
+            let expected = if matches {
+                ("canary".to_string(), "r".to_string())
+            } else {
+                ("stable".to_string(), "default".to_string())
+            };
+            assert_eq!(
+                run(&when(conditions), &req),
+                expected,
+                "when: {conditions} on {:?} {:?}",
+                req.headers,
+                req.query
+            );
+        }
+    }
+
+    /// A value over 4 KB and a header that is not visible ASCII are absent.
+    #[test]
+    fn over_long_and_non_ascii_values_are_absent() {
+        let model = model(&format!(
+            "{BASE}rules:\n  - {{ name: present, when: {{ header: {{ X-A: \"*\" }}, cookie: {{ c: \"*\" }} }}, version: canary }}\n  - {{ name: gone, when: {{ header: {{ X-A: {{ absent: true }} }} }}, version: dev }}\n"
+        ));
+        let decided = |value: HeaderValue, cookie: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-a", value);
+            headers.insert("cookie", HeaderValue::from_str(cookie).unwrap());
+            headers.insert("x-user-id", HeaderValue::from_static("1"));
+            let view = RequestView {
+                method: &Method::GET,
+                host: "h",
+                path: "/",
+                query: None,
+                headers: &headers,
+                client_ip: None,
+                arrival: Default::default(),
+            };
+            let facts = Facts::gather(&model.rules.identity, view);
+            decide(&model.rules, &facts)
+                .unwrap()
+                .rule_name(&model.rules)
+                .to_string()
+        };
+        let ok = HeaderValue::from_static("v");
+        assert_eq!(decided(ok.clone(), "c=1"), "present");
+        let long = "x".repeat(4097);
+        assert_eq!(
+            decided(HeaderValue::from_str(&long).unwrap(), "c=1"),
+            "gone"
+        );
+        assert_eq!(
+            decided(HeaderValue::from_str(&long[1..]).unwrap(), "c=1"),
+            "present"
+        );
+        let utf8 = HeaderValue::from_bytes("café".as_bytes()).unwrap();
+        assert_eq!(decided(utf8, "c=1"), "gone");
+        let latin1 = HeaderValue::from_bytes(b"caf\xe9").unwrap();
+        assert_eq!(decided(latin1, "c=1"), "gone");
+        assert_eq!(decided(ok.clone(), &format!("c={long}")), "default");
+        assert_eq!(decided(ok, &format!("c={}", &long[1..])), "present");
+    }
+
+    #[test]
+    fn explanation_names_the_failing_matcher() {
+        let explained = |rules: &str, headers: &[(&str, &str)], path: &str| {
+            let model = model(&format!("{BASE}rules:\n{rules}"));
+            let mut map = HeaderMap::new();
+            for (n, v) in headers {
+                map.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            let view = RequestView {
+                method: &Method::GET,
+                host: "h",
+                path,
+                query: None,
+                headers: &map,
+                client_ip: None,
+                arrival: Default::default(),
+            };
+            let facts = Facts::gather(&model.rules.identity, view);
+            match &explain(&model.rules, &facts).unwrap().steps[0].outcome {
+                Outcome::NotMatched(why) => why.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let app = "  - { name: app, when: { header: { X-App-Version: { version_gte: \"5.2\", version_lt: \"6\" } } }, version: canary }\n";
+        // (rules, headers, path, why the first rule did not match)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: Vec<Case> = vec![
+            (app, &[("x-app-version", "5.1.9")], "/", "header x-app-version \"5.1.9\" is below 5.2"),
+            (app, &[("x-app-version", "6.1")], "/", "header x-app-version \"6.1\" is not below 6"),
+            (app, &[("x-app-version", "v5.2")], "/", "header x-app-version \"v5.2\" is not a dotted version"),
+            (app, &[], "/", "header x-app-version is absent"),
+            ("  - { name: n, when: { header: { X-B: { gt: 10, lte: 20 } } }, version: canary }\n", &[("x-b", "10")], "/", "header x-b \"10\" is not above 10"),
+            ("  - { name: n, when: { header: { X-B: { gt: 10, lte: 20 } } }, version: canary }\n", &[("x-b", "21")], "/", "header x-b \"21\" is above 20"),
+            ("  - { name: n, when: { header: { X-B: { gt: 10 } } }, version: canary }\n", &[("x-b", "1e3")], "/", "header x-b \"1e3\" is not a number"),
+            ("  - { name: n, when: { header: { X-B: { gte: 10 } } }, version: canary }\n", &[("x-b", "9")], "/", "header x-b \"9\" is below 10"),
+            ("  - { name: n, when: { header: { X-B: { lt: 10 } } }, version: canary }\n", &[("x-b", "10")], "/", "header x-b \"10\" is not below 10"),
+            ("  - { name: n, when: { header: { X-B: { version_gt: \"1.2\" } } }, version: canary }\n", &[("x-b", "1.2.0")], "/", "header x-b \"1.2.0\" is not above 1.2"),
+            ("  - { name: n, when: { header: { X-B: { version_lte: \"1.2\" } } }, version: canary }\n", &[("x-b", "1.10")], "/", "header x-b \"1.10\" is above 1.2"),
+            ("  - { name: t, when: { header: { X-T: { regex: [\"^qa-\", \"^t-\"] } } }, version: canary }\n", &[("x-t", "dev")], "/", "header x-t \"dev\" matches no regex of ^qa-, ^t-"),
+            ("  - { name: p, when: { cookie: { plan: { prefix: pro-, suffix: -y } } }, version: canary }\n", &[("cookie", "plan=pro-m")], "/", "cookie plan \"pro-m\" does not end with \"-y\""),
+            ("  - { name: p, when: { cookie: { plan: { prefix: pro- } } }, version: canary }\n", &[("cookie", "plan=basic")], "/", "cookie plan \"basic\" does not start with \"pro-\""),
+            ("  - { name: p, when: { cookie: { plan: { contains: x } } }, version: canary }\n", &[("cookie", "plan=basic")], "/", "cookie plan \"basic\" does not contain \"x\""),
+            ("  - { name: p, when: { cookie: { region: { in: [eu, us] } } }, version: canary }\n", &[("cookie", "region=ap")], "/", "cookie region \"ap\" is not in [eu, us]"),
+            ("  - { name: p, when: { cookie: { legacy: { absent: true } } }, version: canary }\n", &[("cookie", "legacy=1")], "/", "cookie legacy is present (\"1\")"),
+            ("  - { name: p, when: { header: { X-Beta: [\"1\", yes] } }, version: canary }\n", &[("x-beta", "no")], "/", "header x-beta is \"no\""),
+            ("  - { name: a, when: { not: { path_prefix: /admin, method: GET } }, version: canary }\n", &[], "/admin/users", "not: every inner condition holds (path_prefix; method)"),
+            ("  - { name: a, when: { any: [ { header: { X-Beta: \"1\" } }, { cookie: { beta: \"1\" } } ] }, version: canary }\n", &[("x-beta", "0")], "/", "any: no set holds (#1: header x-beta is \"0\"; #2: cookie beta is absent)"),
+        ];
+        for (rules, headers, path, why) in cases {
+            assert_eq!(explained(rules, headers, path), why, "{rules}");
+        }
+        let model = model(&format!("{BASE}rules:\n  - {{ name: a, when: {{ any: [ {{ header: {{ X-Beta: \"1\" }} }}, {{ cookie: {{ beta: \"1\" }} }} ] }}, version: canary }}\n"));
+        let mut headers = HeaderMap::new();
+        headers.insert("cookie", HeaderValue::from_static("beta=1"));
+        let view = RequestView {
+            method: &Method::GET,
+            host: "h",
+            path: "/",
+            query: None,
+            headers: &headers,
+            client_ip: None,
+            arrival: Default::default(),
+        };
+        let facts = Facts::gather(&model.rules.identity, view);
+        assert_eq!(
+            explain(&model.rules, &facts).unwrap().steps[0].outcome,
+            Outcome::Decided("canary (any #2 holds)".into())
+        );
     }
 
     #[test]

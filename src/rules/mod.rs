@@ -5,6 +5,7 @@
 
 pub mod compile;
 pub mod decide;
+pub mod matcher;
 pub mod model;
 pub mod raw;
 

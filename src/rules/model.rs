@@ -16,6 +16,7 @@ use regex::RegexSet;
 
 use crate::facts::identity::{Identity, Tier};
 use crate::facts::VersionId;
+pub use crate::rules::matcher::ValueMatch;
 
 /// A release version label: stable, canary, beta, dev...
 #[derive(Debug, Clone)]
@@ -127,26 +128,6 @@ impl std::fmt::Display for HostPattern {
     }
 }
 
-/// What a header, cookie or query parameter must be.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ValueMatch {
-    /// `"*"`: present with any value.
-    Present,
-    /// Equal to one of these.
-    AnyOf(Vec<Box<str>>),
-}
-
-impl ValueMatch {
-    /// Whether a value (absent = `None`) matches.
-    pub fn matches(&self, value: Option<&str>) -> bool {
-        match (self, value) {
-            (_, None) => false,
-            (ValueMatch::Present, Some(_)) => true,
-            (ValueMatch::AnyOf(values), Some(v)) => values.iter().any(|x| **x == *v),
-        }
-    }
-}
-
 /// One condition of a rule's `when`.
 #[derive(Debug, Clone)]
 pub enum Condition {
@@ -182,6 +163,10 @@ pub enum Condition {
     Internal(bool),
     /// A valid channel cookie is present (`any`: `None`), or names one of these versions.
     Channel(Option<Vec<VersionId>>),
+    /// `not`: the inner conditions do not all hold.
+    Not(Vec<Condition>),
+    /// `any`: at least one inner set holds entirely.
+    Any(Vec<Vec<Condition>>),
 }
 
 /// What a split hashes to place a request in a bucket.

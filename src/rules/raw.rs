@@ -5,6 +5,7 @@
 //! at a time) so that one bad item does not hide the errors of the next.
 
 use indexmap::IndexMap;
+use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 
 use crate::config::Duration;
@@ -19,18 +20,26 @@ impl<T> Default for OneOrMany<T> {
     }
 }
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+// Both are read through a `serde_yaml::Value` with hand-written messages: an untagged enum
+// would answer "data did not match any variant of untagged enum", which tells an operator
+// nothing (issue 17).
+impl<'de, T: DeserializeOwned> Deserialize<'de> for OneOrMany<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Either<T> {
-            Many(Vec<T>),
-            One(T),
-        }
-        Ok(match Either::deserialize(deserializer)? {
-            Either::Many(v) => OneOrMany(v),
-            Either::One(v) => OneOrMany(vec![v]),
-        })
+        let value = serde_yaml::Value::deserialize(deserializer)?;
+        let items = match value {
+            serde_yaml::Value::Sequence(items) => items,
+            serde_yaml::Value::Mapping(_) => {
+                return Err(D::Error::custom(
+                    "expected a value or a list of values, not a map",
+                ))
+            }
+            one => vec![one],
+        };
+        items
+            .into_iter()
+            .map(|item| T::deserialize(item).map_err(D::Error::custom))
+            .collect::<Result<Vec<T>, D::Error>>()
+            .map(OneOrMany)
     }
 }
 
@@ -40,16 +49,13 @@ pub struct Text(pub String);
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Scalar {
-            Int(u64),
-            Str(String),
+        match serde_yaml::Value::deserialize(deserializer)? {
+            serde_yaml::Value::Number(n) if n.is_u64() => Ok(Text(n.to_string())),
+            serde_yaml::Value::String(s) => Ok(Text(s)),
+            _ => Err(D::Error::custom(
+                "expected a whole number or a string, such as 10001 or \"10001\"",
+            )),
         }
-        Ok(Text(match Scalar::deserialize(deserializer)? {
-            Scalar::Int(n) => n.to_string(),
-            Scalar::Str(s) => s,
-        }))
     }
 }
 
@@ -162,11 +168,15 @@ pub struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     pub name: String,
+    /// A `RawWhen`, read by compile condition by condition so each error names its own.
     #[serde(default)]
-    pub when: RawWhen,
+    pub when: serde_yaml::Value,
     pub version: Option<String>,
     pub split: Option<RawSplit>,
 }
+
+/// The keys of [`RawWhen`], for messages.
+pub const WHEN_KEYS: &str = "host, path_prefix, path_regex, method, header, cookie, query, client_ip, uid_tail, uid_suffix, uid_in, uid_range, has_uid, tier, internal, channel, not, any";
 
 /// Conditions; every one listed must hold, a list inside one means any of its values.
 #[derive(Debug, Default, Deserialize)]
@@ -176,9 +186,10 @@ pub struct RawWhen {
     pub path_prefix: Option<OneOrMany<String>>,
     pub path_regex: Option<OneOrMany<String>>,
     pub method: Option<OneOrMany<String>>,
-    pub header: Option<IndexMap<String, OneOrMany<String>>>,
-    pub cookie: Option<IndexMap<String, OneOrMany<String>>>,
-    pub query: Option<IndexMap<String, OneOrMany<String>>>,
+    /// Each value is a string, a list of strings or a matcher map, read by compile.
+    pub header: Option<IndexMap<String, serde_yaml::Value>>,
+    pub cookie: Option<IndexMap<String, serde_yaml::Value>>,
+    pub query: Option<IndexMap<String, serde_yaml::Value>>,
     pub client_ip: Option<OneOrMany<String>>,
     pub uid_tail: Option<OneOrMany<Text>>,
     pub uid_suffix: Option<OneOrMany<Text>>,
@@ -188,6 +199,10 @@ pub struct RawWhen {
     pub tier: Option<String>,
     pub internal: Option<bool>,
     pub channel: Option<serde_yaml::Value>,
+    /// Inner conditions (a `RawWhen`), read by compile so errors keep their line.
+    pub not: Option<serde_yaml::Value>,
+    /// A list of inner condition sets (each a `RawWhen`), read by compile.
+    pub any: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,8 +219,9 @@ pub struct RawSplit {
 #[serde(deny_unknown_fields)]
 pub struct RawGoal {
     pub name: String,
+    /// A `RawWhen`, read by compile condition by condition.
     #[serde(default)]
-    pub when: RawWhen,
+    pub when: serde_yaml::Value,
     pub status: Option<OneOrMany<Text>>,
 }
 

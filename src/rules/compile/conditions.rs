@@ -1,6 +1,8 @@
 //! The `when` of a rule or a goal: host patterns, path prefixes and regexes, methods, header,
 //! cookie and query values, client networks, uid digits, ranges and lists, tier, internal
-//! and channel conditions, each checked for the values it may take.
+//! and channel conditions, each checked for the values it may take; the value matchers of
+//! [`crate::rules::matcher`] (regexes compiled, bounds parsed, empty ranges refused) and the
+//! `not` / `any` combinators, nested at most [`MAX_DEPTH`] deep.
 
 use std::collections::HashSet;
 
@@ -10,12 +12,77 @@ use regex::RegexSet;
 
 use super::{At, Compiler};
 use crate::facts::identity::Tier;
-use crate::rules::model::{Condition, ValueMatch};
-use crate::rules::raw::{OneOrMany, RawWhen};
+use crate::rules::matcher::{
+    parse_number, parse_version, Bound, Cmp, Matcher, ValueMatch, MATCHER_KEYS,
+};
+use crate::rules::model::Condition;
+use crate::rules::raw::{OneOrMany, RawWhen, WHEN_KEYS};
+
+/// How deep `not` and `any` may nest inside one another.
+pub const MAX_DEPTH: usize = 4;
 
 impl Compiler {
     /// The conditions of `w`, found at `at`, for the rule or goal `what`.
-    pub(super) fn conditions(&mut self, at: &At, what: &str, w: RawWhen) -> Vec<Condition> {
+    pub(super) fn conditions(
+        &mut self,
+        at: &At,
+        what: &str,
+        when: serde_yaml::Value,
+    ) -> Vec<Condition> {
+        match self.parse_when(at, what, when) {
+            Some(w) => self.conditions_within(at, what, w, 0),
+            None => Vec::new(),
+        }
+    }
+
+    /// Reads a `when` (or an inner set); on failure, each condition is read on its own so
+    /// that every bad one is reported at its line, by its name.
+    fn parse_when(&mut self, at: &At, what: &str, value: serde_yaml::Value) -> Option<RawWhen> {
+        if value.is_null() {
+            return Some(RawWhen::default());
+        }
+        let serde_yaml::Value::Mapping(map) = &value else {
+            self.error(
+                at,
+                format!("{what}: conditions must be a map such as {{ path_prefix: /api }}; the conditions are {WHEN_KEYS}"),
+            );
+            return None;
+        };
+        let whole = match serde_yaml::from_value::<RawWhen>(value.clone()) {
+            Ok(w) => return Some(w),
+            Err(e) => e,
+        };
+        let mut reported = false;
+        for (key, item) in map {
+            let name = key.as_str().unwrap_or("?");
+            if !WHEN_KEYS.split(", ").any(|k| k == name) {
+                self.error(
+                    &at.child(name),
+                    format!("{what}: unknown condition \"{name}\"; the conditions are {WHEN_KEYS}"),
+                );
+                reported = true;
+                continue;
+            }
+            let one = serde_yaml::Mapping::from_iter([(key.clone(), item.clone())]);
+            if let Err(e) = serde_yaml::from_value::<RawWhen>(serde_yaml::Value::Mapping(one)) {
+                self.error(&at.child(name), format!("{what}: {name}: {e}"));
+                reported = true;
+            }
+        }
+        if !reported {
+            self.error(at, format!("{what}: {whole}"));
+        }
+        None
+    }
+
+    /// The conditions of `w` inside `depth` combinators.
+    fn conditions_within(
+        &mut self,
+        at: &At,
+        what: &str,
+        w: RawWhen,
+        depth: usize,
+    ) -> Vec<Condition> {
         let RawWhen {
             host,
             path_prefix,
@@ -33,6 +100,8 @@ impl Compiler {
             tier,
             internal,
             channel,
+            not,
+            any,
         } = w;
         let mut out = Vec::new();
         if let Some(hosts) = host {
@@ -76,29 +145,32 @@ impl Compiler {
         if let Some(headers) = header {
             let a = at.child("header");
             let mut pairs = Vec::new();
-            for (name, values) in headers {
+            for (name, value) in headers {
+                let m = self.value_match(&a.child(&name), what, "header", &name, value);
                 match HeaderName::from_bytes(name.as_bytes()) {
-                    Ok(h) => pairs.push((h, value_match(values))),
+                    Ok(h) => pairs.extend(m.map(|m| (h, m))),
                     Err(_) => self.error(&a, format!("{what}: \"{name}\" is not a header name")),
                 }
             }
             out.push(Condition::Header(pairs));
         }
         if let Some(cookies) = cookie {
-            out.push(Condition::Cookie(
-                cookies
-                    .into_iter()
-                    .map(|(n, v)| (n.into(), value_match(v)))
-                    .collect(),
-            ));
+            let a = at.child("cookie");
+            let mut pairs = Vec::new();
+            for (name, value) in cookies {
+                let m = self.value_match(&a.child(&name), what, "cookie", &name, value);
+                pairs.extend(m.map(|m| (name.into(), m)));
+            }
+            out.push(Condition::Cookie(pairs));
         }
         if let Some(query) = query {
-            out.push(Condition::Query(
-                query
-                    .into_iter()
-                    .map(|(n, v)| (n.into(), value_match(v)))
-                    .collect(),
-            ));
+            let a = at.child("query");
+            let mut pairs = Vec::new();
+            for (name, value) in query {
+                let m = self.value_match(&a.child(&name), what, "query", &name, value);
+                pairs.extend(m.map(|m| (name.into(), m)));
+            }
+            out.push(Condition::Query(pairs));
         }
         if let Some(nets) = client_ip {
             let a = at.child("client_ip");
@@ -168,11 +240,293 @@ impl Compiler {
         if let Some(channel) = channel {
             out.extend(self.channel(&at.child("channel"), what, channel));
         }
+        if let Some(inner) = not {
+            let a = at.child("not");
+            if let Some(inner) = self.inner_set(&a, what, "not", inner, depth) {
+                out.push(Condition::Not(inner));
+            }
+        }
+        if let Some(sets) = any {
+            let a = at.child("any");
+            match sets {
+                serde_yaml::Value::Sequence(items) if !items.is_empty() => {
+                    let mut compiled = Vec::new();
+                    for (i, item) in items.into_iter().enumerate() {
+                        let label = format!("any #{}", i + 1);
+                        compiled.extend(self.inner_set(&a.item(i), what, &label, item, depth));
+                    }
+                    out.push(Condition::Any(compiled));
+                }
+                _ => self.error(
+                    &a,
+                    format!("{what}: any must be a list of condition maps, such as [{{ header: {{ X-Beta: \"1\" }} }}, {{ cookie: {{ beta: \"1\" }} }}]"),
+                ),
+            }
+        }
         out
+    }
+
+    /// The conditions of one `not` or `any` item, one level deeper than `depth`.
+    fn inner_set(
+        &mut self,
+        at: &At,
+        what: &str,
+        label: &str,
+        value: serde_yaml::Value,
+        depth: usize,
+    ) -> Option<Vec<Condition>> {
+        if depth + 1 > MAX_DEPTH {
+            self.error(
+                at,
+                format!("{what}: {label} is nested more than {MAX_DEPTH} levels deep (not and any nest at most {MAX_DEPTH} levels)"),
+            );
+            return None;
+        }
+        if !value.is_mapping() {
+            self.error(
+                at,
+                format!("{what}: {label} must be a map of conditions, such as {{ path_prefix: /admin }}"),
+            );
+            return None;
+        }
+        let inner = self.parse_when(at, &format!("{what}: {label}"), value)?;
+        let errors_before = self.diags.errors().count();
+        let conditions = self.conditions_within(at, what, inner, depth + 1);
+        if conditions.is_empty() && self.diags.errors().count() == errors_before {
+            self.error(at, format!("{what}: {label} has no conditions"));
+            return None;
+        }
+        Some(conditions)
+    }
+
+    /// The expected value of header, cookie or query parameter `name`: a string, a list of
+    /// strings, or a map of matchers.
+    fn value_match(
+        &mut self,
+        at: &At,
+        what: &str,
+        kind: &str,
+        name: &str,
+        value: serde_yaml::Value,
+    ) -> Option<ValueMatch> {
+        let subject = format!("{what}: {kind} {name}");
+        let forms = format!(
+            "a value, \"*\" (present), a list of values, or a map of matchers ({MATCHER_KEYS})"
+        );
+        match value {
+            serde_yaml::Value::Mapping(map) => self.matcher_map(at, &subject, map),
+            serde_yaml::Value::Sequence(items) => {
+                let mut values = Vec::new();
+                for item in &items {
+                    match scalar_text(item) {
+                        Some(v) => values.push(v),
+                        None => {
+                            self.error(at, format!("{subject}: a list holds values to match exactly; the accepted forms are {forms}"));
+                            return None;
+                        }
+                    }
+                }
+                if values.is_empty() {
+                    self.error(at, format!("{subject}: the list of values is empty"));
+                    return None;
+                }
+                Some(exact(values))
+            }
+            other => match scalar_text(&other) {
+                Some(v) => Some(exact(vec![v])),
+                None => {
+                    self.error(at, format!("{subject} must be {forms}"));
+                    None
+                }
+            },
+        }
+    }
+
+    /// A matcher map: every matcher must hold.
+    fn matcher_map(
+        &mut self,
+        at: &At,
+        subject: &str,
+        map: serde_yaml::Mapping,
+    ) -> Option<ValueMatch> {
+        if map.is_empty() {
+            self.error(
+                at,
+                format!("{subject}: the matcher map is empty; the matchers are {MATCHER_KEYS}"),
+            );
+            return None;
+        }
+        let errors_before = self.diags.errors().count();
+        let mut matchers = Vec::new();
+        let mut absent = false;
+        let keys = map.len();
+        for (key, value) in map {
+            let Some(key) = key.as_str().map(str::to_string) else {
+                self.error(
+                    at,
+                    format!("{subject}: matcher keys are names; the matchers are {MATCHER_KEYS}"),
+                );
+                continue;
+            };
+            let a = at.child(&key);
+            let text = scalar_text(&value);
+            let needs_text = |c: &mut Compiler| {
+                c.error(&a, format!("{subject}: {key} needs a string"));
+            };
+            match key.as_str() {
+                "regex" => {
+                    let patterns: Option<Vec<String>> = match &value {
+                        serde_yaml::Value::Sequence(items) => {
+                            items.iter().map(scalar_text).collect()
+                        }
+                        v => scalar_text(v).map(|p| vec![p]),
+                    };
+                    let Some(patterns) = patterns.filter(|p| !p.is_empty()) else {
+                        self.error(&a, format!("{subject}: regex needs a pattern or a list of patterns"));
+                        continue;
+                    };
+                    let label = format!("{subject}: regex");
+                    if let Some(set) = self.regex_set(&a, &label, &patterns) {
+                        matchers.push(Matcher::Regex(set));
+                    }
+                }
+                "prefix" | "suffix" | "contains" => match text {
+                    Some(t) if t.is_empty() => {
+                        self.error(&a, format!("{subject}: {key} is empty, so every value matches; use \"*\" for present"))
+                    }
+                    Some(t) => matchers.push(match key.as_str() {
+                        "prefix" => Matcher::Prefix(t.into()),
+                        "suffix" => Matcher::Suffix(t.into()),
+                        _ => Matcher::Contains(t.into()),
+                    }),
+                    None => needs_text(self),
+                },
+                "in" => match &value {
+                    serde_yaml::Value::Sequence(items) if !items.is_empty() => {
+                        let values: Option<Vec<Box<str>>> =
+                            items.iter().map(|i| scalar_text(i).map(Into::into)).collect();
+                        match values {
+                            Some(values) => matchers.push(Matcher::In(values)),
+                            None => self.error(&a, format!("{subject}: in must list strings")),
+                        }
+                    }
+                    serde_yaml::Value::Sequence(_) => {
+                        self.error(&a, format!("{subject}: in is empty, so no value matches"))
+                    }
+                    _ => self.error(&a, format!("{subject}: in must be a list, such as [eu, us]")),
+                },
+                "gt" | "gte" | "lt" | "lte" => {
+                    let bound = number_text(&value)
+                        .and_then(|t| parse_number(&t).map(|n| (n, t)));
+                    match bound {
+                        Some((n, t)) => matchers.push(Matcher::Number(Bound {
+                            cmp: cmp_of(&key),
+                            value: n,
+                            text: t.into(),
+                        })),
+                        None => self.error(&a, format!("{subject}: {key} needs a plain decimal number such as 1200 or -2.5 (no sign +, no exponent)")),
+                    }
+                }
+                "version_gt" | "version_gte" | "version_lt" | "version_lte" => match &value {
+                    serde_yaml::Value::Number(n) if !n.is_u64() => self.error(
+                        &a,
+                        format!("{subject}: {key} must be quoted, as in \"5.10\": unquoted, YAML reads it as the number {n}"),
+                    ),
+                    v => match scalar_text(v).and_then(|t| parse_version(&t).map(|p| (p, t))) {
+                        Some((parts, t)) => matchers.push(Matcher::Version(Bound {
+                            cmp: cmp_of(&key["version_".len()..]),
+                            value: parts,
+                            text: t.into(),
+                        })),
+                        None => self.error(&a, format!("{subject}: {key} needs a dotted version such as \"5.2\" or \"5.10.1\" (digits and dots only)")),
+                    },
+                },
+                "absent" => match value {
+                    serde_yaml::Value::Bool(true) => absent = true,
+                    _ => self.error(&a, format!("{subject}: absent can only be true; use \"*\" for present")),
+                },
+                other => self.error(
+                    &a,
+                    format!("{subject}: unknown matcher \"{other}\"; the matchers are {MATCHER_KEYS}"),
+                ),
+            }
+        }
+        if absent && keys > 1 {
+            self.error(
+                at,
+                format!("{subject}: absent: true cannot be combined with other matchers"),
+            );
+        }
+        self.check_range(
+            at,
+            subject,
+            "",
+            matchers.iter().filter_map(|m| match m {
+                Matcher::Number(b) => Some((b.cmp, b.value, &*b.text)),
+                _ => None,
+            }),
+        );
+        self.check_range(
+            at,
+            subject,
+            "version_",
+            matchers.iter().filter_map(|m| match m {
+                // Trailing zeros dropped, so that slices compare as versions do.
+                Matcher::Version(b) => {
+                    let len = b.value.iter().rposition(|&p| p > 0).map_or(0, |i| i + 1);
+                    Some((b.cmp, &b.value[..len], &*b.text))
+                }
+                _ => None,
+            }),
+        );
+        if self.diags.errors().count() != errors_before {
+            return None;
+        }
+        Some(if absent {
+            ValueMatch::Absent
+        } else {
+            ValueMatch::All(matchers)
+        })
+    }
+
+    /// Reports bounds that no value can meet, such as `gte: 2000, lt: 1200`.
+    fn check_range<'b, T: PartialOrd + Copy>(
+        &mut self,
+        at: &At,
+        subject: &str,
+        prefix: &str,
+        bounds: impl Iterator<Item = (Cmp, T, &'b str)>,
+    ) {
+        let (lower, upper): (Vec<_>, Vec<_>) = bounds.partition(|(cmp, _, _)| cmp.is_lower());
+        for (lc, lv, lt) in &lower {
+            for (uc, uv, ut) in &upper {
+                let empty = match lv.partial_cmp(uv) {
+                    Some(std::cmp::Ordering::Greater) | None => true,
+                    Some(std::cmp::Ordering::Equal) => lc.is_strict() || uc.is_strict(),
+                    Some(std::cmp::Ordering::Less) => false,
+                };
+                if empty {
+                    self.error(
+                        at,
+                        format!(
+                            "{subject}: {prefix}{} {lt} and {prefix}{} {ut} leave no value that matches",
+                            cmp_name(*lc),
+                            cmp_name(*uc)
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     /// `path_regex`: every pattern is checked on its own, so each bad one is named.
     fn path_regex(&mut self, at: &At, what: &str, patterns: &[String]) -> Option<Condition> {
+        self.regex_set(at, &format!("{what}: path_regex"), patterns)
+            .map(Condition::PathRegex)
+    }
+
+    /// The patterns as one set, each checked on its own so that each bad one is named.
+    fn regex_set(&mut self, at: &At, label: &str, patterns: &[String]) -> Option<RegexSet> {
         let mut valid = true;
         for pattern in patterns {
             if let Err(e) = regex::Regex::new(pattern) {
@@ -183,7 +537,7 @@ impl Compiler {
                     .last()
                     .unwrap_or("")
                     .trim_start_matches("error: ");
-                let msg = format!("{what}: path_regex \"{pattern}\" is invalid: {reason}");
+                let msg = format!("{label} \"{pattern}\" is invalid: {reason}");
                 self.error(at, msg);
                 valid = false;
             }
@@ -192,9 +546,9 @@ impl Compiler {
             return None;
         }
         match RegexSet::new(patterns) {
-            Ok(set) => Some(Condition::PathRegex(set)),
+            Ok(set) => Some(set),
             Err(e) => {
-                self.error(at, format!("{what}: path_regex is invalid: {e}"));
+                self.error(at, format!("{label} is invalid: {e}"));
                 None
             }
         }
@@ -231,10 +585,113 @@ impl Compiler {
 }
 
 /// `"*"` among the values means present with any value.
-fn value_match(values: OneOrMany<String>) -> ValueMatch {
-    if values.0.iter().any(|v| v == "*") {
+fn exact(values: Vec<String>) -> ValueMatch {
+    if values.iter().any(|v| v == "*") {
         ValueMatch::Present
     } else {
-        ValueMatch::AnyOf(values.0.into_iter().map(Into::into).collect())
+        ValueMatch::AnyOf(values.into_iter().map(Into::into).collect())
+    }
+}
+
+/// A string, or a whole number written without quotes (`X-Beta: 1`).
+fn scalar_text(value: &serde_yaml::Value) -> Option<String> {
+    match value {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A numeric bound as text: a YAML number or a string.
+fn number_text(value: &serde_yaml::Value) -> Option<String> {
+    match value {
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        other => scalar_text(other),
+    }
+}
+
+/// `gt`, `gte`, `lt` or `lte` (the key is one of them).
+fn cmp_of(key: &str) -> Cmp {
+    match key {
+        "gt" => Cmp::Gt,
+        "gte" => Cmp::Gte,
+        "lt" => Cmp::Lt,
+        _ => Cmp::Lte,
+    }
+}
+
+/// The key of a comparison.
+fn cmp_name(cmp: Cmp) -> &'static str {
+    match cmp {
+        Cmp::Gt => "gt",
+        Cmp::Gte => "gte",
+        Cmp::Lt => "lt",
+        Cmp::Lte => "lte",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::rules::testing::{diagnostics, HEAD};
+
+    fn with_when(when: &str) -> Vec<String> {
+        diagnostics(&format!(
+            "{HEAD}rules:\n  - name: r\n    version: canary\n    when:\n{when}"
+        ))
+    }
+
+    const MATCHERS: &str = "regex, prefix, suffix, contains, in, gt, gte, lt, lte, version_gt, version_gte, version_lt, version_lte, absent";
+    const CONDITIONS: &str = "host, path_prefix, path_regex, method, header, cookie, query, client_ip, uid_tail, uid_suffix, uid_in, uid_range, has_uid, tier, internal, channel, not, any";
+
+    /// Every malformed matcher or combinator: the exact message, at the line of the value.
+    #[test]
+    fn malformed_matchers_and_combinators() {
+        let forms = format!(
+            "a value, \"*\" (present), a list of values, or a map of matchers ({MATCHERS})"
+        );
+        let cases: Vec<(&str, usize, String)> = vec![
+            ("      header:\n        X-A: { regexp: x }\n", 12, format!("header X-A: unknown matcher \"regexp\"; the matchers are {MATCHERS}")),
+            ("      header:\n        X-A: { regex: [\"^ok\", \"(\"] }\n", 12, "header X-A: regex \"(\" is invalid: unclosed group".into()),
+            ("      header:\n        X-A: { regex: [\"^a\", { b: 1 }] }\n", 12, "header X-A: regex needs a pattern or a list of patterns".into()),
+            ("      header:\n        X-A: { regex: [] }\n", 12, "header X-A: regex needs a pattern or a list of patterns".into()),
+            ("      header:\n        X-A: {}\n", 12, format!("header X-A: the matcher map is empty; the matchers are {MATCHERS}")),
+            ("      cookie:\n        a: { in: [] }\n", 12, "cookie a: in is empty, so no value matches".into()),
+            ("      cookie:\n        a: { gte: 2000, lt: 1200 }\n", 12, "cookie a: gte 2000 and lt 1200 leave no value that matches".into()),
+            ("      cookie:\n        a: { gt: 5, lte: 5 }\n", 12, "cookie a: gt 5 and lte 5 leave no value that matches".into()),
+            ("      cookie:\n        a: { gte: \"+5\" }\n", 12, "cookie a: gte needs a plain decimal number such as 1200 or -2.5 (no sign +, no exponent)".into()),
+            ("      cookie:\n        a: { version_gte: \"5..2\" }\n", 12, "cookie a: version_gte needs a dotted version such as \"5.2\" or \"5.10.1\" (digits and dots only)".into()),
+            ("      cookie:\n        a: { version_lt: v6 }\n", 12, "cookie a: version_lt needs a dotted version such as \"5.2\" or \"5.10.1\" (digits and dots only)".into()),
+            ("      cookie:\n        a: { version_gte: 5.10 }\n", 12, "cookie a: version_gte must be quoted, as in \"5.10\": unquoted, YAML reads it as the number 5.1".into()),
+            ("      cookie:\n        a: { version_gte: \"6\", version_lt: \"6.0\" }\n", 12, "cookie a: version_gte 6 and version_lt 6.0 leave no value that matches".into()),
+            ("      query:\n        a: { absent: false }\n", 12, "query a: absent can only be true; use \"*\" for present".into()),
+            ("      query:\n        a: { absent: true, prefix: x }\n", 12, "query a: absent: true cannot be combined with other matchers".into()),
+            ("      query:\n        a: { prefix: \"\" }\n", 12, "query a: prefix is empty, so every value matches; use \"*\" for present".into()),
+            ("      query:\n        a: ~\n", 12, format!("query a must be {forms}")),
+            ("      query:\n        a: [{ prefix: x }]\n", 12, format!("query a: a list holds values to match exactly; the accepted forms are {forms}")),
+            ("      uid_tail: { a: 1 }\n", 11, "uid_tail: expected a value or a list of values, not a map".into()),
+            ("      host: { a: 1 }\n", 11, "host: expected a value or a list of values, not a map".into()),
+            ("      uid_in: [[1]]\n", 11, "uid_in: expected a whole number or a string, such as 10001 or \"10001\"".into()),
+            ("      pathprefix: /a\n", 11, format!("unknown condition \"pathprefix\"; the conditions are {CONDITIONS}")),
+            ("      not: { pathprefix: /a }\n", 11, format!("not: unknown condition \"pathprefix\"; the conditions are {CONDITIONS}")),
+            ("      not: {}\n", 11, "not has no conditions".into()),
+            ("      not: /admin\n", 11, "not must be a map of conditions, such as { path_prefix: /admin }".into()),
+            ("      any: []\n", 11, "any must be a list of condition maps, such as [{ header: { X-Beta: \"1\" } }, { cookie: { beta: \"1\" } }]".into()),
+            ("      any:\n        - { path_prefix: /a }\n        - { cookie: { b: { in: [] } } }\n", 13, "cookie b: in is empty, so no value matches".into()),
+            ("      not: { not: { not: { not: { not: { path_prefix: /a } } } } }\n", 11, "not is nested more than 4 levels deep (not and any nest at most 4 levels)".into()),
+        ];
+        for (when, line, message) in cases {
+            assert_eq!(
+                with_when(when),
+                vec![format!("rules.yaml:{line}: error: rule \"r\": {message}")],
+                "when:\n{when}"
+            );
+        }
+    }
+
+    /// Depth 4 is allowed; every matcher form compiles.
+    #[test]
+    fn well_formed_matchers_compile() {
+        let when = "      not: { any: [ { not: { any: [ { path_prefix: /a } ] } } ] }\n      header:\n        X-A: always\n        X-B: [\"1\", 2]\n        X-C: { regex: \"^(qa|tester)-\", prefix: qa, suffix: \"-1\", contains: a-, in: [qa-1, qa-2] }\n        X-D: { gte: 1200, lt: 2000.5, gt: -1, lte: \"1999\" }\n        X-E: { version_gte: \"5.2\", version_lt: 6, version_gt: \"5\", version_lte: \"5.99.1\" }\n        X-F: { absent: true }\n";
+        assert_eq!(with_when(when), Vec::<String>::new());
     }
 }
