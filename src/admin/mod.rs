@@ -288,35 +288,62 @@ impl AdminApp {
     /// beyond its header is read.
     async fn answer(&self, session: &mut ServerSession) -> Reply {
         let req = session.req_header();
-        let method = req.method.clone();
-        let path = req.uri.path().to_string();
+        let endpoint = Endpoint::of(req.method.as_str(), req.uri.path());
         let query = req.uri.query().map(str::to_string);
-        match (method.as_str(), path.as_str()) {
-            ("GET", "/metrics") => {
+        match endpoint {
+            Endpoint::Metrics => {
                 return Reply::new(200, "text/plain; version=0.0.4", self.metrics.render())
             }
-            ("GET", "/-/healthz") => return Reply::new(200, "text/plain", "ok\n"),
-            (_, "/-/rules" | "/-/reload" | "/-/explain" | "/-/stats") => {}
-            (_, p) if p.starts_with("/-/assignments/") => {}
-            _ => return Reply::error(404, "not found"),
+            Endpoint::Healthz => return Reply::new(200, "text/plain", "ok\n"),
+            Endpoint::NotFound => return Reply::error(404, "not found"),
+            _ => {}
         }
         if let Some(denied) = self.denial(session) {
             return denied;
         }
-        match (method.as_str(), path.as_str()) {
-            ("GET", "/-/rules") => {
-                Reply::json(200, &rules_summary(&self.reloader.store().current()))
+        match endpoint {
+            Endpoint::Rules => Reply::json(200, &rules_summary(&self.reloader.store().current())),
+            Endpoint::Reload => self.reload().await,
+            Endpoint::Explain => self.explain(query.as_deref()).await,
+            Endpoint::Stats => self.stats(query.as_deref()),
+            Endpoint::Assignment(uid) => self.assignment(session, &uid).await,
+            Endpoint::WrongMethod | Endpoint::Metrics | Endpoint::Healthz | Endpoint::NotFound => {
+                method_not_allowed()
             }
-            ("POST", "/-/reload") => self.reload().await,
-            ("GET", "/-/explain") => self.explain(query.as_deref()).await,
-            ("GET", "/-/stats") => self.stats(query.as_deref()),
-            (_, p) if p.starts_with("/-/assignments/") => {
-                let uid = percent_encoding::percent_decode_str(&p["/-/assignments/".len()..])
-                    .decode_utf8_lossy()
-                    .into_owned();
-                self.assignment(session, &uid).await
-            }
-            _ => method_not_allowed(),
+        }
+    }
+}
+
+/// What an admin request asks for, from its method and path: the one list of endpoints.
+enum Endpoint {
+    Metrics,
+    Healthz,
+    Rules,
+    Reload,
+    Explain,
+    Stats,
+    /// `/-/assignments/{uid}`, any method (the handler answers 405 for the others).
+    Assignment(String),
+    /// A protected endpoint asked with a method it does not answer.
+    WrongMethod,
+    NotFound,
+}
+
+impl Endpoint {
+    fn of(method: &str, path: &str) -> Endpoint {
+        if let Some(uid) = path.strip_prefix("/-/assignments/") {
+            let uid = percent_encoding::percent_decode_str(uid).decode_utf8_lossy();
+            return Endpoint::Assignment(uid.into_owned());
+        }
+        match (method, path) {
+            ("GET", "/metrics") => Endpoint::Metrics,
+            ("GET", "/-/healthz") => Endpoint::Healthz,
+            ("GET", "/-/rules") => Endpoint::Rules,
+            ("POST", "/-/reload") => Endpoint::Reload,
+            ("GET", "/-/explain") => Endpoint::Explain,
+            ("GET", "/-/stats") => Endpoint::Stats,
+            (_, "/-/rules" | "/-/reload" | "/-/explain" | "/-/stats") => Endpoint::WrongMethod,
+            _ => Endpoint::NotFound,
         }
     }
 }

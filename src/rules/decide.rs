@@ -380,34 +380,29 @@ fn held_set(condition: &Condition, facts: &Facts) -> Option<String> {
     let Condition::Any(sets) = condition else {
         return None;
     };
-    let i = sets
-        .iter()
-        .position(|set| set.iter().all(|c| holds(c, facts)))?;
+    let i = sets.iter().position(|set| holds_all(set, facts))?;
     Some(format!("any #{} holds", i + 1))
 }
 
 /// The name of a condition, for saying which inner ones held.
 fn label(condition: &Condition) -> String {
-    let names = |names: Vec<&str>| names.join(", ");
     match condition {
         Condition::Host(_) => "host".into(),
         Condition::PathPrefix(_) => "path_prefix".into(),
         Condition::PathRegex(_) => "path_regex".into(),
         Condition::Method(_) => "method".into(),
         Condition::Header(pairs) => {
-            format!(
-                "header {}",
-                names(pairs.iter().map(|(n, _)| n.as_str()).collect())
-            )
+            let names: Vec<&str> = pairs.iter().map(|(n, _)| n.as_str()).collect();
+            format!("header {}", names.join(", "))
         }
-        Condition::Cookie(pairs) => {
-            format!(
-                "cookie {}",
-                names(pairs.iter().map(|(n, _)| &**n).collect())
-            )
-        }
-        Condition::Query(pairs) => {
-            format!("query {}", names(pairs.iter().map(|(n, _)| &**n).collect()))
+        Condition::Cookie(pairs) | Condition::Query(pairs) => {
+            let kind = if matches!(condition, Condition::Cookie(_)) {
+                "cookie"
+            } else {
+                "query"
+            };
+            let names: Vec<&str> = pairs.iter().map(|(n, _)| &**n).collect();
+            format!("{kind} {}", names.join(", "))
         }
         Condition::ClientIp(_) => "client_ip".into(),
         Condition::UidTail(_) => "uid_tail".into(),

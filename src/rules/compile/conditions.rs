@@ -8,6 +8,7 @@ use std::collections::HashSet;
 
 use http::header::HeaderName;
 use http::Method;
+use indexmap::IndexMap;
 use regex::RegexSet;
 
 use super::{At, Compiler};
@@ -155,22 +156,14 @@ impl Compiler {
             out.push(Condition::Header(pairs));
         }
         if let Some(cookies) = cookie {
-            let a = at.child("cookie");
-            let mut pairs = Vec::new();
-            for (name, value) in cookies {
-                let m = self.value_match(&a.child(&name), what, "cookie", &name, value);
-                pairs.extend(m.map(|m| (name.into(), m)));
-            }
-            out.push(Condition::Cookie(pairs));
+            out.push(Condition::Cookie(
+                self.named_values(at, what, "cookie", cookies),
+            ));
         }
         if let Some(query) = query {
-            let a = at.child("query");
-            let mut pairs = Vec::new();
-            for (name, value) in query {
-                let m = self.value_match(&a.child(&name), what, "query", &name, value);
-                pairs.extend(m.map(|m| (name.into(), m)));
-            }
-            out.push(Condition::Query(pairs));
+            out.push(Condition::Query(
+                self.named_values(at, what, "query", query),
+            ));
         }
         if let Some(nets) = client_ip {
             let a = at.child("client_ip");
@@ -301,6 +294,23 @@ impl Compiler {
 
     /// The expected value of header, cookie or query parameter `name`: a string, a list of
     /// strings, or a map of matchers.
+    /// The `cookie:` or `query:` map of a `when`: each name with its compiled value match.
+    fn named_values(
+        &mut self,
+        at: &At,
+        what: &str,
+        kind: &str,
+        values: IndexMap<String, serde_yaml::Value>,
+    ) -> Vec<(Box<str>, ValueMatch)> {
+        let a = at.child(kind);
+        let mut pairs = Vec::new();
+        for (name, value) in values {
+            let m = self.value_match(&a.child(&name), what, kind, &name, value);
+            pairs.extend(m.map(|m| (name.into(), m)));
+        }
+        pairs
+    }
+
     fn value_match(
         &mut self,
         at: &At,
