@@ -32,6 +32,9 @@ needs=(
     "cc:build-essential"
     "python3:python3"
     "curl:curl"
+    "pkg-config:pkg-config"
+    # the demo's locally generated localhost certificate (scripts/run-demo.sh)
+    "openssl:openssl"
 )
 # Installed without recommended packages (Debian's prometheus recommends the node exporter,
 # a service of its own that the tests do not need).
@@ -62,6 +65,8 @@ if [[ "$profile" == "bench" ]]; then
         "wrk:wrk"
         "taskset:util-linux"
         "valgrind:valgrind"
+        # HTTPS rows: new handshakes and HTTP/2 requests per second
+        "h2load:nghttp2-client"
     )
 fi
 
@@ -85,6 +90,8 @@ for pair in "${lean_needs[@]+"${lean_needs[@]}"}"; do
         missing_lean+=("${pair#*:}")
     fi
 done
+# pingora-openssl links the system's libssl (OPENSSL_NO_VENDOR in .cargo/config.toml).
+[[ -e /usr/include/openssl/ssl.h ]] || missing_lean+=("libssl-dev")
 # scripts/check-deploy.sh parses YAML with python3's yaml module.
 if [[ "$profile" == "test" ]] && ! python3 -c 'import yaml' >/dev/null 2>&1; then
     missing_lean+=("python3-yaml")
