@@ -117,7 +117,12 @@ pub struct TlsListener {
     pub http2: bool,
     /// `Strict-Transport-Security: max-age=...` on every response.
     pub hsts: Option<std::time::Duration>,
+    /// A handshake not finished by then is dropped (and counted `timeout`).
+    pub handshake_timeout: std::time::Duration,
 }
+
+/// The default of `tls.handshake_timeout`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A certificate chain and its private key, as PEM files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,6 +245,8 @@ struct RawTls {
     http2: Option<bool>,
     #[serde(default)]
     hsts: Option<Duration>,
+    #[serde(default)]
+    handshake_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -361,7 +368,15 @@ fn listener_kind(
         min_version,
         http2,
         hsts,
+        handshake_timeout,
     } = tls;
+    let handshake_timeout = handshake_timeout.map_or(DEFAULT_HANDSHAKE_TIMEOUT, |d| d.0);
+    if handshake_timeout.is_zero() {
+        error(
+            &format!("{at}.tls.handshake_timeout"),
+            format!("listeners: {name}: tls.handshake_timeout must be above 0"),
+        );
+    }
     if certificates.is_empty() {
         error(
             &format!("{at}.tls.certificates"),
@@ -398,6 +413,7 @@ fn listener_kind(
         min_version,
         http2: http2.unwrap_or(true),
         hsts,
+        handshake_timeout,
     })
 }
 

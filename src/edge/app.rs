@@ -17,13 +17,10 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use prometheus::IntCounter;
 
-use crate::config::{self, Listener, ListenerKind};
+use crate::config::{self, Listener, ListenerKind, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::edge::tls::TlsEndpoint;
 use crate::metrics::Metrics;
 use crate::throttle::LogThrottle;
-
-/// A TLS handshake that has not finished by then is dropped (and counted `timeout`).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one listener does with a new connection.
 struct EdgeListener {
@@ -35,6 +32,7 @@ struct EdgeListener {
 /// A TLS listener's endpoint and handshake counters.
 struct TlsStage {
     endpoint: Arc<TlsEndpoint>,
+    deadline: Duration,
     ok: IntCounter,
     error: IntCounter,
     timeout: IntCounter,
@@ -75,6 +73,10 @@ impl<A> EdgeApp<A> {
                 EdgeListener {
                     tls: tls.as_ref().map(|endpoint| TlsStage {
                         endpoint: Arc::clone(endpoint),
+                        deadline: match &listener.kind {
+                            ListenerKind::Tls(settings) => settings.handshake_timeout,
+                            ListenerKind::Plain { .. } => DEFAULT_HANDSHAKE_TIMEOUT,
+                        },
                         ok: handshakes("ok"),
                         error: handshakes("error"),
                         timeout: handshakes("timeout"),
@@ -117,7 +119,7 @@ impl<A> EdgeApp<A> {
                 return None;
             }
         };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(endpoint.acceptor(), l4)).await {
+        match tokio::time::timeout(tls.deadline, handshake(endpoint.acceptor(), l4)).await {
             Ok(Ok(stream)) => {
                 tls.ok.inc();
                 Some(Box::new(stream))

@@ -74,15 +74,40 @@ impl Graygate {
     /// Like [`Graygate::start`], with `token` guarding the admin API and `extra_conf`
     /// appended to `conf/graygate.yaml` (for example a `redis:` section).
     pub fn start_with(rules: &str, token: Option<&str>, extra_conf: &str) -> Graygate {
+        let (graygate, _) = Self::start_listeners(
+            rules,
+            token,
+            1,
+            |addrs| format!("listen: [\"{}\"]\n", addrs[0]),
+            extra_conf,
+        );
+        graygate
+    }
+
+    /// Starts graygate with `count` proxy listeners, described by the `listeners:` YAML that
+    /// `listeners_conf` writes for their addresses (the first must be plain HTTP: readiness
+    /// is probed there); `extra_conf` is appended to the config. Returns the addresses too.
+    pub fn start_listeners(
+        rules: &str,
+        token: Option<&str>,
+        count: usize,
+        listeners_conf: impl FnOnce(&[SocketAddr]) -> String,
+        extra_conf: &str,
+    ) -> (Graygate, Vec<SocketAddr>) {
         let dir = tempfile::tempdir().expect("temp dir");
         let rules_dir = dir.path().join("rules");
         std::fs::create_dir(&rules_dir).expect("rules dir");
         std::fs::write(rules_dir.join("rules.yaml"), rules).expect("write rules");
-        let listeners = vec![bind_loopback(), bind_loopback()];
-        let addr = |l: &TcpListener| l.local_addr().expect("listener address");
-        let (proxy, admin) = (addr(&listeners[0]), addr(&listeners[1]));
+        let listeners: Vec<TcpListener> = (0..=count).map(|_| bind_loopback()).collect();
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("listener address"))
+            .collect();
+        let (proxies, admin) = (&addrs[..count], addrs[count]);
+        let proxy = proxies[0];
         let conf = format!(
-            "listen: [\"{proxy}\"]\nadmin: {{ listen: \"{admin}\" }}\nrules: rules\nserver:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n  pid_file: graygate.pid\n  upgrade_sock: upgrade.sock\n"
+            "{}admin: {{ listen: \"{admin}\" }}\nrules: rules\nserver:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n  pid_file: graygate.pid\n  upgrade_sock: upgrade.sock\n",
+            listeners_conf(proxies)
         );
         let conf_path: PathBuf = dir.path().join("graygate.yaml");
         std::fs::write(&conf_path, conf + extra_conf).expect("write conf");
@@ -116,7 +141,7 @@ impl Graygate {
         // Held until graygate answered: it could not have bound these addresses itself while
         // they were open, so it serves on the sockets it was handed.
         drop(listeners);
-        Graygate {
+        let graygate = Graygate {
             proxy,
             admin,
             rules_file: rules_dir.join("rules.yaml"),
@@ -124,7 +149,8 @@ impl Graygate {
             dir,
             stop,
             thread: Some(thread),
-        }
+        };
+        (graygate, proxies.to_vec())
     }
 }
 

@@ -11,11 +11,13 @@
 //! * [`RedisServer`]: a throw-away `redis-server` on a local port of its own.
 //! * [`graygate`]: the real server in-process; [`handover`]: how it gets listeners the test
 //!   bound, so no port is ever released and bound again.
+//! * [`certs`]: a test CA, certificates it signs, and a blocking HTTPS client.
 //!
 //! Only `std` and `tempfile` are used here (no async runtime); `graygate` and `handover`
-//! also use Pingora.
+//! also use Pingora, `certs` OpenSSL.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod graygate;
 pub mod handover;
 
@@ -670,7 +672,8 @@ pub fn http_request(addr: SocketAddr, raw: &[u8]) -> io::Result<Response> {
     read_response(BufReader::new(stream), is_head)
 }
 
-fn read_response<R: BufRead>(mut r: R, is_head: bool) -> io::Result<Response> {
+/// Reads one full response from `r` (see [`http_request`]).
+pub fn read_response<R: BufRead>(mut r: R, is_head: bool) -> io::Result<Response> {
     loop {
         let mut budget = MAX_HEAD_BYTES;
         let status_line = read_line_bytes(&mut r, &mut budget)?.ok_or_else(|| {
