@@ -15,6 +15,7 @@ use crate::admin::AdminApp;
 use crate::channels::ChannelKey;
 use crate::config::{Config, ListenerKind};
 use crate::diagnostics::{Diagnostics, Severity};
+use crate::facts::client::TrustedProxies;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadTriggers, Reloader};
@@ -118,6 +119,7 @@ impl App {
             self.channel_key.clone(),
             &self.config.listeners,
             self.config.access_log,
+            TrustedProxies::new(self.config.trusted_proxies.iter().copied()),
         );
         let mut proxy = http_proxy_service(&server.configuration, gateway);
         for listener in &self.config.listeners {

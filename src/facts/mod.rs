@@ -6,6 +6,7 @@
 //! pair, a header that is not UTF-8, an over-long or non-printable uid are treated as absent.
 
 pub mod bucket;
+pub mod client;
 pub mod cookie;
 pub mod identity;
 
