@@ -1,0 +1,3 @@
+//! Edge transport: what happens on a connection before HTTP.
+
+pub mod proxy_protocol;
