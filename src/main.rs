@@ -19,6 +19,7 @@ use graygate::config::Config;
 use graygate::diagnostics::Diagnostics;
 use graygate::explain::{explain_request, RequestDescription};
 use graygate::metrics::Metrics;
+use graygate::rules::model::Listeners;
 use graygate::server::{App, RunOptions};
 use graygate::state::SnapshotStore;
 use graygate::store::embedded::EmbeddedStore;
@@ -82,6 +83,10 @@ enum Command {
         /// The client address.
         #[arg(long)]
         ip: Option<IpAddr>,
+        /// The listener the request arrives on (by name; its scheme follows); the first one
+        /// when not given.
+        #[arg(long)]
+        listener: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -103,7 +108,7 @@ fn check(conf: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match graygate::rules::load(&config.rules) {
+    match graygate::rules::load(&config.rules, &Listeners::of(&config.listeners)) {
         Ok(loaded) => {
             print_diagnostics(&loaded.warnings);
             let rules = &loaded.model.rules;
@@ -171,10 +176,12 @@ fn main() -> anyhow::Result<ExitCode> {
             cookie,
             header,
             ip,
+            listener,
             json,
         } => {
             let config = Config::load(&conf).map_err(|d| anyhow::anyhow!("{d}"))?;
-            let store = SnapshotStore::load(&config.rules).map_err(|d| anyhow::anyhow!("{d}"))?;
+            let store = SnapshotStore::load(&config.rules, Listeners::of(&config.listeners))
+                .map_err(|d| anyhow::anyhow!("{d}"))?;
             let headers = header
                 .iter()
                 .map(|h| {
@@ -191,6 +198,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 cookies: cookie,
                 headers,
                 ip,
+                listener,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

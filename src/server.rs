@@ -19,6 +19,7 @@ use crate::facts::client::TrustedProxies;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadTriggers, Reloader};
+use crate::rules::model::Listeners;
 use crate::state::SnapshotStore;
 use crate::stats::StatsTicker;
 use crate::store::embedded::EmbeddedStore;
@@ -57,7 +58,10 @@ impl App {
     /// Reads the config and the rules it names; all problems are returned together.
     pub fn load(config_path: &std::path::Path) -> Result<App, Diagnostics> {
         let config = Config::load(config_path)?;
-        let store = Arc::new(SnapshotStore::load(&config.rules)?);
+        let store = Arc::new(SnapshotStore::load(
+            &config.rules,
+            Listeners::of(&config.listeners),
+        )?);
         let metrics = Arc::new(Metrics::new());
         store.current().prepare_metrics(&metrics);
         let admin_token = std::env::var(&config.admin.token_env)

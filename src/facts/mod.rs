@@ -43,6 +43,17 @@ pub enum Scheme {
 }
 
 impl Scheme {
+    /// `http` or `https`, in any case.
+    pub fn parse(text: &str) -> Option<Scheme> {
+        if text.eq_ignore_ascii_case("http") {
+            Some(Scheme::Http)
+        } else if text.eq_ignore_ascii_case("https") {
+            Some(Scheme::Https)
+        } else {
+            None
+        }
+    }
+
     /// `http` or `https`.
     pub fn as_str(self) -> &'static str {
         match self {
