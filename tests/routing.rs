@@ -840,3 +840,23 @@ fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
         vec![expected.to_string()]
     );
 }
+
+/// SPEC 11 "Scheme facts": the real server places a request on the listener it reached (the
+/// harness's one plain listener, named `http`), so `scheme` and `listener` conditions hold or
+/// miss as the config says.
+#[test]
+fn scheme_and_listener_conditions_read_the_arrival() {
+    let (stable, canary) = (Backend::start("stable"), Backend::start("canary"));
+    let rules = web_rules(
+        &stable,
+        &canary,
+        false,
+        "rules:\n  - name: tls-only\n    when: { scheme: https }\n    version: canary\n  - name: plain-listener\n    when: { listener: [http], scheme: http, path_prefix: /plain }\n    version: canary\n",
+    );
+    let gg = Graygate::start(&rules);
+    let r = get(gg.proxy, HOST, "/", &[]);
+    assert_eq!(r.body_text(), "stable", "{}", describe(&r));
+    let r = get(gg.proxy, HOST, "/plain", &[]);
+    assert_eq!(r.body_text(), "canary", "{}", describe(&r));
+    assert_eq!(r.header("x-seen-rule").as_deref(), Some("plain-listener"));
+}
