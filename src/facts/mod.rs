@@ -4,6 +4,8 @@
 //! the request wherever it can; cookie, header and query lookups scan the request in place
 //! (no per-request maps are built). Bad input is ignored, never fatal: a malformed cookie
 //! pair, a header that is not UTF-8, an over-long or non-printable uid are treated as absent.
+//! [`client`] says who the client is (the peer, or what trusted proxies declare); the
+//! request's [`Arrival`] (listener and scheme) comes from the local address it reached.
 
 pub mod bucket;
 pub mod client;

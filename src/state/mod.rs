@@ -368,6 +368,33 @@ mod tests {
         assert!(store.runtime().withdrawn.contains("canary"));
     }
 
+    /// The listeners given at load are the ones every reload compiles against.
+    #[test]
+    fn reloads_check_listener_names_against_the_config() {
+        use crate::facts::Scheme;
+        let dir = tempfile::tempdir().unwrap();
+        let rules = |listener: &str| {
+            format!("{RULES}rules:\n  - {{ name: r, when: {{ listener: {listener} }}, version: canary }}\n")
+        };
+        let file = dir.path().join("rules.yaml");
+        std::fs::write(&file, rules("office")).unwrap();
+        let listeners = Listeners::new([
+            ("public".into(), Scheme::Http),
+            ("office".into(), Scheme::Https),
+        ]);
+        assert!(SnapshotStore::load(dir.path(), Listeners::default()).is_err());
+        let store = SnapshotStore::load(dir.path(), listeners).unwrap();
+        std::fs::write(&file, rules("ofice")).unwrap();
+        let err = store.reload().unwrap_err().to_string();
+        assert!(
+            err.contains("rule \"r\": listener \"ofice\" is not a listener of the config; the listeners are public, office"),
+            "{err}"
+        );
+        assert_eq!(store.current().generation, 1);
+        std::fs::write(&file, rules("[public]")).unwrap();
+        assert!(matches!(store.reload(), Ok(Reloaded::Swapped(_))));
+    }
+
     #[test]
     fn a_failed_reload_keeps_the_runtime_state_serving() {
         let (dir, store) = store_with(RULES);
