@@ -14,14 +14,14 @@ use support::certs::{https_request, TestCa};
 use support::graygate::{metric, Graygate};
 use support::{assert_eventually, get, http_request, Backend};
 
-/// uid tail 3 goes to canary, the rest to stable.
+/// uid tail 3 and the office network go to canary, the rest to stable.
 fn rules(stable: &Backend, canary: &Backend) -> String {
     format!(
         "versions: {{ stable: {{}}, canary: {{ selectable: true }} }}\n\
          default: stable\n\
          channels: {{ path: /.canary-deployment }}\n\
          services:\n  web:\n    hosts: [\"*\"]\n    groups:\n      stable: {{ peers: [\"{}\"] }}\n      canary: {{ peers: [\"{}\"] }}\n\
-         rules:\n  - {{ name: tail, when: {{ uid_tail: [3] }}, version: canary }}\n",
+         rules:\n  - {{ name: tail, when: {{ uid_tail: [3] }}, version: canary }}\n  - {{ name: office, when: {{ client_ip: [203.0.113.0/24] }}, version: canary }}\n",
         stable.addr(),
         canary.addr()
     )
@@ -764,5 +764,92 @@ fn a_bad_certificate_stops_the_start_with_its_file_named() {
     assert!(
         stderr.contains("soon.crt: warning: listener https: the certificate expires in 4days"),
         "{stderr}"
+    );
+}
+
+/// A PROXY protocol v2 header for TCP over IPv4 from `src`.
+fn proxy_v2(src: std::net::SocketAddrV4) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x11, 0x00, 12]);
+    header.extend_from_slice(&src.ip().octets());
+    header.extend_from_slice(&[127, 0, 0, 1]);
+    header.extend_from_slice(&src.port().to_be_bytes());
+    header.extend_from_slice(&443u16.to_be_bytes());
+    header
+}
+
+#[test]
+fn proxy_protocol_from_a_trusted_balancer_names_the_client() {
+    let edge = Edge::start_with("", "trusted_proxies: [127.0.0.1/32]\n");
+    let backends = &edge._backends;
+    // v1 on the plain listener: the declared client decides (the office rule) and is the
+    // X-Forwarded-For graygate sends.
+    let r = http_request(
+        edge.http,
+        b"PROXY TCP4 203.0.113.9 127.0.0.1 5000 80\r\nGET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .expect("request");
+    assert_eq!((r.status, r.body_text().as_str()), (200, "canary"));
+    let seen = backends.1.last_request().expect("canary saw it");
+    assert_eq!(seen.header_all("x-forwarded-for"), ["203.0.113.9"]);
+    // v2 in front of a TLS handshake.
+    let tcp = TcpStream::connect(edge.https).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    (&tcp)
+        .write_all(&proxy_v2("203.0.113.10:6000".parse().unwrap()))
+        .expect("write the header");
+    let config = support::certs::connector(&edge.ca.cert)
+        .configure()
+        .expect("configure");
+    let mut tls = config.connect("a.test", tcp).expect("TLS after PROXY v2");
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let r = support::read_response(std::io::BufReader::new(tls), false).expect("response");
+    assert_eq!(r.body_text(), "canary");
+    let seen = backends.1.last_request().expect("canary saw it");
+    assert_eq!(seen.header_all("x-forwarded-for"), ["203.0.113.10"]);
+    // A trusted peer may also send no header at all.
+    let r = get(edge.http, "a.test", "/", &[]);
+    assert_eq!(r.body_text(), "stable");
+    // A broken header from a trusted peer closes that connection only, and is counted.
+    let broken = http_request(
+        edge.http,
+        b"PROXY TCP4 203.0.113.9 nonsense\r\nGET / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    );
+    assert!(broken.is_err(), "{broken:?}");
+    assert_eventually(Duration::from_secs(2), "the refused header counted", || {
+        metric(
+            &edge.gg.scrape(),
+            "graygate_connections_total",
+            &[("listener", "http"), ("result", "proxy_protocol_error")],
+        ) == Some(1.0)
+    });
+    assert_eq!(get(edge.http, "a.test", "/", &[]).status, 200);
+}
+
+#[test]
+fn proxy_protocol_and_forwarded_for_from_anyone_else_are_ignored() {
+    let edge = Edge::start();
+    let backends = &edge._backends;
+    let before = backends.0.requests() + backends.1.requests();
+    let r = http_request(
+        edge.http,
+        b"PROXY TCP4 203.0.113.9 127.0.0.1 5000 80\r\nGET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .expect("request");
+    assert_eq!(r.status, 400, "an untrusted peer's PROXY line is not HTTP");
+    assert_eq!(backends.0.requests() + backends.1.requests(), before);
+    // Nor does its X-Forwarded-For make it an office client.
+    let r = get(
+        edge.http,
+        "a.test",
+        "/",
+        &[("X-Forwarded-For", b"203.0.113.9")],
+    );
+    assert_eq!(r.body_text(), "stable");
+    let seen = backends.0.last_request().expect("stable saw it");
+    assert_eq!(
+        seen.header_all("x-forwarded-for"),
+        ["203.0.113.9, 127.0.0.1"]
     );
 }

@@ -251,6 +251,7 @@ impl AdminApp {
                 .collect(),
             headers: Vec::new(),
             ip,
+            listener: first("listener").filter(|l| !l.is_empty()),
         };
         let snapshot = self.reloader.store().current();
         match explain_request(&snapshot, &self.lookups, &self.channel_key, &desc).await {
