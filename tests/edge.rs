@@ -853,3 +853,102 @@ fn proxy_protocol_and_forwarded_for_from_anyone_else_are_ignored() {
         ["203.0.113.9, 127.0.0.1"]
     );
 }
+
+/// A WebSocket upstream: answers the upgrade (with the RFC 6455 accept key), then echoes
+/// every byte back. Returns its address; it serves one connection.
+fn websocket_echo() -> SocketAddr {
+    use base64::Engine as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match conn.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let key = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| value.trim().to_string())
+            })
+            .unwrap_or_default();
+        let digest =
+            openssl::sha::sha1(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes());
+        let accept = base64::engine::general_purpose::STANDARD.encode(digest);
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        if conn.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn websocket_upgrades_over_https() {
+    let ca = TestCa::new();
+    let certs = tempfile::tempdir().expect("certs dir");
+    let (cert, key) = ca.issue(&["a.test"], 7, 30).write(certs.path(), "a");
+    let ws = websocket_echo();
+    let rules = format!(
+        "versions: {{ stable: {{}} }}\ndefault: stable\nservices:\n  ws:\n    hosts: [\"*\"]\n    groups:\n      stable: {{ peers: [\"{ws}\"] }}\n"
+    );
+    let (_gg, addrs) = Graygate::start_listeners(
+        &rules,
+        None,
+        2,
+        |a| {
+            format!(
+                "listeners:\n  - {{ name: http, listen: \"{}\" }}\n  - {{ name: https, listen: \"{}\", tls: {{ certificates: [{{ cert: {}, key: {} }}] }} }}\n",
+                a[0],
+                a[1],
+                cert.display(),
+                key.display()
+            )
+        },
+        "",
+    );
+    let tcp = TcpStream::connect(addrs[1]).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let config = support::certs::connector(&ca.cert)
+        .configure()
+        .expect("configure");
+    let mut tls = config.connect("a.test", tcp).expect("TLS");
+    tls.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .expect("write the upgrade");
+    let mut reader = std::io::BufReader::new(tls);
+    let answer = support::read_response(&mut reader, false).expect("101");
+    assert_eq!(answer.status, 101);
+    assert_eq!(
+        answer.header("sec-websocket-accept").as_deref(),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "the RFC 6455 example key"
+    );
+    // A masked text frame "hello" goes through the tunnel and comes back byte for byte.
+    let frame = [
+        0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+    ];
+    reader.get_mut().write_all(&frame).expect("write a frame");
+    let mut echoed = [0u8; 11];
+    reader.read_exact(&mut echoed).expect("read the echo");
+    assert_eq!(echoed, frame);
+}
