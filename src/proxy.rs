@@ -529,7 +529,9 @@ impl ProxyHttp for Gateway {
             rules.version(route.serving).header_value.clone(),
         )?;
         upstream.insert_header(RULE_HEADER, route.decision.rule_header_value(rules).clone())?;
-        upstream.insert_header(FORWARDED_PROTO.clone(), ctx.arrival.scheme.as_str())?;
+        // A static value: no copy of the scheme's text per request.
+        let proto = HeaderValue::from_static(ctx.arrival.scheme.as_str());
+        upstream.insert_header(FORWARDED_PROTO.clone(), proto)?;
         // The cookies the serving version may see (SPEC section 15), from the browser's:
         // after a fallback, the default version's share.
         cookies::apply_to_request(
