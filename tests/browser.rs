@@ -810,27 +810,13 @@ fn the_channel_page_over_https_sets_a_secure_cookie() {
     let certs = tempfile::tempdir().expect("certs dir");
     let issued = ca.issue(&["localhost"], 11, 30);
     let (cert, key) = issued.write(certs.path(), "localhost");
-    let (_gg, addrs) = Graygate::start_listeners(
-        &rules(&stable, &beta),
-        None,
-        2,
-        |a| {
-            format!(
-                "listeners:\n  - {{ name: http, listen: \"{}\" }}\n  - {{ name: https, listen: \"{}\", tls: {{ certificates: [{{ cert: {}, key: {} }}] }} }}\n",
-                a[0],
-                a[1],
-                cert.display(),
-                key.display()
-            )
-        },
-        "",
-    );
+    let (_gg, https) = Graygate::start_https(&rules(&stable, &beta), &cert, &key);
     let pin = format!(
         "--ignore-certificate-errors-spki-list={}",
         spki_pin(&issued.cert_pem)
     );
     let browser = Browser::start_with(&[pin]);
-    let origin = format!("https://localhost:{}", addrs[1].port());
+    let origin = format!("https://localhost:{}", https.port());
     browser.choose(
         &format!("{origin}/.canary-deployment"),
         "beta",

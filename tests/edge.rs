@@ -910,22 +910,8 @@ fn websocket_upgrades_over_https() {
     let rules = format!(
         "versions: {{ stable: {{}} }}\ndefault: stable\nservices:\n  ws:\n    hosts: [\"*\"]\n    groups:\n      stable: {{ peers: [\"{ws}\"] }}\n"
     );
-    let (_gg, addrs) = Graygate::start_listeners(
-        &rules,
-        None,
-        2,
-        |a| {
-            format!(
-                "listeners:\n  - {{ name: http, listen: \"{}\" }}\n  - {{ name: https, listen: \"{}\", tls: {{ certificates: [{{ cert: {}, key: {} }}] }} }}\n",
-                a[0],
-                a[1],
-                cert.display(),
-                key.display()
-            )
-        },
-        "",
-    );
-    let tcp = TcpStream::connect(addrs[1]).expect("connect");
+    let (_gg, https) = Graygate::start_https(&rules, &cert, &key);
+    let tcp = TcpStream::connect(https).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let config = support::certs::connector(&ca.cert)
         .configure()
