@@ -41,6 +41,7 @@ struct Edge {
 }
 
 const A_SERIAL: u32 = 1001;
+const TOKEN: &str = "edge-test-token";
 const B_SERIAL: u32 = 2001;
 
 impl Edge {
@@ -60,7 +61,7 @@ impl Edge {
         let dir = certs.path().display().to_string();
         let (gg, addrs) = Graygate::start_listeners(
             &rules(&stable, &canary),
-            None,
+            Some(TOKEN),
             4,
             |a| {
                 format!(
@@ -556,6 +557,25 @@ fn certificates_reload_on_change_and_a_broken_pair_keeps_the_old_one() {
             .unwrap_or(0.0)
                 >= 1.0
         },
+    );
+    assert_eq!(served_serial(&edge), Some(1002));
+    // POST /-/reload says which listener kept its pairs, and why.
+    let r = http_request(
+        edge.gg.admin,
+        format!("POST /-/reload HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .expect("POST /-/reload");
+    assert_eq!(r.status, 422, "{}", r.body_text());
+    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+    assert_eq!(body["result"], "unchanged", "the rules are fine: {body}");
+    assert_eq!(body["certificates"][0]["listener"], "https");
+    assert_eq!(body["certificates"][0]["result"], "error");
+    let error = body["certificates"][0]["errors"][0]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("a.key: this key does not belong to the certificate"),
+        "{error}"
     );
     assert_eq!(served_serial(&edge), Some(1002));
     // Garbage in the certificate file: the same.
