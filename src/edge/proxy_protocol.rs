@@ -739,4 +739,74 @@ mod tests {
         assert_eq!(request, AFTER);
         drop(client.await.unwrap());
     }
+
+    fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Random bytes after either signature: never a panic or a wait, and an accepted
+        /// header consumed only a prefix.
+        #[test]
+        fn random_headers_never_panic_nor_overread(
+            v2_signature in any::<bool>(),
+            body in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let header = if v2_signature {
+                [&V2_SIGNATURE[..], &body].concat()
+            } else {
+                [&b"PROXY "[..], &body].concat()
+            };
+            // The peer has sent everything and closed, so a header longer than what came is
+            // `Closed` at once instead of a wait.
+            let bytes = [&header[..], AFTER].concat();
+            let (mut c, _) = block_on(conn(&bytes, false));
+            let result = block_on(read_proxy_header(&mut c, WAIT));
+            if let Ok(found) = result {
+                prop_assert!(found != ProxyHeader::Absent, "a signature is not nothing");
+                let mut rest = Vec::new();
+                block_on(c.read_to_end(&mut rest)).unwrap();
+                prop_assert!(bytes.ends_with(&rest), "only a prefix was consumed");
+            } else if let Err(e) = &result {
+                prop_assert!(!matches!(e, ProxyHeaderError::Timeout(_)), "{e}");
+            }
+        }
+
+        /// A well-framed v2 header of any command, family and length up to the cap is read to
+        /// its end exactly: the request after it is untouched, whatever the answer.
+        #[test]
+        fn framed_v2_headers_are_read_to_their_end(
+            version_command in any::<u8>(),
+            family in any::<u8>(),
+            rest in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let header = v2(version_command, family, &rest);
+            let result = block_on(read(&header));
+            if let Err(e) = &result {
+                prop_assert!(!matches!(e, ProxyHeaderError::Timeout(_)), "{e}");
+            }
+        }
+
+        /// Any bytes that start neither signature are not a header and are not consumed.
+        #[test]
+        fn other_bytes_are_left_alone(first in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 4..64)) {
+            prop_assume!(first != b'P' && first != b'\r');
+            let bytes = [&[first][..], &body].concat();
+            let (mut c, peer) = block_on(conn(&bytes, false));
+            drop(peer);
+            let result = block_on(read_proxy_header(&mut c, WAIT));
+            prop_assert!(matches!(result, Ok(ProxyHeader::Absent)), "{result:?}");
+            let mut rest = Vec::new();
+            block_on(c.read_to_end(&mut rest)).unwrap();
+            prop_assert_eq!(rest, bytes);
+        }
+    }
 }
