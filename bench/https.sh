@@ -377,6 +377,8 @@ $(printf '%s\n' "${verdicts[@]}")
   (tier shield, uid tail, uid split) on a browser-like \`Cookie\` header; the routing of both
   is checked before measuring. Suites, groups and versions: OpenSSL's defaults, TLS 1.2 and
   1.3 (nginx told \`ssl_protocols TLSv1.2 TLSv1.3\`, its 1.22 default still has 1.0 and 1.1).
+  Neither server imposes its suite order, so the client's decides: AES-256-GCM with s_time
+  (OpenSSL's default order), AES-128-GCM with h2load (its own).
 - **Sessions**: graygate keeps OpenSSL's defaults (internal server cache of 20,480 sessions
   for 2 h, session tickets; no switch turns them off) and nginx is given the same
   (\`ssl_session_cache builtin:20480; ssl_session_timeout 2h; ssl_session_tickets on\`). The
