@@ -386,7 +386,9 @@ $(printf '%s\n' "${verdicts[@]}")
   issues its tickets (two per TLS 1.3 handshake) and, in TLS 1.2, caches each session.
 - **Handshakes**: ${HS_CLIENTS} parallel \`openssl s_time -new -tls1_3|-tls1_2 -time ${HS_SECONDS}\`, each connection one
   full handshake and one HTTP/1.1 request with \`Connection: close\`; the rate is every
-  connection of the ${HS_CLIENTS} clients over the wall time. The client's side of a handshake
+  connection of the ${HS_CLIENTS} clients over the wall time. s_time sends no SNI: graygate serves
+  its first (here, only) certificate, its server-name callback still running and still
+  moving the connection to that pair's context. The client's side of a handshake
   (key exchange, checking the server's ECDSA signature, OpenSSL 3.0's per-connection setup)
   costs more CPU than the server's and shares core 1 with the backend, so neither proxy's
   core is saturated (see "proxy core busy"): the rate compares the two at the same offered
