@@ -4,8 +4,9 @@
 #   make run     build, start two demo backends and graygate (scripts/run-demo.sh)
 #   make test    fmt check, clippy, unit + integration + doc tests, config check, deploy/ checks
 #   make check   validate conf/graygate.yaml with the release binary
-#   make bench   graygate vs nginx (bench/compare.sh -> docs/benchmarks.md), cached lookups
-#                (bench/assignments.sh), reload of 1,000 rules (benches/reload.rs)
+#   make bench   graygate vs nginx (bench/compare.sh -> docs/benchmarks.md), the same over
+#                HTTPS (bench/https.sh), cached lookups (bench/assignments.sh), reload of
+#                1,000 rules (benches/reload.rs)
 #   make faults  fault suite (bench/faults.sh): Redis, peers, reloads, slowloris, bad requests
 #   make fmt | lint | clean
 
@@ -19,7 +20,7 @@ CONFIG ?= conf/graygate.yaml
 .PHONY: help deps-run deps-test build run test check check-deploy bench faults fmt lint clean
 
 help:
-	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
 
 deps-run:
 	@bash scripts/install-deps.sh run
@@ -57,6 +58,7 @@ check: deps-run
 bench: deps-run
 	@status=0; \
 	bash bench/compare.sh || status=1; \
+	bash bench/https.sh || status=1; \
 	bash bench/assignments.sh || status=1; \
 	$(CARGO) bench --locked --bench reload || status=1; \
 	exit $$status

@@ -426,6 +426,8 @@ redis_version=$(redis-server --version | grep -o 'v=[^ ]*' | cut -d= -f2)
 rustc_version=$(rustc -V)
 
 mkdir -p "$(dirname "$OUT")"
+# bench/https.sh writes a section of its own into the same file: keep it.
+https_section=$(sed -n '/^<!-- bench\/https.sh: begin/,/^<!-- bench\/https.sh: end -->/p' "$OUT" 2>/dev/null || true)
 {
     cat <<DOC
 # Benchmarks
@@ -495,6 +497,7 @@ DOC
 - nginx $nginx_version, libnginx-mod-http-lua $lua_version, lua-nginx-redis (lua-resty-redis) $resty_redis_version
 - redis-server $redis_version, wrk $wrk_version
 DOC
+    if [[ -n "$https_section" ]]; then printf '\n%s\n' "$https_section"; fi
 } > "$OUT"
 
 echo

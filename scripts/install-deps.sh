@@ -5,7 +5,8 @@
 #   scripts/install-deps.sh test   # additionally: redis-server, redis-cli, prometheus
 #                                  # (promtool), python3-yaml (scripts/check-deploy.sh),
 #                                  # chromium + chromium-driver (tests/browser.rs)
-#   scripts/install-deps.sh bench  # bench/: nginx (+ Lua module, lua-resty-redis), wrk, redis
+#   scripts/install-deps.sh bench  # bench/: nginx (+ Lua module, lua-resty-redis), wrk, redis,
+#                                  # h2load and openssl (bench/https.sh)
 #
 # Idempotent: only missing commands are installed, and nothing is printed
 # (and apt is not touched) when everything is already present.
@@ -16,7 +17,7 @@ profile="${1:-run}"
 case "$profile" in
 run | test | bench) ;;
 -h | --help)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
