@@ -15,6 +15,7 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, LoadBalancer};
 use pingora::upstreams::peer::HttpPeer;
+use xxhash_rust::xxh64::xxh64;
 
 use crate::rules::model::{
     GroupSpec, HealthCheckKind, HealthCheckSpec, LbPolicy, UpstreamProtocol,
@@ -37,6 +38,7 @@ fn peer_template(spec: &GroupSpec) -> HttpPeer {
     let tls = spec.tls.as_ref();
     let sni = tls.map(|t| t.sni.to_string()).unwrap_or_default();
     let mut peer = HttpPeer::new(TEMPLATE_ADDRESS, tls.is_some(), sni);
+    peer.group_key = connection_group(spec);
     let options = &mut peer.options;
     let timeouts = spec.timeouts;
     options.connection_timeout = Some(timeouts.connect);
@@ -83,6 +85,23 @@ impl std::fmt::Debug for Pool {
             .field("peers", &self.spec.peers)
             .finish()
     }
+}
+
+/// The key that keeps apart pooled connections Pingora would otherwise share: its reuse
+/// hash covers the address, SNI and verification flags but neither the roots nor the ALPN,
+/// so a connection verified against one group's CA (or a CA since replaced by a reload)
+/// could serve a group that trusts another.
+fn connection_group(spec: &GroupSpec) -> u64 {
+    let ca = spec.tls.as_ref().and_then(|t| t.ca.as_ref());
+    let mut input = Vec::with_capacity(64);
+    input.extend_from_slice(spec.protocol.as_str().as_bytes());
+    input.push(0);
+    if let Some(ca) = ca {
+        input.extend_from_slice(ca.path.to_string_lossy().as_bytes());
+        input.push(0);
+        input.extend_from_slice(&ca.content_hash.to_le_bytes());
+    }
+    xxh64(&input, 0)
 }
 
 /// The probe of `spec`; an HTTP probe speaks the group's protocol and TLS (`template`).

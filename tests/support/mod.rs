@@ -11,13 +11,17 @@
 //! * [`RedisServer`]: a throw-away `redis-server` on a local port of its own.
 //! * [`graygate`]: the real server in-process; [`handover`]: how it gets listeners the test
 //!   bound, so no port is ever released and bound again.
+//! * [`certs`]: a test CA, certificates it signs, self-signed ones (openssl);
+//!   [`tls_backend`]: an HTTPS/1.1, HTTP/2-over-TLS or h2c upstream (tokio, h2).
 //!
 //! Only `std` and `tempfile` are used here (no async runtime); `graygate` and `handover`
-//! also use Pingora.
+//! also use Pingora, `certs` and `tls_backend` openssl, tokio and h2.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod graygate;
 pub mod handover;
+pub mod tls_backend;
 
 use std::collections::HashMap;
 use std::fmt;
