@@ -13,6 +13,7 @@
 //!   bound, so no port is ever released and bound again.
 //! * [`certs`]: a test CA, certificates it signs, self-signed ones (openssl);
 //!   [`tls_backend`]: an HTTPS/1.1, HTTP/2-over-TLS or h2c upstream (tokio, h2).
+//! * [`grpc`]: a real gRPC server and client (Python grpcio, `tests/grpc/*.py`).
 //!
 //! Only `std` and `tempfile` are used here (no async runtime); `graygate` and `handover`
 //! also use Pingora, `certs` and `tls_backend` openssl, tokio and h2.
@@ -20,6 +21,7 @@
 
 pub mod certs;
 pub mod graygate;
+pub mod grpc;
 pub mod handover;
 pub mod tls_backend;
 
