@@ -20,8 +20,10 @@ use super::handover::{bind_loopback, Handover};
 use super::{answers_http, assert_eventually};
 
 /// Not HTTP: Pingora answers it with a 400 itself, before any graygate phase runs, so a
-/// readiness probe on the proxy listener shows up in no metric, access log or backend.
-pub const PROXY_PROBE: &[u8] = b"not http\r\n\r\n";
+/// readiness probe on the proxy listener shows up in no metric, access log or backend. At
+/// least 24 bytes: on an `h2c` listener Pingora first reads that many, the length of the
+/// HTTP/2 preface, before it decides the connection is HTTP/1.
+pub const PROXY_PROBE: &[u8] = b"not http, nor the HTTP/2 preface\r\n\r\n";
 
 /// The admin listener's liveness endpoint, which counts nothing either.
 pub const ADMIN_PROBE: &[u8] =
@@ -74,6 +76,19 @@ impl Graygate {
     /// Like [`Graygate::start`], with `token` guarding the admin API and `extra_conf`
     /// appended to `conf/graygate.yaml` (for example a `redis:` section).
     pub fn start_with(rules: &str, token: Option<&str>, extra_conf: &str) -> Graygate {
+        Self::start_with_listeners(rules, token, extra_conf, |proxy| {
+            format!("listen: [\"{proxy}\"]\n")
+        })
+    }
+
+    /// Like [`Graygate::start_with`], with the proxy listener written by `proxy_conf` from the
+    /// address bound for it (for example `listeners: [{ name: grpc, listen: ..., h2c: true }]`).
+    pub fn start_with_listeners(
+        rules: &str,
+        token: Option<&str>,
+        extra_conf: &str,
+        proxy_conf: impl FnOnce(SocketAddr) -> String,
+    ) -> Graygate {
         let dir = tempfile::tempdir().expect("temp dir");
         let rules_dir = dir.path().join("rules");
         std::fs::create_dir(&rules_dir).expect("rules dir");
@@ -82,7 +97,8 @@ impl Graygate {
         let addr = |l: &TcpListener| l.local_addr().expect("listener address");
         let (proxy, admin) = (addr(&listeners[0]), addr(&listeners[1]));
         let conf = format!(
-            "listen: [\"{proxy}\"]\nadmin: {{ listen: \"{admin}\" }}\nrules: rules\nserver:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n  pid_file: graygate.pid\n  upgrade_sock: upgrade.sock\n"
+            "{}admin: {{ listen: \"{admin}\" }}\nrules: rules\nserver:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n  pid_file: graygate.pid\n  upgrade_sock: upgrade.sock\n",
+            proxy_conf(proxy)
         );
         let conf_path: PathBuf = dir.path().join("graygate.yaml");
         std::fs::write(&conf_path, conf + extra_conf).expect("write conf");
