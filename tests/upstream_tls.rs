@@ -235,3 +235,53 @@ fn an_h2c_group_speaks_http2_with_prior_knowledge() {
         ) == Some(1.0)
     });
 }
+
+#[test]
+fn a_replaced_ca_file_is_picked_up_by_a_reload_and_a_broken_one_keeps_the_last_good_rules() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = TestCa::new("graygate test CA");
+    let other_ca = TestCa::new("another CA");
+    // The file starts with the wrong CA: the peer does not verify.
+    let ca_file = write(dir.path(), "ca.pem", &other_ca.pem());
+    let backend = TlsBackend::start("https", Mode::Https1(ca.issue("api.internal")));
+    let gg = Graygate::start(&rules(&[(
+        "web.test",
+        format!(
+            "{{ peers: [\"{}\"], tls: {{ sni: api.internal, ca: \"{ca_file}\" }} }}",
+            backend.addr()
+        ),
+    )]));
+    assert_eq!(get(gg.proxy, "web.test", "/", &[]).status, 502);
+
+    // Only the CA file changes, no rules file: the reload still sees a change.
+    write(dir.path(), "ca.pem", &ca.pem());
+    let generation = gg.store.current().generation;
+    let reloaded = gg.store.reload().unwrap_or_else(|d| panic!("reload: {d}"));
+    assert!(
+        matches!(reloaded, graygate::state::Reloaded::Swapped(_)),
+        "a new CA is a new generation"
+    );
+    assert_eq!(gg.store.current().generation, generation + 1);
+    let r = get(gg.proxy, "web.test", "/", &[]);
+    assert_eq!((r.status, r.body_text()), (200, "https".to_string()));
+
+    // A CA file that is no longer PEM: the reload fails naming it, the last good rules serve.
+    write(
+        dir.path(),
+        "ca.pem",
+        b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    );
+    let errors = gg
+        .store
+        .reload()
+        .err()
+        .expect("a broken CA fails the reload")
+        .to_string();
+    assert!(
+        errors.contains(&format!("tls.ca \"{ca_file}\" is not PEM certificates")),
+        "{errors}"
+    );
+    assert_eq!(gg.store.current().generation, generation + 1);
+    let r = get(gg.proxy, "web.test", "/", &[]);
+    assert_eq!((r.status, r.body_text()), (200, "https".to_string()));
+}
