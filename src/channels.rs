@@ -14,8 +14,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::facts::Facts;
-use crate::facts::VersionId;
+use crate::facts::{Facts, Scheme, VersionId};
 use crate::rules::decide::Decision;
 use crate::rules::model::{Action, ChannelSettings, RuleSet};
 
@@ -153,18 +152,21 @@ impl ChannelKey {
                     &rules.channels,
                     Some(&rules.version(decision.version).name),
                     facts.uid.as_ref().map(|u| &*u.text),
+                    facts.req.arrival.scheme,
                 ))
             }
             _ => None,
         }
     }
 
-    /// A `Set-Cookie` value choosing `version` for `uid` (or clearing the choice).
+    /// A `Set-Cookie` value choosing `version` for `uid` (or clearing the choice); `Secure`
+    /// when the request came over HTTPS.
     pub fn set_cookie(
         &self,
         settings: &ChannelSettings,
         choice: Option<&str>,
         uid: Option<&str>,
+        scheme: Scheme,
     ) -> String {
         let mut cookie = match choice {
             Some(version) => {
@@ -175,6 +177,9 @@ impl ChannelKey {
             None => format!("{}=; Max-Age=0", settings.cookie),
         };
         cookie.push_str("; Path=/; HttpOnly; SameSite=Lax");
+        if scheme == Scheme::Https {
+            cookie.push_str("; Secure");
+        }
         if let Some(domain) = &settings.domain {
             cookie.push_str("; Domain=");
             cookie.push_str(domain);
@@ -276,7 +281,7 @@ mod tests {
             max_age: std::time::Duration::from_secs(30 * 86400),
             domain: Some(".example.com".into()),
         };
-        let cookie = key().set_cookie(&settings, Some("beta"), Some("7"));
+        let cookie = key().set_cookie(&settings, Some("beta"), Some("7"), Scheme::Http);
         assert!(cookie.starts_with("gg_channel=beta."), "{cookie}");
         assert!(
             cookie.ends_with(
@@ -285,8 +290,13 @@ mod tests {
             "{cookie}"
         );
         assert_eq!(
-            key().set_cookie(&settings, None, None),
+            key().set_cookie(&settings, None, None, Scheme::Http),
             "gg_channel=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Domain=.example.com"
+        );
+        // Over HTTPS the browser is told never to send it in clear text.
+        assert_eq!(
+            key().set_cookie(&settings, None, None, Scheme::Https),
+            "gg_channel=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure; Domain=.example.com"
         );
     }
 }

@@ -23,6 +23,7 @@ pub mod channels;
 pub mod config;
 pub mod cookies;
 pub mod diagnostics;
+pub mod edge;
 pub mod explain;
 pub mod facts;
 pub mod metrics;

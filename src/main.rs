@@ -103,24 +103,45 @@ fn check(conf: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match graygate::rules::load(&config.rules) {
-        Ok(loaded) => {
-            print_diagnostics(&loaded.warnings);
+    // Every certificate pair is read, checked against its key and built into a TLS context,
+    // as at start; pairs close to expiry are warnings.
+    let certificates = match graygate::edge::tls::endpoints(&config.listeners, &Metrics::new()) {
+        Ok((endpoints, warnings)) => {
+            print_diagnostics(&warnings);
+            Ok(endpoints.iter().flatten().count())
+        }
+        Err(diags) => Err(diags),
+    };
+    let rules = graygate::rules::load(&config.rules);
+    let mut errors = 0;
+    if let Err(diags) = &certificates {
+        print_diagnostics(diags);
+        errors += diags.errors().count();
+    }
+    match &rules {
+        Ok(loaded) => print_diagnostics(&loaded.warnings),
+        Err(diags) => {
+            print_diagnostics(diags);
+            errors += diags.errors().count();
+        }
+    }
+    match (rules, certificates) {
+        (Ok(loaded), Ok(tls_listeners)) => {
             let rules = &loaded.model.rules;
             println!(
-                "graygate check: ok: {} version(s), {} service(s), {} rule(s), {} goal(s) from {} file(s); default version {}",
+                "graygate check: ok: {} version(s), {} service(s), {} rule(s), {} goal(s) from {} file(s); default version {}; {} TLS listener(s)",
                 rules.versions.len(),
                 loaded.model.services.len(),
                 rules.rules.len(),
                 rules.goals.len(),
                 loaded.files.len(),
-                rules.version(rules.default).name
+                rules.version(rules.default).name,
+                tls_listeners
             );
             ExitCode::SUCCESS
         }
-        Err(diags) => {
-            print_diagnostics(&diags);
-            eprintln!("graygate check: {} error(s)", diags.errors().count());
+        _ => {
+            eprintln!("graygate check: {errors} error(s)");
             ExitCode::FAILURE
         }
     }

@@ -59,6 +59,17 @@ pub struct Metrics {
     pub peer_healthy: IntGaugeVec,
     /// `graygate_cookies_rewritten_total{version,action}`: the cookie isolation's work.
     pub cookies_rewritten: IntCounterVec,
+    /// `graygate_tls_reload_total{result}`
+    pub tls_reloads: IntCounterVec,
+    /// `graygate_tls_certificate_expiry_timestamp_seconds{listener,certificate}`: notAfter.
+    pub tls_certificate_expiry: IntGaugeVec,
+    /// `graygate_tls_handshakes_total{listener,result}`: ok, error, timeout.
+    pub tls_handshakes: IntCounterVec,
+    /// `graygate_tls_sni_unmatched_total{listener}`: names no certificate covers.
+    pub tls_sni_unmatched: IntCounterVec,
+    /// `graygate_connections_total{listener,result}`: accepted connections, and those closed
+    /// before HTTP (`proxy_protocol_error`, `proxy_protocol_timeout`).
+    pub connections: IntCounterVec,
 }
 
 impl Metrics {
@@ -113,6 +124,26 @@ impl Metrics {
             "Cookies rewritten for version isolation, per serving version and action (renamed, restored, removed, dropped_too_long, dropped_invalid).",
             &["version", "action"],
         );
+        let tls_reloads = counter(
+            "graygate_tls_reload_total",
+            "Certificate reloads, per result (a rejected pair keeps the old one serving).",
+            &["result"],
+        );
+        let tls_handshakes = counter(
+            "graygate_tls_handshakes_total",
+            "TLS handshakes, per listener and result (ok, error, timeout).",
+            &["listener", "result"],
+        );
+        let tls_sni_unmatched = counter(
+            "graygate_tls_sni_unmatched_total",
+            "Handshakes whose server name no certificate covers (they get the listener's first certificate).",
+            &["listener"],
+        );
+        let connections = counter(
+            "graygate_connections_total",
+            "Connections accepted, per listener and result (ok, proxy_protocol_error, proxy_protocol_timeout).",
+            &["listener", "result"],
+        );
         let rules_reloads = counter(
             "graygate_rules_reload_total",
             "Rules reloads, per result.",
@@ -151,6 +182,17 @@ impl Metrics {
         registry
             .register(Box::new(peer_healthy.clone()))
             .expect("unique metric name");
+        let tls_certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "graygate_tls_certificate_expiry_timestamp_seconds",
+                "The notAfter of the certificate serving now, as a Unix timestamp.",
+            ),
+            &["listener", "certificate"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(tls_certificate_expiry.clone()))
+            .expect("unique metric name");
         for result in ["ok", "error"] {
             rules_reloads.with_label_values(&[result]);
         }
@@ -173,6 +215,28 @@ impl Metrics {
             rules_reloads,
             peer_healthy,
             cookies_rewritten,
+            tls_reloads,
+            tls_certificate_expiry,
+            tls_handshakes,
+            tls_sni_unmatched,
+            connections,
+        }
+    }
+
+    /// Creates at 0 the connection series of one listener, and its handshake series if it
+    /// speaks TLS.
+    pub fn prepare_listener(&self, listener: &str, tls: bool) {
+        for result in ["ok", "proxy_protocol_error", "proxy_protocol_timeout"] {
+            self.connections.with_label_values(&[listener, result]);
+        }
+        if tls {
+            for result in ["ok", "error", "timeout"] {
+                self.tls_handshakes.with_label_values(&[listener, result]);
+            }
+            self.tls_sni_unmatched.with_label_values(&[listener]);
+            for result in ["ok", "error"] {
+                self.tls_reloads.with_label_values(&[result]);
+            }
         }
     }
 

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use http::header::{CONTENT_LENGTH, HOST, SET_COOKIE};
+use http::header::{
+    HeaderName, HeaderValue, CONTENT_LENGTH, HOST, LOCATION, SET_COOKIE, STRICT_TRANSPORT_SECURITY,
+};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
@@ -22,7 +24,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
 use crate::channels::ChannelKey;
-use crate::config::{self, AccessLogFormat, Listener};
+use crate::config::{self, AccessLogFormat, Listener, ListenerKind, TlsListener};
 use crate::cookies;
 use crate::facts::bucket::ip_text;
 use crate::facts::VersionId;
@@ -40,6 +42,8 @@ use crate::web::Reply;
 pub const VERSION_HEADER: &str = "x-graygate-version";
 /// Request header carrying the deciding rule upstream.
 pub const RULE_HEADER: &str = "x-graygate-rule";
+/// Request header telling the upstream the scheme the client used.
+static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// How long an idle downstream keep-alive connection is kept.
 const DOWNSTREAM_KEEPALIVE_SECS: u64 = 60;
@@ -54,6 +58,8 @@ pub struct Gateway {
     lookups: Arc<Lookups>,
     channel_key: ChannelKey,
     listeners: Arc<[Listener]>,
+    /// Per listener: the `Strict-Transport-Security` value of a TLS listener with `hsts`.
+    hsts: Box<[Option<HeaderValue>]>,
     access_log: AccessLogFormat,
     fallback_log: LogThrottle,
 }
@@ -69,11 +75,22 @@ impl Gateway {
         listeners: &[Listener],
         access_log: AccessLogFormat,
     ) -> Self {
+        let hsts = listeners
+            .iter()
+            .map(|l| match &l.kind {
+                ListenerKind::Tls(TlsListener {
+                    hsts: Some(max_age),
+                    ..
+                }) => HeaderValue::from_str(&format!("max-age={}", max_age.as_secs())).ok(),
+                _ => None,
+            })
+            .collect();
         Gateway {
             store,
             metrics,
             lookups,
             channel_key,
+            hsts,
             listeners: listeners.into(),
             access_log,
             fallback_log: LogThrottle::new(Duration::from_secs(1)),
@@ -161,10 +178,71 @@ fn lacks_host(req: &RequestHeader) -> bool {
         && !req.headers.contains_key(HOST)
 }
 
+/// The 308 of a `redirect_https` listener: the same host (on `port` unless 443), path and
+/// query over HTTPS.
+fn https_redirect(req: &RequestHeader, port: u16) -> Reply {
+    let host = request_host(req);
+    // An IPv6 literal goes back in brackets; a host that could not be a name is refused
+    // rather than echoed into a Location.
+    let valid = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
+    if !valid {
+        return Reply::error(400, "the Host header is not a host name");
+    }
+    let mut location = String::with_capacity(16 + host.len() + req.uri.path().len());
+    location.push_str("https://");
+    if host.contains(':') {
+        location.push('[');
+        location.push_str(host);
+        location.push(']');
+    } else {
+        location.push_str(host);
+    }
+    if port != 443 {
+        location.push(':');
+        location.push_str(&port.to_string());
+    }
+    match req.uri.path_and_query() {
+        Some(pq) => location.push_str(pq.as_str()),
+        None => location.push('/'),
+    }
+    Reply::new(308, "text/plain", format!("moved to {location}\n")).with_header(LOCATION, &location)
+}
+
 impl Gateway {
     fn arrival(&self, session: &Session) -> Arrival {
         let local = session.server_addr().and_then(|a| a.as_inet()).copied();
         config::arrival(&self.listeners, local)
+    }
+
+    /// The HTTPS port a plain listener with `redirect_https` sends its requests to.
+    fn redirect_https(&self, arrival: Arrival) -> Option<u16> {
+        match self.listeners.get(arrival.listener.index())?.kind {
+            ListenerKind::Plain { redirect_https, .. } => redirect_https,
+            ListenerKind::Tls(_) => None,
+        }
+    }
+
+    /// The `Strict-Transport-Security` value of the listener the request arrived on.
+    fn hsts_of(&self, arrival: Arrival) -> Option<&HeaderValue> {
+        self.hsts.get(arrival.listener.index())?.as_ref()
+    }
+
+    /// Writes a response graygate answers itself, with the listener's HSTS.
+    async fn reply(
+        &self,
+        session: &mut Session,
+        arrival: Arrival,
+        mut reply: Reply,
+    ) -> pingora::Result<()> {
+        if let Some(hsts) = self.hsts_of(arrival) {
+            reply
+                .headers
+                .push((STRICT_TRANSPORT_SECURITY, hsts.clone()));
+        }
+        reply.write(session).await
     }
 
     /// Serves a page to `visitor`.
@@ -229,14 +307,18 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<bool> {
         let snapshot = Arc::clone(&ctx.snapshot);
         let rules = &snapshot.rules;
-        if lacks_host(session.req_header()) {
-            Reply::error(400, "an HTTP/1.1 request needs a Host header")
-                .write(session)
-                .await?;
-            return Ok(true);
-        }
         let arrival = self.arrival(session);
         ctx.arrival = arrival;
+        if lacks_host(session.req_header()) {
+            let reply = Reply::error(400, "an HTTP/1.1 request needs a Host header");
+            self.reply(session, arrival, reply).await?;
+            return Ok(true);
+        }
+        if let Some(port) = self.redirect_https(arrival) {
+            let reply = https_redirect(session.req_header(), port);
+            self.reply(session, arrival, reply).await?;
+            return Ok(true);
+        }
         let client_ip = client_ip(session);
         let req = session.req_header();
         let host = request_host(req);
@@ -248,9 +330,8 @@ impl ProxyHttp for Gateway {
             (Some(page), _) => Target::Page(page),
             (None, Some(service)) => Target::Service(service),
             (None, None) => {
-                Reply::error(404, "no service for this host and path")
-                    .write(session)
-                    .await?;
+                let reply = Reply::error(404, "no service for this host and path");
+                self.reply(session, arrival, reply).await?;
                 return Ok(true);
             }
         };
@@ -301,9 +382,10 @@ impl ProxyHttp for Gateway {
                     channel: facts.channel,
                     host: host.to_string(),
                     balance_key: balance_key(uid, client_ip),
+                    scheme: arrival.scheme,
                 };
                 let reply = self.page(session, &snapshot, page, &visitor).await;
-                reply.write(session).await?;
+                self.reply(session, arrival, reply).await?;
                 Ok(true)
             }
         }
@@ -375,6 +457,9 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        if let Some(hsts) = self.hsts_of(ctx.arrival) {
+            response.insert_header(STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+        }
         let Some(route) = ctx.route.as_mut() else {
             return Ok(());
         };
@@ -427,6 +512,7 @@ impl ProxyHttp for Gateway {
             rules.version(route.serving).header_value.clone(),
         )?;
         upstream.insert_header(RULE_HEADER, route.decision.rule_header_value(rules).clone())?;
+        upstream.insert_header(FORWARDED_PROTO.clone(), ctx.arrival.scheme.as_str())?;
         // The cookies the serving version may see (SPEC section 15), from the browser's:
         // after a fallback, the default version's share.
         cookies::apply_to_request(
@@ -452,11 +538,12 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let answer = upstream::error_status(e);
         if let Some((status, message)) = answer.filter(|_| session.response_written().is_none()) {
-            if let Err(write_err) = Reply::error(status, message).write(session).await {
+            let reply = Reply::error(status, message);
+            if let Err(write_err) = self.reply(session, ctx.arrival, reply).await {
                 log::debug!("cannot send the {status} response: {write_err}");
             }
         }

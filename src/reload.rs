@@ -16,6 +16,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
 use crate::diagnostics::Diagnostics;
+use crate::edge::tls::{CertificatesReloaded, TlsEndpoint};
 use crate::metrics::Metrics;
 use crate::state::{Reloaded, SnapshotStore};
 
@@ -24,20 +25,75 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// A burst of events never delays a reload by more than this.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
 
-/// Reloads the rules and records the outcome.
+/// Reloads the rules and the listeners' certificates, and records the outcome.
 pub struct Reloader {
     store: Arc<SnapshotStore>,
     metrics: Arc<Metrics>,
+    certificates: Vec<Arc<TlsEndpoint>>,
 }
 
 impl Reloader {
     /// A reloader of `store`'s rules.
     pub fn new(store: Arc<SnapshotStore>, metrics: Arc<Metrics>) -> Self {
-        Reloader { store, metrics }
+        Reloader {
+            store,
+            metrics,
+            certificates: Vec::new(),
+        }
     }
 
-    /// Reloads now; `trigger` names the cause in the log.
+    /// Also reloads these TLS listeners' certificates on every trigger.
+    pub fn with_certificates(mut self, certificates: Vec<Arc<TlsEndpoint>>) -> Self {
+        self.certificates = certificates;
+        self
+    }
+
+    /// Reloads the rules and then the certificates now; `trigger` names the cause in the
+    /// log. The result is the rules'; certificate problems are logged and counted (the old
+    /// pairs keep serving).
     pub fn reload(&self, trigger: &str) -> Result<Reloaded, Diagnostics> {
+        let rules = self.reload_rules(trigger);
+        self.reload_certificates(trigger);
+        rules
+    }
+
+    /// Re-reads every TLS listener's pairs; a listener whose new pairs are not all good
+    /// keeps its old ones.
+    pub fn reload_certificates(&self, trigger: &str) {
+        for endpoint in &self.certificates {
+            match endpoint.reload() {
+                Ok(outcome) => {
+                    self.metrics.tls_reloads.with_label_values(&["ok"]).inc();
+                    if outcome == CertificatesReloaded::Swapped {
+                        endpoint.record_expiry(&self.metrics);
+                        log::info!(
+                            "listener {}: certificates reloaded ({trigger})",
+                            endpoint.listener()
+                        );
+                        for (file, message) in endpoint.expiry_warnings() {
+                            log::warn!("{}: {message}", file.display());
+                        }
+                    }
+                }
+                Err(problems) => {
+                    self.metrics.tls_reloads.with_label_values(&["error"]).inc();
+                    for problem in problems {
+                        log::error!(
+                            "listener {}: certificate reload ({trigger}) rejected: {problem}; the old pairs keep serving",
+                            endpoint.listener()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The certificate and key files of every TLS listener (watched for changes).
+    pub fn certificate_files(&self) -> Vec<PathBuf> {
+        self.certificates.iter().flat_map(|e| e.files()).collect()
+    }
+
+    fn reload_rules(&self, trigger: &str) -> Result<Reloaded, Diagnostics> {
         match self.store.reload() {
             Ok(reloaded) => {
                 self.metrics.rules_reloads.with_label_values(&["ok"]).inc();
@@ -95,6 +151,43 @@ fn watched_dir(rules: &Path) -> PathBuf {
     }
 }
 
+/// What the file watch looks at.
+struct WatchedPaths {
+    /// Every event in it counts: Kubernetes ConfigMaps swap a `..data` link, editors rename
+    /// temporary files. Unchanged content is detected by the reload.
+    rules_dir: PathBuf,
+    /// Only these files (and Kubernetes' `..data` swaps) count in their directories, which
+    /// may hold other busy files (logs).
+    certificate_files: Vec<PathBuf>,
+}
+
+impl WatchedPaths {
+    /// The directories to watch, each once.
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.rules_dir.clone()];
+        for file in &self.certificate_files {
+            let dir = watched_dir(file);
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        dirs
+    }
+
+    /// Whether an event on `path` may change what is loaded.
+    fn concerns(&self, path: &Path) -> bool {
+        let in_rules_dir = path.parent().is_some_and(|dir| {
+            dir == self.rules_dir
+                || (dir.as_os_str().is_empty() && self.rules_dir == Path::new("."))
+        });
+        in_rules_dir
+            || self.certificate_files.iter().any(|f| f == path)
+            || path
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with(".."))
+    }
+}
+
 /// The background task behind the file watch and `SIGHUP`.
 pub struct ReloadTriggers {
     reloader: Arc<Reloader>,
@@ -119,21 +212,34 @@ impl ReloadTriggers {
 impl BackgroundService for ReloadTriggers {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (tx, events) = mpsc::unbounded_channel::<()>();
-        let dir = watched_dir(self.reloader.store().rules_path());
-        // Every event in the directory counts: Kubernetes ConfigMaps swap a `..data` link,
-        // editors rename temporary files. Unchanged content is detected by the reload.
+        let watched = WatchedPaths {
+            rules_dir: watched_dir(self.reloader.store().rules_path()),
+            certificate_files: self.reloader.certificate_files(),
+        };
+        let dirs = watched.dirs();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| !e.kind.is_access()) {
+            if event
+                .is_ok_and(|e| !e.kind.is_access() && e.paths.iter().any(|p| watched.concerns(p)))
+            {
                 let _ = tx.send(());
             }
         })
-        .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|_| w));
+        .map(|mut w| {
+            for dir in &dirs {
+                if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
+                    log::error!(
+                        "cannot watch {} for changes ({e}); SIGHUP and POST /-/reload still work",
+                        dir.display()
+                    );
+                }
+            }
+            w
+        });
         let _watcher = match watcher {
             Ok(w) => Some(w),
             Err(e) => {
                 log::error!(
-                    "cannot watch {} for rule changes ({e}); SIGHUP and POST /-/reload still work",
-                    dir.display()
+                    "cannot watch files for changes ({e}); SIGHUP and POST /-/reload still work"
                 );
                 None
             }
@@ -209,6 +315,28 @@ async fn run_triggers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_directories_count_only_their_files() {
+        let watched = WatchedPaths {
+            rules_dir: PathBuf::from("/etc/graygate/rules"),
+            certificate_files: vec![
+                PathBuf::from("/etc/graygate/tls/site.crt"),
+                PathBuf::from("/etc/graygate/tls/site.key"),
+            ],
+        };
+        assert_eq!(
+            watched.dirs(),
+            [
+                PathBuf::from("/etc/graygate/rules"),
+                PathBuf::from("/etc/graygate/tls")
+            ]
+        );
+        assert!(watched.concerns(Path::new("/etc/graygate/rules/.web.yaml.swp")));
+        assert!(watched.concerns(Path::new("/etc/graygate/tls/site.key")));
+        assert!(watched.concerns(Path::new("/etc/graygate/tls/..data")));
+        assert!(!watched.concerns(Path::new("/etc/graygate/tls/graygate.log")));
+    }
     use std::sync::Mutex;
     use tokio::time::Instant;
 

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use pingora::apps::http_app::HttpServer;
-use pingora::proxy::http_proxy_service;
+use pingora::apps::HttpServerOptions;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -15,6 +16,8 @@ use crate::admin::AdminApp;
 use crate::channels::ChannelKey;
 use crate::config::{Config, ListenerKind};
 use crate::diagnostics::{Diagnostics, Severity};
+use crate::edge::app::EdgeApp;
+use crate::edge::tls::{self, TlsEndpoint};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadTriggers, Reloader};
@@ -48,6 +51,8 @@ pub struct App {
     pub lookups: Arc<Lookups>,
     /// Signs and verifies channel cookies.
     pub channel_key: ChannelKey,
+    /// The TLS endpoint of each listener (`None` for plain ones), in the config's order.
+    pub tls: tls::ListenerEndpoints,
     /// The Redis store, when configured, for its background connection service.
     redis: Option<Arc<RedisStore>>,
 }
@@ -76,6 +81,16 @@ impl App {
         };
         let lookups = Arc::new(Lookups::new(store_impl, Arc::clone(&metrics)));
         let channel_key = ChannelKey::from_env(&config.cookie_secret_env);
+        let (tls, expiring) = tls::endpoints(&config.listeners, &metrics)?;
+        for warning in expiring.items() {
+            log::warn!("{warning}");
+        }
+        for listener in &config.listeners {
+            metrics.prepare_listener(
+                &listener.name,
+                matches!(listener.kind, ListenerKind::Tls(_)),
+            );
+        }
         Ok(App {
             config,
             store,
@@ -83,6 +98,7 @@ impl App {
             admin_token,
             lookups,
             channel_key,
+            tls,
             redis,
         })
     }
@@ -111,24 +127,33 @@ impl App {
         let mut server = Server::new_with_opt_and_conf(opt, conf);
         server.bootstrap();
 
-        let gateway = Gateway::new(
-            Arc::clone(&self.store),
-            Arc::clone(&self.metrics),
-            Arc::clone(&self.lookups),
-            self.channel_key.clone(),
-            &self.config.listeners,
-            self.config.access_log,
-        );
-        let mut proxy = http_proxy_service(&server.configuration, gateway);
+        let gateway = || {
+            Gateway::new(
+                Arc::clone(&self.store),
+                Arc::clone(&self.metrics),
+                Arc::clone(&self.lookups),
+                self.channel_key.clone(),
+                &self.config.listeners,
+                self.config.access_log,
+            )
+        };
+        // Pingora's h2c switch is per application: listeners with `h2c: true` are served by a
+        // second proxy over the same state.
+        let http = http_proxy(&server.configuration, gateway());
+        let mut h2c = http_proxy(&server.configuration, gateway());
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        h2c.server_options = Some(options);
+        let edge = EdgeApp::new(&self.config.listeners, &self.tls, http, h2c, &self.metrics);
+        let mut proxy = Service::new("graygate proxy".to_string(), edge);
         for listener in &self.config.listeners {
-            match listener.kind {
-                ListenerKind::Plain => proxy.add_tcp(&listener.addr.to_string()),
-            }
+            proxy.add_tcp(&listener.addr.to_string());
         }
-        let reloader = Arc::new(Reloader::new(
-            Arc::clone(&self.store),
-            Arc::clone(&self.metrics),
-        ));
+        let certificates: Vec<Arc<TlsEndpoint>> = self.tls.iter().flatten().cloned().collect();
+        let reloader = Arc::new(
+            Reloader::new(Arc::clone(&self.store), Arc::clone(&self.metrics))
+                .with_certificates(certificates),
+        );
         let token = self.admin_token.clone();
         if token.is_none() {
             log::warn!(

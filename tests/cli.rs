@@ -22,7 +22,7 @@ fn check_passes_on_the_shipped_configuration() {
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     assert_eq!(
         stdout.trim(),
-        "graygate check: ok: 4 version(s), 2 service(s), 7 rule(s), 1 goal(s) from 2 file(s); default version stable"
+        "graygate check: ok: 4 version(s), 2 service(s), 7 rule(s), 1 goal(s) from 2 file(s); default version stable; 0 TLS listener(s)"
     );
     assert_eq!(stderr, "", "no warnings on the shipped rules");
 }

@@ -1,8 +1,7 @@
 //! The gRPC harness itself, client to server with nothing between: a real grpcio server
 //! (`tests/grpc/server.py`) answers unary and server-streaming calls, a non-OK status with
 //! its `grpc-message`, and echoes the metadata it got; the test stops it at the end. The
-//! calls through graygate use the same harness (`tests/pending/grpc_graygate.rs`, until
-//! `h2c: true` listeners land).
+//! calls through graygate use the same harness (`tests/grpc_graygate.rs`).
 
 mod support;
 

@@ -53,9 +53,9 @@ fn rules(services: &[(&str, String)]) -> String {
 #[test]
 fn an_https_group_verifies_its_peer_against_the_ca_and_health_checks_over_tls() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ca = TestCa::new("graygate test CA");
+    let ca = TestCa::new();
     let ca_file = write(dir.path(), "ca.pem", &ca.pem());
-    let backend = TlsBackend::start("https", Mode::Https1(ca.issue("api.internal")));
+    let backend = TlsBackend::start("https", Mode::Https1(ca.issue(&["api.internal"], 11, 30)));
     let gg = Graygate::start(&rules(&[(
         "web.test",
         format!(
@@ -88,11 +88,11 @@ fn an_https_group_verifies_its_peer_against_the_ca_and_health_checks_over_tls() 
 #[test]
 fn a_certificate_that_does_not_verify_is_a_502_and_a_tls_upstream_error() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ca = TestCa::new("graygate test CA");
-    let other_ca = TestCa::new("another CA");
+    let ca = TestCa::new();
+    let other_ca = TestCa::new();
     let ca_file = write(dir.path(), "ca.pem", &ca.pem());
     let other_file = write(dir.path(), "other.pem", &other_ca.pem());
-    let signed = TlsBackend::start("signed", Mode::Https1(ca.issue("api.internal")));
+    let signed = TlsBackend::start("signed", Mode::Https1(ca.issue(&["api.internal"], 12, 30)));
     let lone = TlsBackend::start("self-signed", Mode::Https1(self_signed("api.internal")));
     let group = |backend: &TlsBackend, tls: &str| {
         format!("{{ peers: [\"{}\"], tls: {tls} }}", backend.addr())
@@ -173,10 +173,13 @@ fn a_certificate_that_does_not_verify_is_a_502_and_a_tls_upstream_error() {
 #[test]
 fn an_h2_group_speaks_http2_over_tls_to_the_canary_while_stable_stays_http1() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ca = TestCa::new("graygate test CA");
+    let ca = TestCa::new();
     let ca_file = write(dir.path(), "ca.pem", &ca.pem());
     let stable = Backend::start("stable");
-    let canary = TlsBackend::start("canary-h2", Mode::H2(ca.issue("canary.internal")));
+    let canary = TlsBackend::start(
+        "canary-h2",
+        Mode::H2(ca.issue(&["canary.internal"], 13, 30)),
+    );
     let yaml = format!(
         "versions: {{ stable: {{}}, canary: {{}} }}\ndefault: stable\nidentity: {{ uid: [header:X-User-Id] }}\nservices:\n  web:\n    hosts: [\"*\"]\n    groups:\n      stable: {{ peers: [\"{}\"] }}\n      canary:\n        peers: [\"{}\"]\n        protocol: h2\n        tls: {{ sni: canary.internal, ca: \"{ca_file}\" }}\nrules:\n  - {{ name: tail-3, when: {{ uid_tail: [3] }}, version: canary }}\n",
         stable.addr(),
@@ -239,11 +242,11 @@ fn an_h2c_group_speaks_http2_with_prior_knowledge() {
 #[test]
 fn a_replaced_ca_file_is_picked_up_by_a_reload_and_a_broken_one_keeps_the_last_good_rules() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ca = TestCa::new("graygate test CA");
-    let other_ca = TestCa::new("another CA");
+    let ca = TestCa::new();
+    let other_ca = TestCa::new();
     // The file starts with the wrong CA: the peer does not verify.
     let ca_file = write(dir.path(), "ca.pem", &other_ca.pem());
-    let backend = TlsBackend::start("https", Mode::Https1(ca.issue("api.internal")));
+    let backend = TlsBackend::start("https", Mode::Https1(ca.issue(&["api.internal"], 14, 30)));
     let gg = Graygate::start(&rules(&[(
         "web.test",
         format!(

@@ -79,17 +79,69 @@ pub struct Listener {
 /// What a listener speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenerKind {
-    /// HTTP/1.1 without TLS.
-    Plain,
+    /// HTTP without TLS: HTTP/1.1, and HTTP/2 with prior knowledge when `h2c` is set.
+    Plain {
+        /// Also HTTP/2 with prior knowledge (gRPC without TLS).
+        h2c: bool,
+        /// Every request is answered 308 to `https://{host}[:port]{path}?{query}`.
+        redirect_https: Option<u16>,
+    },
+    /// HTTPS: TLS 1.2/1.3 with certificates chosen by SNI, HTTP/2 by ALPN.
+    Tls(TlsListener),
 }
 
 impl ListenerKind {
     /// The scheme of requests arriving on it.
     pub fn scheme(&self) -> Scheme {
         match self {
-            ListenerKind::Plain => Scheme::Http,
+            ListenerKind::Plain { .. } => Scheme::Http,
+            ListenerKind::Tls(_) => Scheme::Https,
         }
     }
+
+    /// The short form's kind: HTTP/1.1, no redirect.
+    pub const PLAIN: ListenerKind = ListenerKind::Plain {
+        h2c: false,
+        redirect_https: None,
+    };
+}
+
+/// A TLS listener's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    /// Certificate pairs in the order written: SNI picks by DNS name, the first is the default.
+    pub certificates: Vec<CertificateFiles>,
+    /// The oldest protocol version accepted.
+    pub min_version: TlsVersion,
+    /// ALPN offers `h2` before `http/1.1`.
+    pub http2: bool,
+    /// `Strict-Transport-Security: max-age=...` on every response.
+    pub hsts: Option<std::time::Duration>,
+    /// A handshake not finished by then is dropped (and counted `timeout`).
+    pub handshake_timeout: std::time::Duration,
+}
+
+/// The default of `tls.handshake_timeout`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// The certificate chain (leaf first), resolved against the config file's directory.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
+    /// The `cert` path as written: the `certificate` label of the expiry metric.
+    pub label: String,
+}
+
+/// The oldest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
 }
 
 /// Which listener a connection arrived on, by the local address it reached.
@@ -175,6 +227,33 @@ struct RawConf {
 struct RawListener {
     name: String,
     listen: String,
+    #[serde(default)]
+    redirect_https: Option<u16>,
+    #[serde(default)]
+    h2c: bool,
+    #[serde(default)]
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificates: Vec<RawCertificate>,
+    #[serde(default)]
+    min_version: Option<String>,
+    #[serde(default)]
+    http2: Option<bool>,
+    #[serde(default)]
+    hsts: Option<Duration>,
+    #[serde(default)]
+    handshake_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -245,6 +324,99 @@ fn is_listener_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
+/// What listener `name` speaks, from its written settings; problems go to `error`.
+fn listener_kind(
+    name: &str,
+    raw: RawListener,
+    at: &str,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    error: &mut dyn FnMut(&str, String),
+) -> ListenerKind {
+    let RawListener {
+        name: _,
+        listen: _,
+        redirect_https,
+        h2c,
+        tls,
+    } = raw;
+    let Some(tls) = tls else {
+        if redirect_https == Some(0) {
+            error(
+                &format!("{at}.redirect_https"),
+                format!("listeners: {name}: redirect_https must be a port (1-65535)"),
+            );
+        }
+        return ListenerKind::Plain {
+            h2c,
+            redirect_https: redirect_https.filter(|p| *p != 0),
+        };
+    };
+    if h2c {
+        error(
+            &format!("{at}.h2c"),
+            format!("listeners: {name}: h2c is for plain listeners; TLS listeners offer h2 by ALPN (tls.http2)"),
+        );
+    }
+    if redirect_https.is_some() {
+        error(
+            &format!("{at}.redirect_https"),
+            format!("listeners: {name}: redirect_https is for plain listeners, this one is HTTPS already"),
+        );
+    }
+    let RawTls {
+        certificates,
+        min_version,
+        http2,
+        hsts,
+        handshake_timeout,
+    } = tls;
+    let handshake_timeout = handshake_timeout.map_or(DEFAULT_HANDSHAKE_TIMEOUT, |d| d.0);
+    if handshake_timeout.is_zero() {
+        error(
+            &format!("{at}.tls.handshake_timeout"),
+            format!("listeners: {name}: tls.handshake_timeout must be above 0"),
+        );
+    }
+    if certificates.is_empty() {
+        error(
+            &format!("{at}.tls.certificates"),
+            format!("listeners: {name}: tls.certificates needs at least one {{ cert, key }} pair"),
+        );
+    }
+    let min_version = match min_version.as_deref() {
+        None | Some("1.2") => TlsVersion::Tls12,
+        Some("1.3") => TlsVersion::Tls13,
+        Some(other) => {
+            error(
+                &format!("{at}.tls.min_version"),
+                format!("listeners: {name}: tls.min_version \"{other}\" is not \"1.2\" or \"1.3\""),
+            );
+            TlsVersion::Tls12
+        }
+    };
+    let hsts = hsts.map(|d| d.0);
+    if hsts.is_some_and(|d| d.is_zero()) {
+        error(
+            &format!("{at}.tls.hsts"),
+            format!("listeners: {name}: tls.hsts must be above 0 (leave it out to send no HSTS)"),
+        );
+    }
+    ListenerKind::Tls(TlsListener {
+        certificates: certificates
+            .into_iter()
+            .map(|RawCertificate { cert, key }| CertificateFiles {
+                label: cert.to_string_lossy().into_owned(),
+                cert: resolve(&cert),
+                key: resolve(&key),
+            })
+            .collect(),
+        min_version,
+        http2: http2.unwrap_or(true),
+        hsts,
+        handshake_timeout,
+    })
+}
+
 /// Turns a serde_yaml error into a diagnostic with the line serde_yaml found.
 pub(crate) fn yaml_error(diags: &mut Diagnostics, file: &Arc<Path>, err: &serde_yaml::Error) {
     let line = err.location().map(|l| l.line());
@@ -299,28 +471,50 @@ impl Config {
             server,
             access_log,
         } = raw;
-        // (name, address text, YAML path of the address)
-        let both = listen.is_some() && raw_listeners.is_some();
-        let written: Vec<(String, String, String)> = match (listen, raw_listeners) {
-            (Some(_), Some(_)) => {
-                error(
-                    "listeners",
-                    "listeners: use either listen (the short form) or listeners, not both".into(),
-                );
-                Vec::new()
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
             }
-            (Some(addrs), None) => addrs
-                .into_iter()
-                .enumerate()
-                .map(|(i, addr)| (short_form_name(i), addr, format!("listen.{i}")))
-                .collect(),
-            (None, Some(items)) => items
-                .into_iter()
-                .enumerate()
-                .map(|(i, RawListener { name, listen })| (name, listen, format!("listeners.{i}")))
-                .collect(),
-            (None, None) => vec![(short_form_name(0), DEFAULT_LISTEN.into(), "listen".into())],
         };
+        // (name, address text, YAML path of the listener, what it speaks as written)
+        let both = listen.is_some() && raw_listeners.is_some();
+        let written: Vec<(String, String, String, Option<RawListener>)> =
+            match (listen, raw_listeners) {
+                (Some(_), Some(_)) => {
+                    error(
+                        "listeners",
+                        "listeners: use either listen (the short form) or listeners, not both"
+                            .into(),
+                    );
+                    Vec::new()
+                }
+                (Some(addrs), None) => addrs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, addr)| (short_form_name(i), addr, format!("listen.{i}"), None))
+                    .collect(),
+                (None, Some(items)) => items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, raw)| {
+                        (
+                            raw.name.clone(),
+                            raw.listen.clone(),
+                            format!("listeners.{i}"),
+                            Some(raw),
+                        )
+                    })
+                    .collect(),
+                (None, None) => vec![(
+                    short_form_name(0),
+                    DEFAULT_LISTEN.into(),
+                    "listen".into(),
+                    None,
+                )],
+            };
         if written.is_empty() && !both {
             error(
                 "listen",
@@ -328,7 +522,7 @@ impl Config {
             );
         }
         let mut listeners: Vec<Listener> = Vec::new();
-        for (name, addr, at) in written {
+        for (name, addr, at, raw) in written {
             if !is_listener_name(&name) {
                 error(
                     &at,
@@ -338,6 +532,10 @@ impl Config {
             if listeners.iter().any(|l| *l.name == *name) {
                 error(&at, format!("listeners: \"{name}\" is defined twice"));
             }
+            let kind = match raw {
+                None => ListenerKind::PLAIN,
+                Some(raw) => listener_kind(&name, raw, &at, &resolve, &mut error),
+            };
             match addr.parse::<SocketAddr>() {
                 Ok(a) if listeners.iter().any(|l| l.addr == a) => {
                     error(&at, format!("listeners: {a} is listened on twice"));
@@ -345,7 +543,7 @@ impl Config {
                 Ok(a) => listeners.push(Listener {
                     name: name.into(),
                     addr: a,
-                    kind: ListenerKind::Plain,
+                    kind,
                 }),
                 Err(_) => error(
                     &at,
@@ -396,14 +594,6 @@ impl Config {
                 "server.threads: must be at least 1".into(),
             );
         }
-        let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| -> PathBuf {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
-        };
         let run_dir = std::env::temp_dir();
         Config {
             path: path.to_path_buf(),
@@ -455,7 +645,7 @@ mod tests {
             vec![Listener {
                 name: "http".into(),
                 addr: "127.0.0.1:8080".parse().unwrap(),
-                kind: ListenerKind::Plain,
+                kind: ListenerKind::PLAIN,
             }]
         );
         assert!(config.rules.ends_with("../rules"));
@@ -579,7 +769,7 @@ mod tests {
             "{m:?}"
         );
         let m = messages("listeners:\n  - { name: a, listen: \"127.0.0.1:1\", tls: {} }\n");
-        assert!(m[0].contains("unknown field `tls`"), "{m:?}");
+        assert!(m[0].contains("missing field `certificates`"), "{m:?}");
         let m = messages("listen: []\n");
         assert!(
             m[0].ends_with(":1: error: listen: at least one proxy address is needed"),

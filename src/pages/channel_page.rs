@@ -267,7 +267,7 @@ pub async fn channel_page(
                 }
                 Some(&*rules.version(id).name)
             };
-            let cookie = key.set_cookie(settings, choice, visitor.uid.as_deref());
+            let cookie = key.set_cookie(settings, choice, visitor.uid.as_deref(), visitor.scheme);
             let body = format!(
                 "<!doctype html><title>Channel saved</title><p>Saved. <a href=\"{}\">Continue</a></p>",
                 html_escape(location)
@@ -303,6 +303,7 @@ mod tests {
             channel: None,
             host: "www.example.com".into(),
             balance_key: [0; 8],
+            scheme: crate::facts::Scheme::Http,
         };
         let json = current_json(&rules, &visitor);
         let sessions: Vec<(&str, bool)> = json["choices"]

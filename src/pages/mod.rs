@@ -8,7 +8,7 @@ mod channel_page;
 pub use address::address_api;
 pub use channel_page::channel_page;
 
-use crate::facts::VersionId;
+use crate::facts::{Scheme, VersionId};
 use crate::rules::decide::Decision;
 
 /// Who is asking, as the proxy's filter chain and rules saw them.
@@ -26,4 +26,6 @@ pub struct Visitor {
     pub host: String,
     /// Where the request falls for consistent hashing (see `upstream::balance_key`).
     pub balance_key: [u8; 8],
+    /// `https` on a TLS listener: the channel cookie is then `Secure`.
+    pub scheme: Scheme,
 }

@@ -20,10 +20,8 @@ use super::handover::{bind_loopback, Handover};
 use super::{answers_http, assert_eventually};
 
 /// Not HTTP: Pingora answers it with a 400 itself, before any graygate phase runs, so a
-/// readiness probe on the proxy listener shows up in no metric, access log or backend. At
-/// least 24 bytes: on an `h2c` listener Pingora first reads that many, the length of the
-/// HTTP/2 preface, before it decides the connection is HTTP/1.
-pub const PROXY_PROBE: &[u8] = b"not http, nor the HTTP/2 preface\r\n\r\n";
+/// readiness probe on the proxy listener shows up in no metric, access log or backend.
+pub const PROXY_PROBE: &[u8] = b"not http\r\n\r\n";
 
 /// The admin listener's liveness endpoint, which counts nothing either.
 pub const ADMIN_PROBE: &[u8] =
@@ -76,29 +74,40 @@ impl Graygate {
     /// Like [`Graygate::start`], with `token` guarding the admin API and `extra_conf`
     /// appended to `conf/graygate.yaml` (for example a `redis:` section).
     pub fn start_with(rules: &str, token: Option<&str>, extra_conf: &str) -> Graygate {
-        Self::start_with_listeners(rules, token, extra_conf, |proxy| {
-            format!("listen: [\"{proxy}\"]\n")
-        })
+        let (graygate, _) = Self::start_listeners(
+            rules,
+            token,
+            1,
+            |addrs| format!("listen: [\"{}\"]\n", addrs[0]),
+            extra_conf,
+        );
+        graygate
     }
 
-    /// Like [`Graygate::start_with`], with the proxy listener written by `proxy_conf` from the
-    /// address bound for it (for example `listeners: [{ name: grpc, listen: ..., h2c: true }]`).
-    pub fn start_with_listeners(
+    /// Starts graygate with `count` proxy listeners, described by the `listeners:` YAML that
+    /// `listeners_conf` writes for their addresses (the first must be plain HTTP: readiness
+    /// is probed there); `extra_conf` is appended to the config. Returns the addresses too.
+    pub fn start_listeners(
         rules: &str,
         token: Option<&str>,
+        count: usize,
+        listeners_conf: impl FnOnce(&[SocketAddr]) -> String,
         extra_conf: &str,
-        proxy_conf: impl FnOnce(SocketAddr) -> String,
-    ) -> Graygate {
+    ) -> (Graygate, Vec<SocketAddr>) {
         let dir = tempfile::tempdir().expect("temp dir");
         let rules_dir = dir.path().join("rules");
         std::fs::create_dir(&rules_dir).expect("rules dir");
         std::fs::write(rules_dir.join("rules.yaml"), rules).expect("write rules");
-        let listeners = vec![bind_loopback(), bind_loopback()];
-        let addr = |l: &TcpListener| l.local_addr().expect("listener address");
-        let (proxy, admin) = (addr(&listeners[0]), addr(&listeners[1]));
+        let listeners: Vec<TcpListener> = (0..=count).map(|_| bind_loopback()).collect();
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("listener address"))
+            .collect();
+        let (proxies, admin) = (&addrs[..count], addrs[count]);
+        let proxy = proxies[0];
         let conf = format!(
             "{}admin: {{ listen: \"{admin}\" }}\nrules: rules\nserver:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n  pid_file: graygate.pid\n  upgrade_sock: upgrade.sock\n",
-            proxy_conf(proxy)
+            listeners_conf(proxies)
         );
         let conf_path: PathBuf = dir.path().join("graygate.yaml");
         std::fs::write(&conf_path, conf + extra_conf).expect("write conf");
@@ -132,7 +141,7 @@ impl Graygate {
         // Held until graygate answered: it could not have bound these addresses itself while
         // they were open, so it serves on the sockets it was handed.
         drop(listeners);
-        Graygate {
+        let graygate = Graygate {
             proxy,
             admin,
             rules_file: rules_dir.join("rules.yaml"),
@@ -140,7 +149,8 @@ impl Graygate {
             dir,
             stop,
             thread: Some(thread),
-        }
+        };
+        (graygate, proxies.to_vec())
     }
 }
 

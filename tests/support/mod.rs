@@ -11,12 +11,12 @@
 //! * [`RedisServer`]: a throw-away `redis-server` on a local port of its own.
 //! * [`graygate`]: the real server in-process; [`handover`]: how it gets listeners the test
 //!   bound, so no port is ever released and bound again.
-//! * [`certs`]: a test CA, certificates it signs, self-signed ones (openssl);
-//!   [`tls_backend`]: an HTTPS/1.1, HTTP/2-over-TLS or h2c upstream (tokio, h2).
+//! * [`certs`]: a test CA, certificates it signs, self-signed ones, and a blocking HTTPS
+//!   client; [`tls_backend`]: an HTTPS/1.1, HTTP/2-over-TLS or h2c upstream (tokio, h2).
 //! * [`grpc`]: a real gRPC server and client (Python grpcio, `tests/grpc/*.py`).
 //!
 //! Only `std` and `tempfile` are used here (no async runtime); `graygate` and `handover`
-//! also use Pingora, `certs` and `tls_backend` openssl, tokio and h2.
+//! also use Pingora, `certs` OpenSSL, `tls_backend` OpenSSL, tokio and h2.
 #![allow(dead_code)]
 
 pub mod certs;
@@ -676,7 +676,8 @@ pub fn http_request(addr: SocketAddr, raw: &[u8]) -> io::Result<Response> {
     read_response(BufReader::new(stream), is_head)
 }
 
-fn read_response<R: BufRead>(mut r: R, is_head: bool) -> io::Result<Response> {
+/// Reads one full response from `r` (see [`http_request`]).
+pub fn read_response<R: BufRead>(mut r: R, is_head: bool) -> io::Result<Response> {
     loop {
         let mut budget = MAX_HEAD_BYTES;
         let status_line = read_line_bytes(&mut r, &mut budget)?.ok_or_else(|| {

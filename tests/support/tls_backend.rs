@@ -16,18 +16,20 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
+use openssl::pkey::PKey;
 use openssl::ssl::{self, AlpnError, NameType, Ssl, SslAcceptor, SslMethod};
+use openssl::x509::X509;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
-use super::certs::Identity;
+use super::certs::Issued;
 
 /// How the backend speaks.
 pub enum Mode {
     /// HTTP/1.1 over TLS.
-    Https1(Identity),
+    Https1(Issued),
     /// HTTP/2 over TLS; only ALPN `h2` is accepted.
-    H2(Identity),
+    H2(Issued),
     /// HTTP/2 over plain TCP with prior knowledge.
     H2c,
 }
@@ -68,10 +70,12 @@ impl Seen {
     }
 }
 
-fn acceptor(identity: &Identity, alpn: &'static [u8]) -> SslAcceptor {
+fn acceptor(identity: &Issued, alpn: &'static [u8]) -> SslAcceptor {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
-    b.set_certificate(&identity.cert).expect("certificate");
-    b.set_private_key(&identity.key).expect("key");
+    let cert = X509::from_pem(&identity.cert_pem).expect("certificate PEM");
+    let key = PKey::private_key_from_pem(&identity.key_pem).expect("key PEM");
+    b.set_certificate(&cert).expect("certificate");
+    b.set_private_key(&key).expect("key");
     b.set_alpn_select_callback(move |_, offered| {
         ssl::select_next_proto(alpn, offered).ok_or(AlpnError::ALERT_FATAL)
     });

@@ -4,10 +4,6 @@
 //! arrives with its `grpc-message` and the server's trailing metadata, and gray routing reads
 //! gRPC metadata like any header: `x-user-id: 42` goes to the canary's server, everyone else
 //! to stable's, and each server sees the metadata and graygate's version header.
-//!
-//! Pending: it needs `h2c: true` listeners, which are not in this branch yet, so it lives
-//! where cargo does not look. Once they land: `git mv tests/pending/grpc_graygate.rs tests/`.
-//! (Checked with a proxy service forced to h2c: it passes.)
 
 mod support;
 
@@ -29,10 +25,21 @@ fn grpc_through_graygate_streams_keeps_trailers_and_routes_by_metadata() {
     };
     let stable = GrpcServer::start(&python, "stable");
     let canary = GrpcServer::start(&python, "canary");
-    let gg = Graygate::start_with_listeners(&rules(&stable, &canary), None, "", |proxy| {
-        format!("listeners:\n  - {{ name: grpc, listen: \"{proxy}\", h2c: true }}\n")
-    });
-    let proxy = gg.proxy;
+    // The first listener is plain HTTP/1.1 (the harness probes readiness there), the second
+    // takes HTTP/2 with prior knowledge.
+    let (gg, proxies) = Graygate::start_listeners(
+        &rules(&stable, &canary),
+        None,
+        2,
+        |addrs| {
+            format!(
+                "listeners:\n  - {{ name: http, listen: \"{}\" }}\n  - {{ name: grpc, listen: \"{}\", h2c: true }}\n",
+                addrs[0], addrs[1]
+            )
+        },
+        "",
+    );
+    let proxy = proxies[1];
 
     // Unary and server streaming, to stable (no uid) and to canary (uid 42).
     let unary = call(&python, proxy, "Unary", "hi", &[]);

@@ -1,0 +1,171 @@
+//! The connection stage in front of HTTP: which listener a connection reached, its TLS
+//! handshake, and which HTTP application (HTTP/1.1 only, or also h2c) then serves it.
+//!
+//! Pingora accepts every listener as plain TCP; [`EdgeApp`] does the rest, so one place
+//! owns the per-connection policy, its timeouts and its counters. It costs one boxed future
+//! per connection, nothing per request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::tls::server::handshake;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use prometheus::IntCounter;
+
+use crate::config::{self, Listener, ListenerKind, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::edge::tls::TlsEndpoint;
+use crate::metrics::Metrics;
+use crate::throttle::LogThrottle;
+
+/// What one listener does with a new connection.
+struct EdgeListener {
+    tls: Option<TlsStage>,
+    h2c: bool,
+    accepted: IntCounter,
+}
+
+/// A TLS listener's endpoint and handshake counters.
+struct TlsStage {
+    endpoint: Arc<TlsEndpoint>,
+    deadline: Duration,
+    ok: IntCounter,
+    error: IntCounter,
+    timeout: IntCounter,
+}
+
+/// The connection stage over an HTTP application `A` (graygate's proxy).
+pub struct EdgeApp<A> {
+    listeners: Arc<[Listener]>,
+    stages: Vec<EdgeListener>,
+    /// Serves plain listeners without h2c and every TLS listener (ALPN picks h2 there).
+    http: Arc<A>,
+    /// Serves plain listeners with `h2c: true`.
+    h2c: Arc<A>,
+    handshake_log: LogThrottle,
+}
+
+impl<A> EdgeApp<A> {
+    /// The stage for `listeners` (in config order), with `tls[i]` the endpoint of listener
+    /// `i` when it speaks TLS.
+    pub fn new(
+        listeners: &[Listener],
+        tls: &[Option<Arc<TlsEndpoint>>],
+        http: A,
+        h2c: A,
+        metrics: &Metrics,
+    ) -> Self {
+        let stages = listeners
+            .iter()
+            .zip(tls)
+            .map(|(listener, tls)| {
+                let name = &*listener.name;
+                let handshakes = |result: &str| {
+                    metrics
+                        .tls_handshakes
+                        .with_label_values(&[name, result])
+                        .clone()
+                };
+                EdgeListener {
+                    tls: tls.as_ref().map(|endpoint| TlsStage {
+                        endpoint: Arc::clone(endpoint),
+                        deadline: match &listener.kind {
+                            ListenerKind::Tls(settings) => settings.handshake_timeout,
+                            ListenerKind::Plain { .. } => DEFAULT_HANDSHAKE_TIMEOUT,
+                        },
+                        ok: handshakes("ok"),
+                        error: handshakes("error"),
+                        timeout: handshakes("timeout"),
+                    }),
+                    h2c: matches!(listener.kind, ListenerKind::Plain { h2c: true, .. }),
+                    accepted: metrics.connections.with_label_values(&[name, "ok"]).clone(),
+                }
+            })
+            .collect();
+        EdgeApp {
+            listeners: listeners.into(),
+            stages,
+            http: Arc::new(http),
+            h2c: Arc::new(h2c),
+            handshake_log: LogThrottle::new(Duration::from_secs(10)),
+        }
+    }
+}
+
+fn local_addr(stream: &Stream) -> Option<SocketAddr> {
+    let digest = stream.get_socket_digest()?;
+    digest.local_addr().and_then(|a| a.as_inet()).copied()
+}
+
+fn peer_addr(stream: &Stream) -> Option<SocketAddr> {
+    let digest = stream.get_socket_digest()?;
+    digest.peer_addr().and_then(|a| a.as_inet()).copied()
+}
+
+impl<A> EdgeApp<A> {
+    /// Terminates TLS on `stream`; `None` when the handshake failed or stalled (counted).
+    async fn handshake(&self, tls: &TlsStage, stream: Stream) -> Option<Stream> {
+        let endpoint = &tls.endpoint;
+        let peer = peer_addr(&stream);
+        // Pingora accepts every listener as TCP, so the stream is its L4 stream.
+        let l4 = match stream.into_any().downcast::<L4Stream>() {
+            Ok(l4) => *l4,
+            Err(_) => {
+                log::error!("listener {}: not a TCP stream", endpoint.listener());
+                return None;
+            }
+        };
+        match tokio::time::timeout(tls.deadline, handshake(endpoint.acceptor(), l4)).await {
+            Ok(Ok(stream)) => {
+                tls.ok.inc();
+                Some(Box::new(stream))
+            }
+            Ok(Err(e)) => {
+                tls.error.inc();
+                if let Some(held_back) = self.handshake_log.admit() {
+                    log::info!(
+                        "listener {}: TLS handshake with {} failed: {e}; {held_back} similar line(s) held back",
+                        endpoint.listener(),
+                        peer.map_or("?".into(), |p| p.to_string())
+                    );
+                }
+                None
+            }
+            Err(_) => {
+                tls.timeout.inc();
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for EdgeApp<A>
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let arrival = config::arrival(&self.listeners, local_addr(&stream));
+        let stage = &self.stages[usize::from(arrival.listener.0)];
+        stage.accepted.inc();
+        let stream = match &stage.tls {
+            Some(tls) => self.handshake(tls, stream).await?,
+            None => stream,
+        };
+        let app = if stage.h2c { &self.h2c } else { &self.http };
+        app.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.http.cleanup().await;
+        self.h2c.cleanup().await;
+    }
+}
