@@ -92,10 +92,13 @@ fn headers(uid: &str, tier: &str) -> HeaderMap {
 }
 
 fn bench(c: &mut Criterion) {
-    let loaded = compile(&[RuleSource {
-        path: "bench-rules.yaml".into(),
-        text: rule_set(),
-    }])
+    let loaded = compile(
+        &[RuleSource {
+            path: "bench-rules.yaml".into(),
+            text: rule_set(),
+        }],
+        &Default::default(),
+    )
     .unwrap_or_else(|d| panic!("the bench rules do not compile:\n{d}"));
     let rules = &loaded.model.rules;
     assert_eq!(rules.rules.len(), RULES);
@@ -168,10 +171,13 @@ fn one_rule(when: &str) -> graygate::rules::model::RuleSet {
     let text = format!(
         "versions: {{ stable: {{}}, canary: {{}} }}\ndefault: stable\nservices:\n  web:\n    hosts: [\"*\"]\n    groups: {{ stable: {{ peers: [\"127.0.0.1:18001\"] }} }}\nrules:\n  - {{ name: m, when: {when}, version: canary }}\n"
     );
-    compile(&[RuleSource {
-        path: "bench-matchers.yaml".into(),
-        text,
-    }])
+    compile(
+        &[RuleSource {
+            path: "bench-matchers.yaml".into(),
+            text,
+        }],
+        &Default::default(),
+    )
     .unwrap_or_else(|d| panic!("the matcher bench rules do not compile:\n{d}"))
     .model
     .rules

@@ -60,7 +60,7 @@ fn main() {
     let path = dir.path().join("rules.yaml");
     std::fs::write(&path, rule_set(0, 20_000)).unwrap();
     let started = Instant::now();
-    let store = SnapshotStore::load(&path).unwrap_or_else(|d| panic!("{d}"));
+    let store = SnapshotStore::load(&path, Default::default()).unwrap_or_else(|d| panic!("{d}"));
     println!(
         "first load: {:?} ({} bytes of YAML)",
         started.elapsed(),

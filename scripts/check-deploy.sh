@@ -121,7 +121,11 @@ exported = {"graygate_requests_total", "graygate_request_duration_seconds_bucket
             "graygate_request_duration_seconds_count", "graygate_upstream_errors_total",
             "graygate_decisions_total", "graygate_fallbacks_total", "graygate_goal_total",
             "graygate_store_lookups_total", "graygate_rules_generation",
-            "graygate_rules_reload_total", "graygate_upstream_peer_healthy"}
+            "graygate_rules_reload_total", "graygate_upstream_peer_healthy",
+            # SPEC 11 (edge transport)
+            "graygate_tls_reload_total", "graygate_tls_certificate_expiry_timestamp_seconds",
+            "graygate_tls_handshakes_total", "graygate_tls_sni_unmatched_total",
+            "graygate_connections_total"}
 rules_text = open("deploy/prometheus/alerts.yml").read() + "\n".join(exprs)
 for name in set(re.findall(r"\bgraygate_[a-z_]+", rules_text)):
     check(name in exported, f"unknown metric {name} in the rules or the dashboard (SPEC 7)")

@@ -2,10 +2,13 @@
 # Local gray-release demo:
 #   stable backend  127.0.0.1:18001  (serves demo/stable)
 #   canary backend  127.0.0.1:18002  (serves demo/canary)
-#   graygate        127.0.0.1:8080   (admin/metrics on 127.0.0.1:9901)
+#   graygate        127.0.0.1:8080   HTTP/1.1 and h2c (admin/metrics on 127.0.0.1:9901)
+#                   127.0.0.1:8443   HTTPS, HTTP/2 by ALPN, with a certificate for localhost
+#                                    generated here (openssl) into $LOG_DIR/tls
 #
 # GRAYGATE_BIN overrides the binary (default: target/release/graygate).
-# GRAYGATE_CONFIG overrides the config (default: conf/graygate.yaml).
+# GRAYGATE_CONFIG overrides the config (default: conf/graygate.yaml plus the two listeners
+# above, written to $LOG_DIR/graygate.yaml).
 # Ctrl-C stops everything.
 set -euo pipefail
 
@@ -16,6 +19,7 @@ CONFIG="${GRAYGATE_CONFIG:-conf/graygate.yaml}"
 STABLE_PORT=18001
 CANARY_PORT=18002
 PROXY_PORT=8080
+HTTPS_PORT=8443
 ADMIN_PORT=9901
 LOG_DIR="${TMPDIR:-/tmp}/graygate-demo"
 
@@ -51,6 +55,7 @@ trap 'exit 143' TERM
 command -v python3 >/dev/null 2>&1 || die "python3 not found (run: make deps-run)"
 [[ -x "$BIN" ]] || die "graygate binary '$BIN' not found or not executable (run: make build)"
 [[ -f "$CONFIG" ]] || die "config '$CONFIG' not found"
+command -v openssl >/dev/null 2>&1 || die "openssl not found (run: make deps-run)"
 [[ -d demo/stable && -d demo/canary ]] || die "demo/stable or demo/canary missing"
 
 # Is something already bound to 127.0.0.1:PORT (or the wildcard address)?
@@ -69,13 +74,44 @@ sys.exit(1)       # free
 PY
 }
 
-for port in "$STABLE_PORT" "$CANARY_PORT" "$PROXY_PORT" "$ADMIN_PORT"; do
+for port in "$STABLE_PORT" "$CANARY_PORT" "$PROXY_PORT" "$HTTPS_PORT" "$ADMIN_PORT"; do
     if port_in_use "$port"; then
         die "port $port on 127.0.0.1 is already in use (another demo running? check: ss -ltnp 'sport = :$port')"
     fi
 done
 
 mkdir -p "$LOG_DIR"
+
+# A self-signed certificate for localhost (EC P-256, 30 days), renewed when it expires
+# within a day.
+TLS_DIR="$LOG_DIR/tls"
+mkdir -p "$TLS_DIR"
+if ! openssl x509 -checkend 86400 -noout -in "$TLS_DIR/localhost.crt" >/dev/null 2>&1; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$TLS_DIR/localhost.key" -out "$TLS_DIR/localhost.crt" >/dev/null 2>&1 ||
+        die "openssl could not make the demo certificate in $TLS_DIR"
+fi
+
+# The demo config: the shipped one with an h2c listener and an HTTPS listener instead of
+# its `listen:` line (GRAYGATE_CONFIG set: used as it is).
+if [[ -z "${GRAYGATE_CONFIG:-}" ]]; then
+    demo_config="$LOG_DIR/graygate.yaml"
+    {
+        cat <<YAML
+# Written by scripts/run-demo.sh from $CONFIG.
+listeners:
+  - { name: http, listen: "127.0.0.1:$PROXY_PORT", h2c: true }
+  - name: https
+    listen: "127.0.0.1:$HTTPS_PORT"
+    tls:
+      certificates:
+        - { cert: "$TLS_DIR/localhost.crt", key: "$TLS_DIR/localhost.key" }
+YAML
+        grep -v '^listen:' "$CONFIG" | sed "s#^rules: *\([^ ]*\)#rules: $PWD/conf/\1#"
+    } >"$demo_config"
+    CONFIG="$demo_config"
+fi
 
 start_backend() {
     local name=$1 port=$2
@@ -111,11 +147,14 @@ cat <<BANNER
   stable backend  http://127.0.0.1:$STABLE_PORT   (demo/stable)
   canary backend  http://127.0.0.1:$CANARY_PORT   (demo/canary)
   graygate        http://127.0.0.1:$PROXY_PORT    admin http://127.0.0.1:$ADMIN_PORT
+                  https://localhost:$HTTPS_PORT  (certificate: $TLS_DIR/localhost.crt)
   backend logs    $LOG_DIR/{stable,canary}.log
 
   Try, in another terminal:
 
     curl -s localhost:8080/ -H 'X-User-Id: 13'       # uid tail 3 -> canary
+    curl -s --http2 --cacert $TLS_DIR/localhost.crt https://localhost:$HTTPS_PORT/ -H 'X-User-Id: 13'
+    curl -s --http2-prior-knowledge localhost:8080/ -H 'X-User-Id: 13'   # h2c
     curl -s localhost:8080/ -H 'X-User-Id: 15'       # uid tail 5 -> stable
     curl -s localhost:8080/ -H 'Cookie: uid=10001'   # paid user -> always stable
     curl -s localhost:8080/api/ -H 'X-User-Id: 13'   # same decision for the api service

@@ -343,6 +343,7 @@ pub fn apply_to_request(
 ) -> pingora::Result<Counts> {
     let policy = &rules.version(serving).cookies;
     let Some(rewritten) = rewrite(policy, &rules.passing_cookies, downstream) else {
+        join_cookie_headers(upstream)?;
         return Ok(Counts::default());
     };
     upstream.remove_header(&COOKIE);
@@ -350,6 +351,21 @@ pub fn apply_to_request(
         upstream.insert_header(COOKIE, cookie)?;
     }
     Ok(rewritten.counts)
+}
+
+/// Joins several `Cookie` headers (HTTP/2 clients split them, one per cookie) into one with
+/// `; `, as RFC 9113 section 8.2.3 requires before an HTTP/1.1 hop; one header is left as is.
+fn join_cookie_headers(upstream: &mut RequestHeader) -> pingora::Result<()> {
+    let mut values = upstream.headers.get_all(COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return Ok(());
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for value in upstream.headers.get_all(COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(value.as_bytes());
+    }
+    upstream.insert_header(COOKIE, joined)
 }
 
 /// Renames every `Set-Cookie` of a response from an isolated `serving` version (nothing is

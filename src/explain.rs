@@ -1,7 +1,7 @@
 //! Explaining a decision for a described request, without serving it.
 //!
 //! `graygate explain` builds the request an operator describes (uid, host, path, cookies,
-//! client address), runs the same filter chain and rules as the proxy, and reports every
+//! client address, listener), runs the same filter chain and rules as the proxy, and reports every
 //! rule's outcome, the decision, and the service and group that would serve it.
 
 use std::fmt;
@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::channels::ChannelKey;
 use crate::facts::identity::Source;
-use crate::facts::{Facts, RequestView};
+use crate::facts::{Facts, ListenerId, RequestView};
 use crate::rules::decide::Step;
 use crate::state::Snapshot;
 use crate::store::Lookups;
@@ -36,6 +36,8 @@ pub struct RequestDescription {
     pub headers: Vec<(String, String)>,
     /// The client address.
     pub ip: Option<IpAddr>,
+    /// The name of the listener it arrives on (and so its scheme); the first one when `None`.
+    pub listener: Option<String>,
 }
 
 /// Peers of the group that would serve.
@@ -86,6 +88,9 @@ pub enum DescriptionError {
     /// The method is not an HTTP method.
     #[error("invalid method {0:?}")]
     Method(String),
+    /// No listener has this name.
+    #[error("no listener is named {0:?}; the listeners are {1}")]
+    Listener(String, String),
 }
 
 /// Explains how `snapshot` routes the described request.
@@ -141,6 +146,13 @@ pub async fn explain_request(
         Method::from_bytes(desc.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| DescriptionError::Method(desc.method.clone()))?
     };
+    let arrival = match &desc.listener {
+        Some(name) => rules.listeners.arrival(name).ok_or_else(|| {
+            let known = rules.listeners.names().collect::<Vec<_>>().join(", ");
+            DescriptionError::Listener(name.clone(), known)
+        })?,
+        None => rules.listeners.arrival_at(ListenerId::default()),
+    };
     let view = RequestView {
         method: &method,
         host: &desc.host,
@@ -148,7 +160,7 @@ pub async fn explain_request(
         query: query.as_deref(),
         headers: &headers,
         client_ip: desc.ip,
-        arrival: Default::default(),
+        arrival,
     };
     let mut facts = Facts::gather(&rules.identity, view);
     let uid = facts.uid.as_ref().map(|u| &*u.text);

@@ -7,12 +7,13 @@
 //! rules/*.yaml ──────► rules::load (raw ─► compile/ ─► model) ─┐
 //! runtime state (rollouts, withdrawn, override) ───────────────┴─► state::Snapshot (one ArcSwap)
 //!                                                                        │
-//! request ─► facts (listener, cookies, uid, tier, internal) ─► rules::decide
+//! request ─► facts (listener, client address, cookies, uid, tier, internal) ─► rules::decide
 //!         ─► upstream::Service::serving_group (group, peer, fallback reason)
 //!         ─► logging: metrics (Prometheus, write-only) and stats (windowed, readable)
 //! ```
 //!
-//! `proxy` is the thin Pingora glue over these modules and `pages` answer what graygate serves
+//! `edge` handles a connection before HTTP (the PROXY protocol header); `proxy` is the thin
+//! Pingora glue over these modules and `pages` answer what graygate serves
 //! itself, as a `web::Reply`; `admin` is the admin listener; `server` assembles the Pingora
 //! server that `main` (and the integration tests) run. `stats` keeps windowed per-version
 //! figures (requests, 5xx, latency quantiles, goals) for rollout verdicts and `GET /-/stats`.

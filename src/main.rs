@@ -19,6 +19,7 @@ use graygate::config::Config;
 use graygate::diagnostics::Diagnostics;
 use graygate::explain::{explain_request, RequestDescription};
 use graygate::metrics::Metrics;
+use graygate::rules::model::Listeners;
 use graygate::server::{App, RunOptions};
 use graygate::state::SnapshotStore;
 use graygate::store::embedded::EmbeddedStore;
@@ -82,6 +83,10 @@ enum Command {
         /// The client address.
         #[arg(long)]
         ip: Option<IpAddr>,
+        /// The listener the request arrives on (by name; its scheme follows); the first one
+        /// when not given.
+        #[arg(long)]
+        listener: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -112,7 +117,7 @@ fn check(conf: &std::path::Path) -> ExitCode {
         }
         Err(diags) => Err(diags),
     };
-    let rules = graygate::rules::load(&config.rules);
+    let rules = graygate::rules::load(&config.rules, &Listeners::of(&config.listeners));
     let mut errors = 0;
     if let Err(diags) = &certificates {
         print_diagnostics(diags);
@@ -192,10 +197,12 @@ fn main() -> anyhow::Result<ExitCode> {
             cookie,
             header,
             ip,
+            listener,
             json,
         } => {
             let config = Config::load(&conf).map_err(|d| anyhow::anyhow!("{d}"))?;
-            let store = SnapshotStore::load(&config.rules).map_err(|d| anyhow::anyhow!("{d}"))?;
+            let store = SnapshotStore::load(&config.rules, Listeners::of(&config.listeners))
+                .map_err(|d| anyhow::anyhow!("{d}"))?;
             let headers = header
                 .iter()
                 .map(|h| {
@@ -212,6 +219,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 cookies: cookie,
                 headers,
                 ip,
+                listener,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

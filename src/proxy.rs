@@ -27,6 +27,7 @@ use crate::channels::ChannelKey;
 use crate::config::{self, AccessLogFormat, Listener, ListenerKind, TlsListener};
 use crate::cookies;
 use crate::facts::bucket::ip_text;
+use crate::facts::client::{client_address, TrustedProxies};
 use crate::facts::VersionId;
 use crate::facts::{request_host, Arrival, Facts, RequestView};
 use crate::metrics::{Answered, Metrics, UNMATCHED};
@@ -61,12 +62,13 @@ pub struct Gateway {
     /// Per listener: the `Strict-Transport-Security` value of a TLS listener with `hsts`.
     hsts: Box<[Option<HeaderValue>]>,
     access_log: AccessLogFormat,
+    trusted_proxies: TrustedProxies,
     fallback_log: LogThrottle,
 }
 
 impl Gateway {
     /// A gateway serving whatever snapshot `store` holds on `listeners`, with store facts
-    /// from `lookups`.
+    /// from `lookups`; peers in `trusted_proxies` may say who the client is.
     pub fn new(
         store: Arc<SnapshotStore>,
         metrics: Arc<Metrics>,
@@ -74,6 +76,7 @@ impl Gateway {
         channel_key: ChannelKey,
         listeners: &[Listener],
         access_log: AccessLogFormat,
+        trusted_proxies: TrustedProxies,
     ) -> Self {
         let hsts = listeners
             .iter()
@@ -93,6 +96,7 @@ impl Gateway {
             hsts,
             listeners: listeners.into(),
             access_log,
+            trusted_proxies,
             fallback_log: LogThrottle::new(Duration::from_secs(1)),
         }
     }
@@ -164,12 +168,15 @@ impl RequestCtx {
     }
 }
 
-fn client_ip(session: &Session) -> Option<IpAddr> {
+/// The address the connection came from: the TCP peer, or the source a PROXY header declared.
+fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
 }
+
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 /// RFC 9112 section 3.2: an HTTP/1.1 request without a Host is answered 400.
 fn lacks_host(req: &RequestHeader) -> bool {
@@ -212,6 +219,17 @@ fn https_redirect(req: &RequestHeader, port: u16) -> Reply {
 }
 
 impl Gateway {
+    /// The client's address: the peer, or what trusted proxies say (`facts::client`).
+    fn client_ip(&self, session: &Session) -> Option<IpAddr> {
+        let peer = peer_ip(session)?;
+        let forwarded = session.req_header().headers.get_all(X_FORWARDED_FOR);
+        Some(client_address(
+            peer,
+            forwarded.iter().map(|v| v.as_bytes()),
+            &self.trusted_proxies,
+        ))
+    }
+
     fn arrival(&self, session: &Session) -> Arrival {
         let local = session.server_addr().and_then(|a| a.as_inet()).copied();
         config::arrival(&self.listeners, local)
@@ -319,7 +337,7 @@ impl ProxyHttp for Gateway {
             self.reply(session, arrival, reply).await?;
             return Ok(true);
         }
-        let client_ip = client_ip(session);
+        let client_ip = self.client_ip(session);
         let req = session.req_header();
         let host = request_host(req);
         let path = req.uri.path();
@@ -512,7 +530,9 @@ impl ProxyHttp for Gateway {
             rules.version(route.serving).header_value.clone(),
         )?;
         upstream.insert_header(RULE_HEADER, route.decision.rule_header_value(rules).clone())?;
-        upstream.insert_header(FORWARDED_PROTO.clone(), ctx.arrival.scheme.as_str())?;
+        // A static value: no copy of the scheme's text per request.
+        let proto = HeaderValue::from_static(ctx.arrival.scheme.as_str());
+        upstream.insert_header(FORWARDED_PROTO.clone(), proto)?;
         // The cookies the serving version may see (SPEC section 15), from the browser's:
         // after a fallback, the default version's share.
         cookies::apply_to_request(
@@ -522,14 +542,18 @@ impl ProxyHttp for Gateway {
             upstream,
         )?
         .record(&self.metrics, &rules.version(route.serving).name);
-        if let Some(ip) = client_ip(session) {
+        // A proxy appends the address it received the connection from (the peer, never the
+        // client it worked out), after every value received: several headers are one list.
+        if let Some(ip) = peer_ip(session) {
             let mut buf = [0u8; 48];
-            let ip = ip_text(ip, &mut buf);
-            let forwarded = match upstream.headers.get("x-forwarded-for") {
-                Some(prior) => [prior.as_bytes(), b", ", ip].concat(),
-                None => ip.to_vec(),
-            };
-            upstream.insert_header("x-forwarded-for", forwarded)?;
+            let ip = ip_text(ip.to_canonical(), &mut buf);
+            let mut forwarded = Vec::new();
+            for prior in upstream.headers.get_all(X_FORWARDED_FOR) {
+                forwarded.extend_from_slice(prior.as_bytes());
+                forwarded.extend_from_slice(b", ");
+            }
+            forwarded.extend_from_slice(ip);
+            upstream.insert_header(X_FORWARDED_FOR, forwarded)?;
         }
         Ok(())
     }
@@ -636,7 +660,7 @@ impl Gateway {
             .listeners
             .get(ctx.arrival.listener.index())
             .map(|l| &*l.name);
-        let client = client_ip(session).map(|ip| ip.to_string());
+        let client = self.client_ip(session).map(|ip| ip.to_string());
         let millis = elapsed.as_secs_f64() * 1e3;
         match self.access_log {
             AccessLogFormat::Json => {

@@ -16,7 +16,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
 use crate::diagnostics::Diagnostics;
-use crate::edge::tls::{CertificatesReloaded, TlsEndpoint};
+use crate::edge::tls::{CertificateError, CertificatesReloaded, TlsEndpoint};
 use crate::metrics::Metrics;
 use crate::state::{Reloaded, SnapshotStore};
 
@@ -24,6 +24,24 @@ use crate::state::{Reloaded, SnapshotStore};
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// A burst of events never delays a reload by more than this.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
+
+/// What one reload did.
+#[derive(Debug)]
+pub struct ReloadReport {
+    /// The rules' outcome: a failure leaves the last good generation serving.
+    pub rules: Result<Reloaded, Diagnostics>,
+    /// Each TLS listener's certificates, in the config's order.
+    pub certificates: Vec<CertificatesReport>,
+}
+
+/// What a reload did to one TLS listener's certificates.
+#[derive(Debug)]
+pub struct CertificatesReport {
+    /// The listener.
+    pub listener: Arc<str>,
+    /// Swapped or unchanged, or every problem (the old pairs keep serving).
+    pub outcome: Result<CertificatesReloaded, Vec<CertificateError>>,
+}
 
 /// Reloads the rules and the listeners' certificates, and records the outcome.
 pub struct Reloader {
@@ -51,20 +69,23 @@ impl Reloader {
     /// Reloads the rules and then the certificates now; `trigger` names the cause in the
     /// log. The result is the rules'; certificate problems are logged and counted (the old
     /// pairs keep serving).
-    pub fn reload(&self, trigger: &str) -> Result<Reloaded, Diagnostics> {
-        let rules = self.reload_rules(trigger);
-        self.reload_certificates(trigger);
-        rules
+    pub fn reload(&self, trigger: &str) -> ReloadReport {
+        ReloadReport {
+            rules: self.reload_rules(trigger),
+            certificates: self.reload_certificates(trigger),
+        }
     }
 
     /// Re-reads every TLS listener's pairs; a listener whose new pairs are not all good
     /// keeps its old ones.
-    pub fn reload_certificates(&self, trigger: &str) {
+    fn reload_certificates(&self, trigger: &str) -> Vec<CertificatesReport> {
+        let mut reports = Vec::with_capacity(self.certificates.len());
         for endpoint in &self.certificates {
-            match endpoint.reload() {
+            let outcome = endpoint.reload();
+            match &outcome {
                 Ok(outcome) => {
                     self.metrics.tls_reloads.with_label_values(&["ok"]).inc();
-                    if outcome == CertificatesReloaded::Swapped {
+                    if *outcome == CertificatesReloaded::Swapped {
                         endpoint.record_expiry(&self.metrics);
                         log::info!(
                             "listener {}: certificates reloaded ({trigger})",
@@ -85,7 +106,12 @@ impl Reloader {
                     }
                 }
             }
+            reports.push(CertificatesReport {
+                listener: Arc::clone(endpoint.listener()),
+                outcome,
+            });
         }
+        reports
     }
 
     /// The certificate and key files of every TLS listener (watched for changes).

@@ -18,9 +18,11 @@ use crate::config::{Config, ListenerKind};
 use crate::diagnostics::{Diagnostics, Severity};
 use crate::edge::app::EdgeApp;
 use crate::edge::tls::{self, TlsEndpoint};
+use crate::facts::client::TrustedProxies;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadTriggers, Reloader};
+use crate::rules::model::Listeners;
 use crate::state::SnapshotStore;
 use crate::stats::StatsTicker;
 use crate::store::embedded::EmbeddedStore;
@@ -61,7 +63,10 @@ impl App {
     /// Reads the config and the rules it names; all problems are returned together.
     pub fn load(config_path: &std::path::Path) -> Result<App, Diagnostics> {
         let config = Config::load(config_path)?;
-        let store = Arc::new(SnapshotStore::load(&config.rules)?);
+        let store = Arc::new(SnapshotStore::load(
+            &config.rules,
+            Listeners::of(&config.listeners),
+        )?);
         let metrics = Arc::new(Metrics::new());
         store.current().prepare_metrics(&metrics);
         let admin_token = std::env::var(&config.admin.token_env)
@@ -135,6 +140,7 @@ impl App {
                 self.channel_key.clone(),
                 &self.config.listeners,
                 self.config.access_log,
+                TrustedProxies::new(self.config.trusted_proxies.iter().copied()),
             )
         };
         // Pingora's h2c switch is per application: listeners with `h2c: true` are served by a
@@ -144,7 +150,14 @@ impl App {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
         h2c.server_options = Some(options);
-        let edge = EdgeApp::new(&self.config.listeners, &self.tls, http, h2c, &self.metrics);
+        let edge = EdgeApp::new(
+            &self.config.listeners,
+            &self.tls,
+            TrustedProxies::new(self.config.trusted_proxies.iter().copied()),
+            http,
+            h2c,
+            &self.metrics,
+        );
         let mut proxy = Service::new("graygate proxy".to_string(), edge);
         for listener in &self.config.listeners {
             proxy.add_tcp(&listener.addr.to_string());

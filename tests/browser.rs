@@ -9,6 +9,9 @@
 //! they switch to the isolated dev channel, log in there, switch back and forth, and each
 //! backend keeps its own session while the other never sees it.
 //!
+//! A third visitor uses the page over HTTPS (a certificate made by a test CA, which Chromium is
+//! told to accept by its public key) and gets a `Secure` channel cookie.
+//!
 //! `scripts/install-deps.sh test` (run by `make test`) installs Debian's `chromium` and
 //! `chromium-driver`; without them the test prints why it is skipped and passes.
 //! `GRAYGATE_UPDATE_SCREENSHOT=1 cargo test --test browser` rewrites `docs/channel-page.png`.
@@ -161,6 +164,11 @@ struct Browser {
 
 impl Browser {
     fn start() -> Browser {
+        Self::start_with(&[])
+    }
+
+    /// A browser with `extra_args` on Chromium's command line.
+    fn start_with(extra_args: &[String]) -> Browser {
         use std::os::unix::process::CommandExt as _;
 
         // chromedriver binds its port itself and cannot be handed a listener (no option takes
@@ -236,6 +244,19 @@ impl Browser {
         }
 
         let user_data_dir = format!("--user-data-dir={}", browser.profile.path().display());
+        let mut args = vec![
+            "--headless".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--disable-dev-shm-usage".into(),
+            user_data_dir,
+            "--window-size=900,1000".into(),
+        ];
+        args.extend_from_slice(extra_args);
         let capabilities = json!({
             "capabilities": {
                 "alwaysMatch": {
@@ -243,18 +264,7 @@ impl Browser {
                     "pageLoadStrategy": "normal",
                     "goog:chromeOptions": {
                         "binary": CHROMIUM,
-                        "args": [
-                            "--headless",
-                            "--no-sandbox",
-                            "--disable-gpu",
-                            "--no-first-run",
-                            "--disable-background-networking",
-                            "--disable-component-update",
-                            "--disable-sync",
-                            "--disable-dev-shm-usage",
-                            user_data_dir,
-                            "--window-size=900,1000",
-                        ],
+                        "args": args,
                     },
                 },
             },
@@ -773,4 +783,54 @@ fn isolated_dev_cookies_survive_channel_switches_in_the_browser() {
         everything(&stable)
     );
     drop(browser);
+}
+
+/// Chromium's `--ignore-certificate-errors-spki-list` value for a PEM certificate: the
+/// base64 SHA-256 of its SubjectPublicKeyInfo (only that key is accepted, not any).
+fn spki_pin(cert_pem: &[u8]) -> String {
+    let cert = openssl::x509::X509::from_pem(cert_pem).expect("PEM certificate");
+    let spki = cert
+        .public_key()
+        .and_then(|k| k.public_key_to_der())
+        .expect("SubjectPublicKeyInfo");
+    base64::engine::general_purpose::STANDARD.encode(openssl::sha::sha256(&spki))
+}
+
+#[test]
+fn the_channel_page_over_https_sets_a_secure_cookie() {
+    if let Some(why) = missing_browser() {
+        eprintln!(
+            "SKIPPED browser test: {why}; `make test` (scripts/install-deps.sh test) installs Debian's chromium and chromium-driver"
+        );
+        return;
+    }
+    let stable = Backend::start("stable");
+    let beta = Backend::start("beta");
+    let ca = support::certs::TestCa::new();
+    let certs = tempfile::tempdir().expect("certs dir");
+    let issued = ca.issue(&["localhost"], 11, 30);
+    let (cert, key) = issued.write(certs.path(), "localhost");
+    let (_gg, https) = Graygate::start_https(&rules(&stable, &beta), &cert, &key);
+    let pin = format!(
+        "--ignore-certificate-errors-spki-list={}",
+        spki_pin(&issued.cert_pem)
+    );
+    let browser = Browser::start_with(&[pin]);
+    let origin = format!("https://localhost:{}", https.port());
+    browser.choose(
+        &format!("{origin}/.canary-deployment"),
+        "beta",
+        &format!("{origin}/"),
+        "beta",
+    );
+    let cookie = browser
+        .cookie("gg_channel")
+        .expect("the channel cookie is set after saving");
+    assert_eq!(
+        cookie["secure"], true,
+        "gg_channel cookie over HTTPS: {cookie}"
+    );
+    assert_eq!(cookie["httpOnly"], true, "gg_channel cookie: {cookie}");
+    let seen = beta.last_request().expect("beta served the browser");
+    assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("https"));
 }

@@ -72,7 +72,64 @@ fn check_reports_a_config_file_error_with_its_line() {
     assert_eq!(code, 1);
     let first = stderr.lines().next().unwrap_or_default();
     assert!(
-        first.ends_with(":3: error: unknown field `threads`, expected one of `listen`, `listeners`, `admin`, `rules`, `redis`, `cookie_secret_env`, `server`, `access_log`"),
+        first.ends_with(":3: error: unknown field `threads`, expected one of `listen`, `listeners`, `admin`, `rules`, `redis`, `cookie_secret_env`, `server`, `access_log`, `trusted_proxies`"),
+        "{stderr}"
+    );
+}
+
+/// `listener:` names are checked against the config's listeners, with the rule's line; and
+/// `explain --listener` places the request on one, by name, with its scheme.
+#[test]
+fn listener_conditions_name_configured_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("graygate.yaml");
+    std::fs::write(
+        &conf,
+        "listeners:\n  - { name: public, listen: \"127.0.0.1:18080\" }\n  - { name: office, listen: \"127.0.0.1:18081\" }\nrules: rules.yaml\n",
+    )
+    .unwrap();
+    let head = "versions: { stable: {}, canary: {} }\ndefault: stable\nservices:\n  web:\n    hosts: [\"*\"]\n    groups: { stable: { peers: [\"127.0.0.1:1\"] } }\nrules:\n";
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        format!("{head}  - name: office\n    when: {{ listener: [office, ofice] }}\n    version: canary\n"),
+    )
+    .unwrap();
+    let (code, _, stderr) = graygate(&["check", "-c", conf.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.ends_with("rules.yaml:9: error: rule \"office\": listener \"ofice\" is not a listener of the config; the listeners are public, office"),
+        "{stderr}"
+    );
+    std::fs::write(
+        &rules,
+        format!("{head}  - name: office\n    when: {{ listener: office }}\n    version: canary\n"),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = graygate(&["check", "-c", conf.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let explain = |listener: &[&str]| {
+        let mut args = vec!["explain", "-c", conf.to_str().unwrap()];
+        args.extend(listener);
+        graygate(&args)
+    };
+    let (code, stdout, _) = explain(&["--listener", "office"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("decision: canary (rule office)"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = explain(&[]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("no match    office                   listener: the request arrived on public, not on office"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = explain(&["--listener", "lobby"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("no listener is named \"lobby\"; the listeners are public, office"),
         "{stderr}"
     );
 }

@@ -309,13 +309,14 @@ fn several_cookie_headers_reach_the_upstream_as_one() {
         site.qa.seen_cookies("/cart"),
         [[format!("uid=1; a=1; gg_channel={channel}; b=2")]]
     );
-    // To a shared version, several headers without gg.* go as they came (nothing to do)...
+    // To a shared version, several headers without gg.* are joined too (RFC 9113 8.2.3: an
+    // HTTP/1.1 hop gets one Cookie header)...
     let raw = format!(
         "GET /cart HTTP/1.1\r\nHost: {HOST}\r\nCookie: uid=5\r\nCookie: SESSION=s\r\nConnection: close\r\n\r\n"
     );
     http_request(site.gg.proxy, raw.as_bytes()).unwrap();
-    assert_eq!(site.stable.seen_cookies("/cart"), [["uid=5", "SESSION=s"]]);
-    // ... and as one once a gg.* cookie has to go.
+    assert_eq!(site.stable.seen_cookies("/cart"), [["uid=5; SESSION=s"]]);
+    // ... and when a gg.* cookie has to go.
     let raw = format!(
         "GET /cart HTTP/1.1\r\nHost: {HOST}\r\nCookie: uid=5\r\nCookie: gg.qa.a=1\r\nCookie: SESSION=s\r\nConnection: close\r\n\r\n"
     );

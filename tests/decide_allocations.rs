@@ -5,7 +5,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use graygate::facts::{Facts, RequestView};
+use graygate::facts::{Arrival, Facts, ListenerId, RequestView, Scheme};
+use graygate::rules::model::Listeners;
 use graygate::rules::{compile, decide, RuleSource};
 use http::{HeaderMap, HeaderValue, Method};
 
@@ -43,31 +44,53 @@ rules:
   - { name: build, when: { query: { build: { gte: 1200, lt: 2000 } } }, version: canary }
   - { name: legacy, when: { cookie: { legacy: { absent: true } }, path_prefix: /legacy }, version: canary }
   - { name: combined, when: { not: { path_prefix: /admin }, any: [ { header: { X-Beta: "1" } }, { cookie: { beta: "1" } } ] }, version: canary }
+  - { name: edge, when: { scheme: https, listener: [public-tls, internal] }, version: canary }
 "#;
 
 #[test]
 fn decide_does_not_allocate() {
-    let model = compile(&[RuleSource {
-        path: "rules.yaml".into(),
-        text: RULES.into(),
-    }])
+    let listeners = Listeners::new([
+        ("public".into(), Scheme::Http),
+        ("public-tls".into(), Scheme::Https),
+        ("internal".into(), Scheme::Https),
+    ]);
+    let model = compile(
+        &[RuleSource {
+            path: "rules.yaml".into(),
+            text: RULES.into(),
+        }],
+        &listeners,
+    )
     .expect("the rules compile")
     .model;
-    // (path, query, headers)
-    type Request<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let on = |name: &str| listeners.arrival(name).expect("a listener");
+    let (http, tls) = (on("public"), on("public-tls"));
+    // (path, query, headers, arrival)
+    type Request<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Arrival);
     let requests: &[Request] = &[
-        ("/", "", &[("x-tester", "qa-1")]),
-        ("/", "", &[("cookie", "plan=pro-y")]),
-        ("/", "", &[("x-app-version", "5.10.3")]),
-        ("/", "", &[("x-app-version", "v5.2")]),
-        ("/", "build=1500", &[]),
-        ("/", "build=1e3", &[]),
-        ("/legacy/x", "", &[("cookie", "a=b")]),
-        ("/shop", "", &[("cookie", "beta=1")]),
-        ("/admin", "", &[("x-beta", "1")]),
-        ("/", "", &[]),
+        ("/", "", &[("x-tester", "qa-1")], http),
+        ("/", "", &[("cookie", "plan=pro-y")], http),
+        ("/", "", &[("x-app-version", "5.10.3")], http),
+        ("/", "", &[("x-app-version", "v5.2")], http),
+        ("/", "build=1500", &[], http),
+        ("/", "build=1e3", &[], http),
+        ("/legacy/x", "", &[("cookie", "a=b")], http),
+        ("/shop", "", &[("cookie", "beta=1")], http),
+        ("/admin", "", &[("x-beta", "1")], http),
+        ("/", "", &[], http),
+        ("/", "", &[], tls),
+        ("/", "", &[], on("internal")),
+        (
+            "/",
+            "",
+            &[],
+            Arrival {
+                listener: ListenerId(7),
+                scheme: Scheme::Https,
+            },
+        ),
     ];
-    for (path, query, pairs) in requests {
+    for (path, query, pairs, arrival) in requests {
         let mut headers = HeaderMap::new();
         for (name, value) in *pairs {
             headers.append(*name, HeaderValue::from_str(value).unwrap());
@@ -79,7 +102,7 @@ fn decide_does_not_allocate() {
             query: Some(*query).filter(|q| !q.is_empty()),
             headers: &headers,
             client_ip: None,
-            arrival: Default::default(),
+            arrival: *arrival,
         };
         let facts = Facts::gather(&model.rules.identity, view);
         // The regex engine builds its scratch cache on a thread's first match and reuses it

@@ -14,14 +14,14 @@ use support::certs::{https_request, TestCa};
 use support::graygate::{metric, Graygate};
 use support::{assert_eventually, get, http_request, Backend};
 
-/// uid tail 3 goes to canary, the rest to stable.
+/// uid tail 3 and the office network go to canary, the rest to stable.
 fn rules(stable: &Backend, canary: &Backend) -> String {
     format!(
         "versions: {{ stable: {{}}, canary: {{ selectable: true }} }}\n\
          default: stable\n\
          channels: {{ path: /.canary-deployment }}\n\
          services:\n  web:\n    hosts: [\"*\"]\n    groups:\n      stable: {{ peers: [\"{}\"] }}\n      canary: {{ peers: [\"{}\"] }}\n\
-         rules:\n  - {{ name: tail, when: {{ uid_tail: [3] }}, version: canary }}\n",
+         rules:\n  - {{ name: tail, when: {{ uid_tail: [3] }}, version: canary }}\n  - {{ name: office, when: {{ client_ip: [203.0.113.0/24] }}, version: canary }}\n",
         stable.addr(),
         canary.addr()
     )
@@ -41,6 +41,7 @@ struct Edge {
 }
 
 const A_SERIAL: u32 = 1001;
+const TOKEN: &str = "edge-test-token";
 const B_SERIAL: u32 = 2001;
 
 impl Edge {
@@ -60,7 +61,7 @@ impl Edge {
         let dir = certs.path().display().to_string();
         let (gg, addrs) = Graygate::start_listeners(
             &rules(&stable, &canary),
-            None,
+            Some(TOKEN),
             4,
             |a| {
                 format!(
@@ -558,6 +559,25 @@ fn certificates_reload_on_change_and_a_broken_pair_keeps_the_old_one() {
         },
     );
     assert_eq!(served_serial(&edge), Some(1002));
+    // POST /-/reload says which listener kept its pairs, and why.
+    let r = http_request(
+        edge.gg.admin,
+        format!("POST /-/reload HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .expect("POST /-/reload");
+    assert_eq!(r.status, 422, "{}", r.body_text());
+    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+    assert_eq!(body["result"], "unchanged", "the rules are fine: {body}");
+    assert_eq!(body["certificates"][0]["listener"], "https");
+    assert_eq!(body["certificates"][0]["result"], "error");
+    let error = body["certificates"][0]["errors"][0]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("a.key: this key does not belong to the certificate"),
+        "{error}"
+    );
+    assert_eq!(served_serial(&edge), Some(1002));
     // Garbage in the certificate file: the same.
     std::fs::write(edge.certs.path().join("a.crt"), b"not a certificate").expect("write");
     std::thread::sleep(Duration::from_millis(600));
@@ -765,4 +785,176 @@ fn a_bad_certificate_stops_the_start_with_its_file_named() {
         stderr.contains("soon.crt: warning: listener https: the certificate expires in 4days"),
         "{stderr}"
     );
+}
+
+/// A PROXY protocol v2 header for TCP over IPv4 from `src`.
+fn proxy_v2(src: std::net::SocketAddrV4) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x11, 0x00, 12]);
+    header.extend_from_slice(&src.ip().octets());
+    header.extend_from_slice(&[127, 0, 0, 1]);
+    header.extend_from_slice(&src.port().to_be_bytes());
+    header.extend_from_slice(&443u16.to_be_bytes());
+    header
+}
+
+#[test]
+fn proxy_protocol_from_a_trusted_balancer_names_the_client() {
+    let edge = Edge::start_with("", "trusted_proxies: [127.0.0.1/32]\n");
+    let backends = &edge._backends;
+    // v1 on the plain listener: the declared client decides (the office rule) and is the
+    // X-Forwarded-For graygate sends.
+    let r = http_request(
+        edge.http,
+        b"PROXY TCP4 203.0.113.9 127.0.0.1 5000 80\r\nGET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .expect("request");
+    assert_eq!((r.status, r.body_text().as_str()), (200, "canary"));
+    let seen = backends.1.last_request().expect("canary saw it");
+    assert_eq!(seen.header_all("x-forwarded-for"), ["203.0.113.9"]);
+    // v2 in front of a TLS handshake.
+    let tcp = TcpStream::connect(edge.https).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    (&tcp)
+        .write_all(&proxy_v2("203.0.113.10:6000".parse().unwrap()))
+        .expect("write the header");
+    let config = support::certs::connector(&edge.ca.cert)
+        .configure()
+        .expect("configure");
+    let mut tls = config.connect("a.test", tcp).expect("TLS after PROXY v2");
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let r = support::read_response(std::io::BufReader::new(tls), false).expect("response");
+    assert_eq!(r.body_text(), "canary");
+    let seen = backends.1.last_request().expect("canary saw it");
+    assert_eq!(seen.header_all("x-forwarded-for"), ["203.0.113.10"]);
+    // A trusted peer may also send no header at all.
+    let r = get(edge.http, "a.test", "/", &[]);
+    assert_eq!(r.body_text(), "stable");
+    // A broken header from a trusted peer closes that connection only, and is counted.
+    let broken = http_request(
+        edge.http,
+        b"PROXY TCP4 203.0.113.9 nonsense\r\nGET / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    );
+    assert!(broken.is_err(), "{broken:?}");
+    assert_eventually(Duration::from_secs(2), "the refused header counted", || {
+        metric(
+            &edge.gg.scrape(),
+            "graygate_connections_total",
+            &[("listener", "http"), ("result", "proxy_protocol_error")],
+        ) == Some(1.0)
+    });
+    assert_eq!(get(edge.http, "a.test", "/", &[]).status, 200);
+}
+
+#[test]
+fn proxy_protocol_and_forwarded_for_from_anyone_else_are_ignored() {
+    let edge = Edge::start();
+    let backends = &edge._backends;
+    let before = backends.0.requests() + backends.1.requests();
+    let r = http_request(
+        edge.http,
+        b"PROXY TCP4 203.0.113.9 127.0.0.1 5000 80\r\nGET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .expect("request");
+    assert_eq!(r.status, 400, "an untrusted peer's PROXY line is not HTTP");
+    assert_eq!(backends.0.requests() + backends.1.requests(), before);
+    // Nor does its X-Forwarded-For make it an office client.
+    let r = get(
+        edge.http,
+        "a.test",
+        "/",
+        &[("X-Forwarded-For", b"203.0.113.9")],
+    );
+    assert_eq!(r.body_text(), "stable");
+    let seen = backends.0.last_request().expect("stable saw it");
+    assert_eq!(
+        seen.header_all("x-forwarded-for"),
+        ["203.0.113.9, 127.0.0.1"]
+    );
+}
+
+/// A WebSocket upstream: answers the upgrade (with the RFC 6455 accept key), then echoes
+/// every byte back. Returns its address; it serves one connection.
+fn websocket_echo() -> SocketAddr {
+    use base64::Engine as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match conn.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let key = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| value.trim().to_string())
+            })
+            .unwrap_or_default();
+        let digest =
+            openssl::sha::sha1(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes());
+        let accept = base64::engine::general_purpose::STANDARD.encode(digest);
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        if conn.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn websocket_upgrades_over_https() {
+    let ca = TestCa::new();
+    let certs = tempfile::tempdir().expect("certs dir");
+    let (cert, key) = ca.issue(&["a.test"], 7, 30).write(certs.path(), "a");
+    let ws = websocket_echo();
+    let rules = format!(
+        "versions: {{ stable: {{}} }}\ndefault: stable\nservices:\n  ws:\n    hosts: [\"*\"]\n    groups:\n      stable: {{ peers: [\"{ws}\"] }}\n"
+    );
+    let (_gg, https) = Graygate::start_https(&rules, &cert, &key);
+    let tcp = TcpStream::connect(https).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let config = support::certs::connector(&ca.cert)
+        .configure()
+        .expect("configure");
+    let mut tls = config.connect("a.test", tcp).expect("TLS");
+    tls.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .expect("write the upgrade");
+    let mut reader = std::io::BufReader::new(tls);
+    let answer = support::read_response(&mut reader, false).expect("101");
+    assert_eq!(answer.status, 101);
+    assert_eq!(
+        answer.header("sec-websocket-accept").as_deref(),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "the RFC 6455 example key"
+    );
+    // A masked text frame "hello" goes through the tunnel and comes back byte for byte.
+    let frame = [
+        0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+    ];
+    reader.get_mut().write_all(&frame).expect("write a frame");
+    let mut echoed = [0u8; 11];
+    reader.read_exact(&mut echoed).expect("read the echo");
+    assert_eq!(echoed, frame);
 }

@@ -142,10 +142,13 @@ fn the_readme_matcher_example_compiles() {
         .and_then(|b| b.split("```").next())
         .expect("the README has the matcher example");
     let text = format!("versions: {{ stable: {{}}, canary: {{}} }}\ndefault: stable\nservices:\n  web:\n    hosts: [\"*\"]\n    groups: {{ stable: {{ peers: [\"127.0.0.1:1\"] }} }}\n{block}");
-    let loaded = graygate::rules::compile(&[graygate::rules::RuleSource {
-        path: "README.md".into(),
-        text,
-    }])
+    let loaded = graygate::rules::compile(
+        &[graygate::rules::RuleSource {
+            path: "README.md".into(),
+            text,
+        }],
+        &Default::default(),
+    )
     .unwrap_or_else(|d| panic!("{d}"));
     assert_eq!(loaded.model.rules.rules.len(), 1);
 }
@@ -167,7 +170,7 @@ const GET: Req = Req {
 
 /// (rule, version) decided for `req` by the example `file`.
 fn decided(file: &str, req: &Req) -> (String, String) {
-    let rules = load(&example(file))
+    let rules = load(&example(file), &Default::default())
         .unwrap_or_else(|d| panic!("{file}:\n{d}"))
         .model
         .rules;

@@ -362,6 +362,25 @@ fn the_admin_api_needs_the_token() {
     assert_eq!(explained["version"], "canary");
     assert_eq!(explained["rule"], "ramp");
     assert_eq!(explained["steps"][0]["outcome"], "decided");
+    // `listener=` names the listener the described request arrives on.
+    let on = |listener: &str| {
+        admin(
+            &gg,
+            "GET",
+            &format!("/-/explain?uid=13&listener={listener}"),
+            Some(TOKEN),
+        )
+    };
+    assert_eq!(json(&on("http"))["version"], "canary");
+    let unknown = on("lobby");
+    assert_eq!(unknown.status, 400);
+    assert!(
+        unknown
+            .body_text()
+            .contains(r#"no listener is named \"lobby\"; the listeners are http"#),
+        "{}",
+        unknown.body_text()
+    );
 
     let disabled = Graygate::start(&split_rules(&stable, &canary, 100, ""));
     let r = admin(&disabled, "GET", "/-/rules", Some(TOKEN));

@@ -803,3 +803,60 @@ fn host_less_http11_requests_get_400_and_repeated_lengths_are_normalised() {
         );
     }
 }
+
+/// SPEC 11 "Client address": from a trusted peer the rightmost untrusted `X-Forwarded-For`
+/// entry is the client (here 192.0.2.5, so the `client_ip` rule picks canary); from any
+/// other peer the header is ignored. Either way the upstream's `X-Forwarded-For` carries
+/// every value received, then the peer (127.0.0.1) that graygate received the connection from.
+#[test]
+fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
+    let (stable, canary) = (Backend::start("stable"), Backend::start("canary"));
+    let rules = web_rules(
+        &stable,
+        &canary,
+        false,
+        "rules:\n  - name: lab\n    when: { client_ip: [192.0.2.0/24] }\n    version: canary\n",
+    );
+    let forwarded: Headers = &[
+        ("X-Forwarded-For", b"192.0.2.99, 192.0.2.5"),
+        ("X-Forwarded-For", b"127.0.0.1"),
+    ];
+    let expected = "192.0.2.99, 192.0.2.5, 127.0.0.1, 127.0.0.1";
+    let trusting = Graygate::start_with(&rules, None, "trusted_proxies: [127.0.0.0/8]\n");
+    let r = get(trusting.proxy, HOST, "/", forwarded);
+    assert_eq!(r.body_text(), "canary", "{}", describe(&r));
+    let seen = canary.last_request().expect("forwarded");
+    assert_eq!(
+        seen.header_all("x-forwarded-for"),
+        vec![expected.to_string()]
+    );
+    drop(trusting);
+    let wary = Graygate::start(&rules);
+    let r = get(wary.proxy, HOST, "/", forwarded);
+    assert_eq!(r.body_text(), "stable", "{}", describe(&r));
+    let seen = stable.last_request().expect("forwarded");
+    assert_eq!(
+        seen.header_all("x-forwarded-for"),
+        vec![expected.to_string()]
+    );
+}
+
+/// SPEC 11 "Scheme facts": the real server places a request on the listener it reached (the
+/// harness's one plain listener, named `http`), so `scheme` and `listener` conditions hold or
+/// miss as the config says.
+#[test]
+fn scheme_and_listener_conditions_read_the_arrival() {
+    let (stable, canary) = (Backend::start("stable"), Backend::start("canary"));
+    let rules = web_rules(
+        &stable,
+        &canary,
+        false,
+        "rules:\n  - name: tls-only\n    when: { scheme: https }\n    version: canary\n  - name: plain-listener\n    when: { listener: [http], scheme: http, path_prefix: /plain }\n    version: canary\n",
+    );
+    let gg = Graygate::start(&rules);
+    let r = get(gg.proxy, HOST, "/", &[]);
+    assert_eq!(r.body_text(), "stable", "{}", describe(&r));
+    let r = get(gg.proxy, HOST, "/plain", &[]);
+    assert_eq!(r.body_text(), "canary", "{}", describe(&r));
+    assert_eq!(r.header("x-seen-rule").as_deref(), Some("plain-listener"));
+}

@@ -6,7 +6,8 @@
 //! configured the protected endpoints are disabled (403), never open.
 //!
 //! - `GET /-/rules`: generation, content hash, load time, files and a summary.
-//! - `POST /-/reload`: reload the rules now (200 with the generation, 422 with every error).
+//! - `POST /-/reload`: reload the rules and the TLS listeners' certificates now (200 with the
+//!   generation and each listener's certificate result, 422 with every error).
 //! - `GET /-/explain?uid=&host=&path=&ip=&cookie=&method=`: the decision trace as JSON.
 //! - `GET /-/stats?window=1m`: windowed per-service, per-version figures (requests, 5xx rate,
 //!   p50/p90/p99, goal conversions) from `stats`, the read side a rollout check uses.
@@ -26,6 +27,7 @@ use subtle::ConstantTimeEq;
 
 use crate::channels::ChannelKey;
 use crate::config::parse_duration;
+use crate::edge::tls::CertificatesReloaded;
 use crate::explain::{explain_request, RequestDescription};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
@@ -210,25 +212,50 @@ impl AdminApp {
     /// blocking thread, as the file-watch path does, never on the admin's async worker.
     async fn reload(&self) -> Reply {
         let reloader = Arc::clone(&self.reloader);
-        let outcome = tokio::task::spawn_blocking(move || reloader.reload("admin API")).await;
-        match outcome {
-            Ok(Ok(reloaded)) => Reply::json(
-                200,
-                &json!({
-                    "result": match reloaded { Reloaded::Swapped(_) => "reloaded", Reloaded::Unchanged(_) => "unchanged" },
-                    "generation": reloaded.snapshot().generation,
+        let report = match tokio::task::spawn_blocking(move || reloader.reload("admin API")).await {
+            Ok(report) => report,
+            Err(e) => return Reply::error(500, &format!("the reload did not finish: {e}")),
+        };
+        // Each TLS listener's certificates: reloaded, unchanged, or kept after errors.
+        let certificates: Vec<serde_json::Value> = report
+            .certificates
+            .iter()
+            .map(|c| match &c.outcome {
+                Ok(done) => json!({
+                    "listener": &*c.listener,
+                    "result": match done {
+                        CertificatesReloaded::Swapped => "reloaded",
+                        CertificatesReloaded::Unchanged => "unchanged",
+                    },
                 }),
-            ),
-            Ok(Err(diags)) => Reply::json(
-                422,
-                &json!({
+                Err(problems) => json!({
+                    "listener": &*c.listener,
                     "result": "error",
-                    "generation": self.reloader.store().current().generation,
-                    "errors": diags.items().iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                    "errors": problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                 }),
-            ),
-            Err(e) => Reply::error(500, &format!("the reload did not finish: {e}")),
+            })
+            .collect();
+        let certificates_failed = report.certificates.iter().any(|c| c.outcome.is_err());
+        let mut body = match &report.rules {
+            Ok(reloaded) => json!({
+                "result": match reloaded { Reloaded::Swapped(_) => "reloaded", Reloaded::Unchanged(_) => "unchanged" },
+                "generation": reloaded.snapshot().generation,
+            }),
+            Err(diags) => json!({
+                "result": "error",
+                "generation": self.reloader.store().current().generation,
+                "errors": diags.items().iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            }),
+        };
+        if !certificates.is_empty() {
+            body["certificates"] = certificates.into();
         }
+        let status = if report.rules.is_err() || certificates_failed {
+            422
+        } else {
+            200
+        };
+        Reply::json(status, &body)
     }
 
     async fn explain(&self, query: Option<&str>) -> Reply {
@@ -251,6 +278,7 @@ impl AdminApp {
                 .collect(),
             headers: Vec::new(),
             ip,
+            listener: first("listener").filter(|l| !l.is_empty()),
         };
         let snapshot = self.reloader.store().current();
         match explain_request(&snapshot, &self.lookups, &self.channel_key, &desc).await {

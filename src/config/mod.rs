@@ -8,10 +8,11 @@ mod duration;
 
 pub use duration::{parse_duration, Duration};
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::diagnostics::{Diagnostics, Severity, SourceFile};
@@ -36,6 +37,9 @@ pub struct Config {
     pub server: ServerSettings,
     /// One line per request on the `graygate::access` log target.
     pub access_log: AccessLogFormat,
+    /// `trusted_proxies:`: peers that may say who the client is (PROXY header,
+    /// `X-Forwarded-For`); empty trusts nobody.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// Validated `redis:` settings.
@@ -220,6 +224,8 @@ struct RawConf {
     server: RawServer,
     #[serde(default)]
     access_log: AccessLogFormat,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -470,6 +476,7 @@ impl Config {
             cookie_secret_env,
             server,
             access_log,
+            trusted_proxies: raw_trusted,
         } = raw;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| -> PathBuf {
@@ -587,6 +594,20 @@ impl Config {
                     .unwrap_or(std::time::Duration::from_secs(30)),
             }
         });
+        let mut trusted_proxies = Vec::new();
+        for (i, text) in raw_trusted.iter().enumerate() {
+            let net = text
+                .parse::<IpNet>()
+                .ok()
+                .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from));
+            match net {
+                Some(net) => trusted_proxies.push(net.trunc()),
+                None => error(
+                    &format!("trusted_proxies.{i}"),
+                    format!("trusted_proxies: \"{text}\" is not a CIDR like 10.0.0.0/8"),
+                ),
+            }
+        }
         let threads = server.threads.unwrap_or(2);
         if threads == 0 {
             error(
@@ -622,6 +643,7 @@ impl Config {
                 error_log: server.error_log.map(|p| resolve(&p)),
             },
             access_log,
+            trusted_proxies,
         }
     }
 }
@@ -699,6 +721,38 @@ mod tests {
         assert!(messages[2]
             .ends_with(":3: error: admin.listen: \"bad\" is not an address like 127.0.0.1:9901"));
         assert!(messages[3].ends_with(":5: error: server.threads: must be at least 1"));
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks() {
+        assert!(load_text("rules: ../rules\n")
+            .unwrap()
+            .trusted_proxies
+            .is_empty());
+        let config =
+            load_text("trusted_proxies: [10.0.0.0/8, 192.0.2.7, \"2001:db8::1/32\"]\n").unwrap();
+        let nets: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+        let err = load_text("trusted_proxies:\n  - 10.0.0.0/8\n  - 10.0.0.0/33\n  - lb.internal\n")
+            .unwrap_err();
+        let messages: Vec<String> = err.items().iter().map(|d| d.to_string()).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(
+            messages[0].ends_with(
+                ":3: error: trusted_proxies: \"10.0.0.0/33\" is not a CIDR like 10.0.0.0/8"
+            ),
+            "{messages:?}"
+        );
+        assert!(
+            messages[1].ends_with(
+                ":4: error: trusted_proxies: \"lb.internal\" is not a CIDR like 10.0.0.0/8"
+            ),
+            "{messages:?}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The connection stage in front of HTTP: which listener a connection reached, its TLS
-//! handshake, and which HTTP application (HTTP/1.1 only, or also h2c) then serves it.
+//! The connection stage in front of HTTP: which listener a connection reached, the PROXY
+//! protocol header of a trusted load balancer, the TLS handshake, and which HTTP
+//! application (HTTP/1.1 only, or also h2c) then serves it.
 //!
 //! Pingora accepts every listener as plain TCP; [`EdgeApp`] does the rest, so one place
 //! owns the per-connection policy, its timeouts and its counters. It costs one boxed future
@@ -18,7 +19,9 @@ use pingora::server::ShutdownWatch;
 use prometheus::IntCounter;
 
 use crate::config::{self, Listener, ListenerKind, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::edge::proxy_protocol::{declare_peer, read_proxy_header, ProxyHeader, ProxyHeaderError};
 use crate::edge::tls::TlsEndpoint;
+use crate::facts::client::TrustedProxies;
 use crate::metrics::Metrics;
 use crate::throttle::LogThrottle;
 
@@ -27,7 +30,12 @@ struct EdgeListener {
     tls: Option<TlsStage>,
     h2c: bool,
     accepted: IntCounter,
+    proxy_header_error: IntCounter,
+    proxy_header_timeout: IntCounter,
 }
+
+/// A trusted peer's PROXY header must be complete by then.
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A TLS listener's endpoint and handshake counters.
 struct TlsStage {
@@ -46,6 +54,8 @@ pub struct EdgeApp<A> {
     http: Arc<A>,
     /// Serves plain listeners with `h2c: true`.
     h2c: Arc<A>,
+    /// Peers whose PROXY header is believed.
+    trusted: TrustedProxies,
     handshake_log: LogThrottle,
 }
 
@@ -55,6 +65,7 @@ impl<A> EdgeApp<A> {
     pub fn new(
         listeners: &[Listener],
         tls: &[Option<Arc<TlsEndpoint>>],
+        trusted: TrustedProxies,
         http: A,
         h2c: A,
         metrics: &Metrics,
@@ -83,6 +94,14 @@ impl<A> EdgeApp<A> {
                     }),
                     h2c: matches!(listener.kind, ListenerKind::Plain { h2c: true, .. }),
                     accepted: metrics.connections.with_label_values(&[name, "ok"]).clone(),
+                    proxy_header_error: metrics
+                        .connections
+                        .with_label_values(&[name, "proxy_protocol_error"])
+                        .clone(),
+                    proxy_header_timeout: metrics
+                        .connections
+                        .with_label_values(&[name, "proxy_protocol_timeout"])
+                        .clone(),
                 }
             })
             .collect();
@@ -91,6 +110,7 @@ impl<A> EdgeApp<A> {
             stages,
             http: Arc::new(http),
             h2c: Arc::new(h2c),
+            trusted,
             handshake_log: LogThrottle::new(Duration::from_secs(10)),
         }
     }
@@ -107,6 +127,37 @@ fn peer_addr(stream: &Stream) -> Option<SocketAddr> {
 }
 
 impl<A> EdgeApp<A> {
+    /// Reads the PROXY header a trusted peer may start `stream` with and makes its declared
+    /// source the connection's peer; `false` when the header is refused (counted, logged).
+    async fn proxy_header(&self, stage: &EdgeListener, stream: &mut Stream) -> bool {
+        if self.trusted.is_empty() {
+            return true;
+        }
+        let Some(peer) = peer_addr(stream).filter(|p| self.trusted.contains(p.ip())) else {
+            // Anyone else's PROXY line is not read: it reaches TLS or HTTP as garbage.
+            return true;
+        };
+        match read_proxy_header(&mut **stream, PROXY_HEADER_TIMEOUT).await {
+            Ok(ProxyHeader::Source(source)) => {
+                declare_peer(stream, source);
+                true
+            }
+            Ok(ProxyHeader::Absent | ProxyHeader::KeepPeer) => true,
+            Err(e) => {
+                match e {
+                    ProxyHeaderError::Timeout(_) => stage.proxy_header_timeout.inc(),
+                    _ => stage.proxy_header_error.inc(),
+                }
+                if let Some(held_back) = self.handshake_log.admit() {
+                    log::info!(
+                        "connection from {peer}: {e}; {held_back} similar line(s) held back"
+                    );
+                }
+                false
+            }
+        }
+    }
+
     /// Terminates TLS on `stream`; `None` when the handshake failed or stalled (counted).
     async fn handshake(&self, tls: &TlsStage, stream: Stream) -> Option<Stream> {
         let endpoint = &tls.endpoint;
@@ -155,6 +206,10 @@ where
     ) -> Option<Stream> {
         let arrival = config::arrival(&self.listeners, local_addr(&stream));
         let stage = &self.stages[usize::from(arrival.listener.0)];
+        let mut stream = stream;
+        if !self.proxy_header(stage, &mut stream).await {
+            return None;
+        }
         stage.accepted.inc();
         let stream = match &stage.tls {
             Some(tls) => self.handshake(tls, stream).await?,

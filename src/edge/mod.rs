@@ -1,5 +1,7 @@
-//! Edge transport: what happens on a connection before HTTP (which listener it reached, its
-//! TLS handshake, which HTTP versions it may speak).
+//! Edge transport: what happens on a connection before HTTP (which listener it reached, the
+//! PROXY protocol header of a trusted load balancer, the TLS handshake, which HTTP versions
+//! it may speak).
 
 pub mod app;
+pub mod proxy_protocol;
 pub mod tls;

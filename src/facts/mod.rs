@@ -4,8 +4,11 @@
 //! the request wherever it can; cookie, header and query lookups scan the request in place
 //! (no per-request maps are built). Bad input is ignored, never fatal: a malformed cookie
 //! pair, a header that is not UTF-8, an over-long or non-printable uid are treated as absent.
+//! [`client`] says who the client is (the peer, or what trusted proxies declare); the
+//! request's [`Arrival`] (listener and scheme) comes from the local address it reached.
 
 pub mod bucket;
+pub mod client;
 pub mod cookie;
 pub mod identity;
 
@@ -42,6 +45,17 @@ pub enum Scheme {
 }
 
 impl Scheme {
+    /// `http` or `https`, in any case.
+    pub fn parse(text: &str) -> Option<Scheme> {
+        if text.eq_ignore_ascii_case("http") {
+            Some(Scheme::Http)
+        } else if text.eq_ignore_ascii_case("https") {
+            Some(Scheme::Https)
+        } else {
+            None
+        }
+    }
+
     /// `http` or `https`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -342,6 +342,8 @@ pub fn holds(condition: &Condition, facts: &Facts) -> bool {
         Condition::Internal(wanted) => facts.internal == *wanted,
         Condition::Channel(None) => facts.channel.is_some(),
         Condition::Channel(Some(versions)) => facts.channel.is_some_and(|v| versions.contains(&v)),
+        Condition::Scheme(scheme) => req.arrival.scheme == *scheme,
+        Condition::Listener(set) => set.contains(req.arrival.listener),
         Condition::Not(inner) => !holds_all(inner, facts),
         Condition::Any(sets) => sets.iter().any(|set| holds_all(set, facts)),
     }
@@ -413,6 +415,8 @@ fn label(condition: &Condition) -> String {
         Condition::Tier(_) => "tier".into(),
         Condition::Internal(_) => "internal".into(),
         Condition::Channel(_) => "channel".into(),
+        Condition::Scheme(_) => "scheme".into(),
+        Condition::Listener(_) => "listener".into(),
         Condition::Not(_) => "not".into(),
         Condition::Any(_) => "any".into(),
     }
@@ -479,6 +483,28 @@ pub fn describe_miss(condition: &Condition, facts: &Facts) -> String {
                 "internal: the user is not internal".into()
             } else {
                 "internal: false, but the user is internal".into()
+            }
+        }
+        Condition::Scheme(scheme) => format!(
+            "scheme: the request came over {}, not {}",
+            req.arrival.scheme.as_str(),
+            scheme.as_str()
+        ),
+        Condition::Listener(set) => {
+            let wanted: Vec<&str> = set
+                .ids
+                .iter()
+                .filter_map(|id| set.listeners.name(*id))
+                .collect();
+            match set.listeners.name(req.arrival.listener) {
+                Some(name) => format!(
+                    "listener: the request arrived on {name}, not on {}",
+                    wanted.join(", ")
+                ),
+                None => format!(
+                    "listener: the request's listener is unknown, not one of {}",
+                    wanted.join(", ")
+                ),
             }
         }
         Condition::Not(inner) => format!(
@@ -750,6 +776,11 @@ services:
                 true,
             ),
             ("{ internal: false }", uid("1"), false),
+            // The default listeners: one plain listener named http.
+            ("{ scheme: http }", GET, true),
+            ("{ scheme: https }", GET, false),
+            ("{ listener: http }", GET, true),
+            ("{ not: { listener: [http] } }", GET, false),
             (
                 "{ uid_tail: [3], path_prefix: /api }",
                 Req {
@@ -1089,6 +1120,89 @@ services:
             explain(&model.rules, &facts).unwrap().steps[0].outcome,
             Outcome::Decided("canary (any #2 holds)".into())
         );
+    }
+
+    /// `scheme` and `listener` read the request's arrival; explain says where it arrived.
+    #[test]
+    fn scheme_and_listener_conditions() {
+        use crate::facts::{Arrival, ListenerId, Scheme};
+        use crate::rules::compile::{compile, RuleSource};
+        use crate::rules::model::Listeners;
+        let listeners = Listeners::new([
+            ("public".into(), Scheme::Http),
+            ("public-tls".into(), Scheme::Https),
+            ("office".into(), Scheme::Https),
+        ]);
+        let rules = "  - { name: tls-office, when: { scheme: https, listener: office }, version: dev }\n  - { name: plain, when: { scheme: http }, version: canary }\n  - { name: either, when: { listener: [public, office] }, version: stable }\n  - { name: not-public, when: { not: { listener: public } }, version: canary }\n";
+        let model = compile(
+            &[RuleSource {
+                path: "rules.yaml".into(),
+                text: format!("{BASE}rules:\n{rules}"),
+            }],
+            &listeners,
+        )
+        .unwrap_or_else(|d| panic!("{d}"))
+        .model;
+        let headers = HeaderMap::new();
+        let unknown = Arrival {
+            listener: ListenerId(9),
+            scheme: Scheme::Https,
+        };
+        let cases: [(Arrival, &str, &[&str]); 4] = [
+            (
+                listeners.arrival("public").unwrap(),
+                "plain",
+                &["scheme: the request came over http, not https"],
+            ),
+            (
+                listeners.arrival("public-tls").unwrap(),
+                "not-public",
+                &[
+                    "listener: the request arrived on public-tls, not on office",
+                    "scheme: the request came over https, not http",
+                    "listener: the request arrived on public-tls, not on public, office",
+                ],
+            ),
+            // dev is for internal users only, so tls-office is skipped for uid 5.
+            (
+                listeners.arrival("office").unwrap(),
+                "either",
+                &["scheme: the request came over https, not http"],
+            ),
+            (
+                unknown,
+                "not-public",
+                &[
+                    "listener: the request's listener is unknown, not one of office",
+                    "scheme: the request came over https, not http",
+                    "listener: the request's listener is unknown, not one of public, office",
+                ],
+            ),
+        ];
+        for (arrival, rule, misses) in cases {
+            let view = RequestView {
+                method: &Method::GET,
+                host: "h",
+                path: "/",
+                query: Some("uid=5"),
+                headers: &headers,
+                client_ip: None,
+                arrival,
+            };
+            let facts = Facts::gather(&model.rules.identity, view);
+            let decision = decide(&model.rules, &facts).unwrap();
+            assert_eq!(decision.rule_name(&model.rules), rule, "{arrival:?}");
+            let explained = explain(&model.rules, &facts).unwrap();
+            let why: Vec<&str> = explained
+                .steps
+                .iter()
+                .filter_map(|s| match &s.outcome {
+                    Outcome::NotMatched(why) => Some(why.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(why, misses, "{arrival:?}");
+        }
     }
 
     #[test]

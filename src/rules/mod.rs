@@ -24,10 +24,13 @@ pub(crate) mod testing {
 
     /// Compiles one rules file, panicking with every diagnostic on failure.
     pub fn model(yaml: &str) -> RoutingModel {
-        compile(&[RuleSource {
-            path: "rules.yaml".into(),
-            text: yaml.to_string(),
-        }])
+        compile(
+            &[RuleSource {
+                path: "rules.yaml".into(),
+                text: yaml.to_string(),
+            }],
+            &Default::default(),
+        )
         .unwrap_or_else(|d| panic!("rules do not compile:\n{d}"))
         .model
     }
@@ -53,7 +56,7 @@ pub(crate) mod testing {
             path: "rules.yaml".into(),
             text: yaml.to_string(),
         }];
-        match compile(&sources) {
+        match compile(&sources, &Default::default()) {
             Ok(loaded) => loaded
                 .warnings
                 .items()

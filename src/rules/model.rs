@@ -15,8 +15,9 @@ use ipnet::IpNet;
 use pingora::tls::x509::X509;
 use regex::RegexSet;
 
+use crate::config::Listener;
 use crate::facts::identity::{Identity, Tier};
-use crate::facts::VersionId;
+use crate::facts::{Arrival, ListenerId, Scheme, VersionId};
 pub use crate::rules::matcher::ValueMatch;
 
 /// A release version label: stable, canary, beta, dev...
@@ -164,10 +165,91 @@ pub enum Condition {
     Internal(bool),
     /// A valid channel cookie is present (`any`: `None`), or names one of these versions.
     Channel(Option<Vec<VersionId>>),
+    /// The request arrived over this scheme (from its listener).
+    Scheme(Scheme),
+    /// The request arrived on one of these listeners.
+    Listener(ListenerSet),
     /// `not`: the inner conditions do not all hold.
     Not(Vec<Condition>),
     /// `any`: at least one inner set holds entirely.
     Any(Vec<Vec<Condition>>),
+}
+
+/// The proxy listeners of `conf/graygate.yaml` as the rules see them: each one's name and
+/// scheme, in the config's order (a request's [`ListenerId`] indexes them). The rules are
+/// compiled against them, so that `listener: [name]` naming no listener is an error of
+/// `graygate check`, of the start and of a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listeners(Arc<[(Arc<str>, Scheme)]>);
+
+impl Listeners {
+    /// These listeners, in order.
+    pub fn new(listeners: impl IntoIterator<Item = (Arc<str>, Scheme)>) -> Listeners {
+        Listeners(listeners.into_iter().collect())
+    }
+
+    /// The listeners of a loaded config.
+    pub fn of(listeners: &[Listener]) -> Listeners {
+        Listeners::new(
+            listeners
+                .iter()
+                .map(|l| (Arc::clone(&l.name), l.kind.scheme())),
+        )
+    }
+
+    /// The id of the listener named `name`.
+    pub fn id(&self, name: &str) -> Option<ListenerId> {
+        self.0
+            .iter()
+            .position(|(n, _)| &**n == name)
+            .map(|i| ListenerId(i as u16))
+    }
+
+    /// The name of listener `id` (`None` for an id the config does not have).
+    pub fn name(&self, id: ListenerId) -> Option<&str> {
+        self.0.get(id.index()).map(|(n, _)| &**n)
+    }
+
+    /// Where a request on the listener named `name` arrives.
+    pub fn arrival(&self, name: &str) -> Option<Arrival> {
+        self.id(name).map(|id| self.arrival_at(id))
+    }
+
+    /// Where a request on listener `id` arrives (plain HTTP for an id the config lacks).
+    pub fn arrival_at(&self, listener: ListenerId) -> Arrival {
+        Arrival {
+            listener,
+            scheme: self.0.get(listener.index()).map_or(Scheme::Http, |l| l.1),
+        }
+    }
+
+    /// Every listener's name, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| &**n)
+    }
+}
+
+impl Default for Listeners {
+    /// The listeners of a config that names none: one plain listener named `http`.
+    fn default() -> Listeners {
+        Listeners::new([(Arc::from("http"), Scheme::Http)])
+    }
+}
+
+/// The listeners a `listener:` condition accepts, with every listener's name for messages.
+#[derive(Debug, Clone)]
+pub struct ListenerSet {
+    /// The accepted listeners.
+    pub ids: Box<[ListenerId]>,
+    /// The config's listeners.
+    pub listeners: Listeners,
+}
+
+impl ListenerSet {
+    /// Whether a request on `listener` is accepted: a few integer comparisons.
+    pub fn contains(&self, listener: ListenerId) -> bool {
+        self.ids.contains(&listener)
+    }
 }
 
 /// What a split hashes to place a request in a bucket.
@@ -352,6 +434,8 @@ pub struct RuleSet {
     /// Cookies every version receives unchanged, isolated or not: the channel cookie and the
     /// identity cookies (`cookie:` sources of `identity.uid` and `identity.tier.sources`).
     pub passing_cookies: Vec<Box<str>>,
+    /// The listeners the rules were compiled against.
+    pub listeners: Listeners,
 }
 
 impl RuleSet {

@@ -189,7 +189,7 @@ pub struct RawRule {
 }
 
 /// The keys of [`RawWhen`], for messages.
-pub const WHEN_KEYS: &str = "host, path_prefix, path_regex, method, header, cookie, query, client_ip, uid_tail, uid_suffix, uid_in, uid_range, has_uid, tier, internal, channel, not, any";
+pub const WHEN_KEYS: &str = "host, path_prefix, path_regex, method, header, cookie, query, client_ip, uid_tail, uid_suffix, uid_in, uid_range, has_uid, tier, internal, channel, scheme, listener, not, any";
 
 /// Conditions; every one listed must hold, a list inside one means any of its values.
 #[derive(Debug, Default, Deserialize)]
@@ -212,6 +212,10 @@ pub struct RawWhen {
     pub tier: Option<String>,
     pub internal: Option<bool>,
     pub channel: Option<serde_yaml::Value>,
+    /// `http` or `https`.
+    pub scheme: Option<String>,
+    /// Listener names from `conf/graygate.yaml`.
+    pub listener: Option<OneOrMany<String>>,
     /// Inner conditions (a `RawWhen`), read by compile so errors keep their line.
     pub not: Option<serde_yaml::Value>,
     /// A list of inner condition sets (each a `RawWhen`), read by compile.

@@ -26,7 +26,7 @@ use crate::cookies;
 use crate::diagnostics::{Diagnostics, Severity};
 use crate::facts::VersionId;
 use crate::metrics::Metrics;
-use crate::rules::model::RuleSet;
+use crate::rules::model::{Listeners, RuleSet};
 use crate::rules::{self, LoadedRules};
 use crate::stats::{Cell, GoalMap, Scope, Stats};
 use crate::upstream::{ServiceId, ServiceTable};
@@ -187,6 +187,8 @@ impl Reloaded {
 pub struct SnapshotStore {
     current: ArcSwap<Snapshot>,
     rules_path: PathBuf,
+    /// The config's proxy listeners, which the rules are compiled against.
+    listeners: Listeners,
     /// The runtime state; its lock also orders every rebuild (file reloads and runtime
     /// changes), so neither can lose the other's update.
     runtime: Mutex<RuntimeState>,
@@ -195,17 +197,19 @@ pub struct SnapshotStore {
 }
 
 impl SnapshotStore {
-    /// Loads the first generation from `rules_path`; warnings are logged.
-    pub fn load(rules_path: &Path) -> Result<SnapshotStore, Diagnostics> {
-        Self::load_with(rules_path, RuntimeState::default())
+    /// Loads the first generation from `rules_path`, compiled against the config's
+    /// `listeners` (as every reload will be); warnings are logged.
+    pub fn load(rules_path: &Path, listeners: Listeners) -> Result<SnapshotStore, Diagnostics> {
+        Self::load_with(rules_path, listeners, RuntimeState::default())
     }
 
     /// Loads the first generation with a runtime state known from before (a restart).
     pub fn load_with(
         rules_path: &Path,
+        listeners: Listeners,
         runtime: RuntimeState,
     ) -> Result<SnapshotStore, Diagnostics> {
-        let loaded = rules::load(rules_path)?;
+        let loaded = rules::load(rules_path, &listeners)?;
         for warning in loaded.warnings.items() {
             log::warn!("{warning}");
         }
@@ -215,6 +219,7 @@ impl SnapshotStore {
         Ok(SnapshotStore {
             current: ArcSwap::from_pointee(snapshot),
             rules_path: rules_path.to_path_buf(),
+            listeners,
             runtime: Mutex::new(runtime),
             stats,
         })
@@ -240,7 +245,7 @@ impl SnapshotStore {
     pub fn reload(&self) -> Result<Reloaded, Diagnostics> {
         let runtime = self.lock_runtime();
         let previous = self.current();
-        let loaded = rules::load(&self.rules_path)?;
+        let loaded = rules::load(&self.rules_path, &self.listeners)?;
         if loaded.content_hash == previous.content_hash && loaded.files == previous.files {
             return Ok(Reloaded::Unchanged(previous));
         }
@@ -295,7 +300,7 @@ mod tests {
     fn store_with(rules: &str) -> (tempfile::TempDir, SnapshotStore) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
-        let store = SnapshotStore::load(dir.path()).unwrap();
+        let store = SnapshotStore::load(dir.path(), Listeners::default()).unwrap();
         (dir, store)
     }
 
@@ -361,6 +366,33 @@ mod tests {
             vec!["withdrawn version \"canary\" is not in the rules".to_string()]
         );
         assert!(store.runtime().withdrawn.contains("canary"));
+    }
+
+    /// The listeners given at load are the ones every reload compiles against.
+    #[test]
+    fn reloads_check_listener_names_against_the_config() {
+        use crate::facts::Scheme;
+        let dir = tempfile::tempdir().unwrap();
+        let rules = |listener: &str| {
+            format!("{RULES}rules:\n  - {{ name: r, when: {{ listener: {listener} }}, version: canary }}\n")
+        };
+        let file = dir.path().join("rules.yaml");
+        std::fs::write(&file, rules("office")).unwrap();
+        let listeners = Listeners::new([
+            ("public".into(), Scheme::Http),
+            ("office".into(), Scheme::Https),
+        ]);
+        assert!(SnapshotStore::load(dir.path(), Listeners::default()).is_err());
+        let store = SnapshotStore::load(dir.path(), listeners).unwrap();
+        std::fs::write(&file, rules("ofice")).unwrap();
+        let err = store.reload().unwrap_err().to_string();
+        assert!(
+            err.contains("rule \"r\": listener \"ofice\" is not a listener of the config; the listeners are public, office"),
+            "{err}"
+        );
+        assert_eq!(store.current().generation, 1);
+        std::fs::write(&file, rules("[public]")).unwrap();
+        assert!(matches!(store.reload(), Ok(Reloaded::Swapped(_))));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! serving on it.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -82,6 +82,27 @@ impl Graygate {
             extra_conf,
         );
         graygate
+    }
+
+    /// Starts graygate with a plain listener (`Graygate::proxy`) and an HTTPS one serving the
+    /// pair `cert`/`key`, whose address is returned.
+    pub fn start_https(rules: &str, cert: &Path, key: &Path) -> (Graygate, SocketAddr) {
+        let (graygate, addrs) = Self::start_listeners(
+            rules,
+            None,
+            2,
+            |a| {
+                format!(
+                    "listeners:\n  - {{ name: http, listen: \"{}\" }}\n  - {{ name: https, listen: \"{}\", tls: {{ certificates: [{{ cert: {}, key: {} }}] }} }}\n",
+                    a[0],
+                    a[1],
+                    cert.display(),
+                    key.display()
+                )
+            },
+            "",
+        );
+        (graygate, addrs[1])
     }
 
     /// Starts graygate with `count` proxy listeners, described by the `listeners:` YAML that

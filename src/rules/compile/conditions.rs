@@ -13,10 +13,11 @@ use regex::RegexSet;
 
 use super::{At, Compiler};
 use crate::facts::identity::Tier;
+use crate::facts::Scheme;
 use crate::rules::matcher::{
     parse_number, parse_version, Bound, Cmp, Matcher, ValueMatch, MATCHER_KEYS,
 };
-use crate::rules::model::Condition;
+use crate::rules::model::{Condition, ListenerSet};
 use crate::rules::raw::{OneOrMany, RawWhen, WHEN_KEYS};
 
 /// How deep `not` and `any` may nest inside one another.
@@ -101,6 +102,8 @@ impl Compiler {
             tier,
             internal,
             channel,
+            scheme,
+            listener,
             not,
             any,
         } = w;
@@ -232,6 +235,18 @@ impl Compiler {
         }
         if let Some(channel) = channel {
             out.extend(self.channel(&at.child("channel"), what, channel));
+        }
+        if let Some(scheme) = scheme {
+            match Scheme::parse(&scheme) {
+                Some(s) => out.push(Condition::Scheme(s)),
+                None => self.error(
+                    &at.child("scheme"),
+                    format!("{what}: scheme \"{scheme}\" is neither http nor https"),
+                ),
+            }
+        }
+        if let Some(names) = listener {
+            out.extend(self.listener(&at.child("listener"), what, &names.0));
         }
         if let Some(inner) = not {
             let a = at.child("not");
@@ -564,6 +579,34 @@ impl Compiler {
         }
     }
 
+    /// `listener`: names of the config's proxy listeners, resolved to their ids.
+    fn listener(&mut self, at: &At, what: &str, names: &[String]) -> Option<Condition> {
+        if names.is_empty() {
+            self.error(
+                at,
+                format!("{what}: listener is an empty list, so no request matches"),
+            );
+            return None;
+        }
+        let mut ids = Vec::new();
+        for name in names {
+            match self.listeners.id(name) {
+                Some(id) => ids.push(id),
+                None => {
+                    let known = self.listeners.names().collect::<Vec<_>>().join(", ");
+                    self.error(
+                        at,
+                        format!("{what}: listener \"{name}\" is not a listener of the config; the listeners are {known}"),
+                    );
+                }
+            }
+        }
+        Some(Condition::Listener(ListenerSet {
+            ids: ids.into(),
+            listeners: self.listeners.clone(),
+        }))
+    }
+
     /// `channel`: `any`, or the versions whose channel the request must have chosen.
     fn channel(&mut self, at: &At, what: &str, value: serde_yaml::Value) -> Option<Condition> {
         match value {
@@ -651,7 +694,7 @@ mod tests {
     }
 
     const MATCHERS: &str = "regex, prefix, suffix, contains, in, gt, gte, lt, lte, version_gt, version_gte, version_lt, version_lte, absent";
-    const CONDITIONS: &str = "host, path_prefix, path_regex, method, header, cookie, query, client_ip, uid_tail, uid_suffix, uid_in, uid_range, has_uid, tier, internal, channel, not, any";
+    const CONDITIONS: &str = "host, path_prefix, path_regex, method, header, cookie, query, client_ip, uid_tail, uid_suffix, uid_in, uid_range, has_uid, tier, internal, channel, scheme, listener, not, any";
 
     /// Every malformed matcher or combinator: the exact message, at the line of the value.
     #[test]
@@ -688,6 +731,12 @@ mod tests {
             ("      any: []\n", 11, "any must be a list of condition maps, such as [{ header: { X-Beta: \"1\" } }, { cookie: { beta: \"1\" } }]".into()),
             ("      any:\n        - { path_prefix: /a }\n        - { cookie: { b: { in: [] } } }\n", 13, "cookie b: in is empty, so no value matches".into()),
             ("      not: { not: { not: { not: { not: { path_prefix: /a } } } } }\n", 11, "not is nested more than 4 levels deep (not and any nest at most 4 levels)".into()),
+            ("      scheme: ftp\n", 11, "scheme \"ftp\" is neither http nor https".into()),
+            ("      scheme: [http, https]\n", 11, "scheme: invalid type: sequence, expected a string".into()),
+            // The default listeners: one named http (what a config without listeners has).
+            ("      listener: [http, htps]\n", 11, "listener \"htps\" is not a listener of the config; the listeners are http".into()),
+            ("      listener: []\n", 11, "listener is an empty list, so no request matches".into()),
+            ("      any: [ { listener: nope } ]\n", 11, "listener \"nope\" is not a listener of the config; the listeners are http".into()),
         ];
         for (when, line, message) in cases {
             assert_eq!(
@@ -701,7 +750,7 @@ mod tests {
     /// Depth 4 is allowed; every matcher form compiles.
     #[test]
     fn well_formed_matchers_compile() {
-        let when = "      not: { any: [ { not: { any: [ { path_prefix: /a } ] } } ] }\n      header:\n        X-A: always\n        X-B: [\"1\", 2]\n        X-C: { regex: \"^(qa|tester)-\", prefix: qa, suffix: \"-1\", contains: a-, in: [qa-1, qa-2] }\n        X-D: { gte: 1200, lt: 2000.5, gt: -1, lte: \"1999\" }\n        X-E: { version_gte: \"5.2\", version_lt: 6, version_gt: \"5\", version_lte: \"5.99.1\" }\n        X-F: { absent: true }\n";
+        let when = "      scheme: HTTPS\n      listener: http\n      not: { any: [ { not: { any: [ { path_prefix: /a } ] } } ] }\n      header:\n        X-A: always\n        X-B: [\"1\", 2]\n        X-C: { regex: \"^(qa|tester)-\", prefix: qa, suffix: \"-1\", contains: a-, in: [qa-1, qa-2] }\n        X-D: { gte: 1200, lt: 2000.5, gt: -1, lte: \"1999\" }\n        X-E: { version_gte: \"5.2\", version_lt: 6, version_gt: \"5\", version_lte: \"5.99.1\" }\n        X-F: { absent: true }\n";
         assert_eq!(with_when(when), Vec::<String>::new());
     }
 }

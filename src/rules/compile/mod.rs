@@ -36,7 +36,7 @@ use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 use xxhash_rust::xxh64::xxh64;
 
-use super::model::{RoutingModel, RuleSet};
+use super::model::{Listeners, RoutingModel, RuleSet};
 
 use super::raw::RawRuleFile;
 use crate::diagnostics::{Diagnostics, Severity, SourceFile};
@@ -67,8 +67,8 @@ pub struct LoadedRules {
 }
 
 /// Reads the rules file, or every `*.yaml` / `*.yml` file of the rules directory in name
-/// order, and compiles them.
-pub fn load(path: &Path) -> Result<LoadedRules, Diagnostics> {
+/// order, and compiles them against the config's `listeners`.
+pub fn load(path: &Path, listeners: &Listeners) -> Result<LoadedRules, Diagnostics> {
     let file: Arc<Path> = Arc::from(path);
     let mut diags = Diagnostics::default();
     let paths = if path.is_dir() {
@@ -123,12 +123,16 @@ pub fn load(path: &Path) -> Result<LoadedRules, Diagnostics> {
     if diags.has_errors() {
         return Err(diags);
     }
-    compile(&sources)
+    compile(&sources, listeners)
 }
 
-/// Validates and compiles rules files already read.
-pub fn compile(sources: &[RuleSource]) -> Result<LoadedRules, Diagnostics> {
-    let mut c = Compiler::default();
+/// Validates and compiles rules files already read, against the config's `listeners` (what
+/// `listener:` conditions may name).
+pub fn compile(sources: &[RuleSource], listeners: &Listeners) -> Result<LoadedRules, Diagnostics> {
+    let mut c = Compiler {
+        listeners: listeners.clone(),
+        ..Compiler::default()
+    };
     let mut merged = Merged::default();
     for source in sources {
         c.add_file(source, &mut merged);
@@ -219,6 +223,8 @@ struct Compiler {
     /// The path and bytes of every other file the rules read (`tls.ca`), each followed by a
     /// NUL: part of the content hash.
     included: Vec<u8>,
+    /// The config's proxy listeners.
+    listeners: Listeners,
 }
 
 impl Compiler {
@@ -416,6 +422,7 @@ impl Compiler {
                 channel_page,
                 address_api: address_api?,
                 passing_cookies,
+                listeners: self.listeners.clone(),
             },
             services,
         })
@@ -472,7 +479,7 @@ mod tests {
             RuleSource { path: "a.yaml".into(), text: HEAD.into() },
             RuleSource { path: "b.yaml".into(), text: "default: canary\nservices:\n  web:\n    hosts: [\"*\"]\n    groups: { stable: { peers: [\"127.0.0.1:1\"] } }\n".into() },
         ];
-        let errors: Vec<String> = compile(&sources)
+        let errors: Vec<String> = compile(&sources, &Listeners::default())
             .unwrap_err()
             .items()
             .iter()
@@ -489,7 +496,7 @@ mod tests {
 
     #[test]
     fn no_file_is_an_error() {
-        let errors: Vec<String> = compile(&[])
+        let errors: Vec<String> = compile(&[], &Listeners::default())
             .unwrap_err()
             .items()
             .iter()

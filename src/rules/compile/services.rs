@@ -432,7 +432,7 @@ mod upstream_tests {
     use openssl::x509::{X509NameBuilder, X509};
 
     use crate::rules::compile::{compile, LoadedRules, RuleSource};
-    use crate::rules::model::UpstreamProtocol;
+    use crate::rules::model::{Listeners, UpstreamProtocol};
     use crate::rules::testing::diagnostics;
 
     /// A self-signed certificate in PEM, enough for a `tls.ca` file.
@@ -461,10 +461,13 @@ mod upstream_tests {
     fn compile_in(dir: &Path, yaml: &str) -> Result<LoadedRules, Vec<String>> {
         let path = dir.join("rules.yaml");
         std::fs::write(&path, yaml).unwrap();
-        compile(&[RuleSource {
-            path: path.clone(),
-            text: yaml.into(),
-        }])
+        compile(
+            &[RuleSource {
+                path: path.clone(),
+                text: yaml.into(),
+            }],
+            &Listeners::default(),
+        )
         .map_err(|d| {
             d.items()
                 .iter()
