@@ -4,7 +4,9 @@
 #   scripts/install-deps.sh run    # build + run the demo
 #   scripts/install-deps.sh test   # additionally: redis-server, redis-cli, prometheus
 #                                  # (promtool), python3-yaml (scripts/check-deploy.sh),
-#                                  # chromium + chromium-driver (tests/browser.rs)
+#                                  # chromium + chromium-driver (tests/browser.rs), and a
+#                                  # venv with grpcio (tests/grpc.rs) in
+#                                  # ${XDG_CACHE_HOME:-~/.cache}/graygate/grpc-venv
 #   scripts/install-deps.sh bench  # bench/: nginx (+ Lua module, lua-resty-redis), wrk, redis,
 #                                  # h2load and openssl (bench/https.sh)
 #
@@ -17,7 +19,7 @@ profile="${1:-run}"
 case "$profile" in
 run | test | bench) ;;
 -h | --help)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
@@ -98,6 +100,12 @@ if [[ "$profile" == "test" ]] && ! python3 -c 'import yaml' >/dev/null 2>&1; the
     missing_lean+=("python3-yaml")
 fi
 
+# tests/grpc.rs runs a real gRPC server and client (tests/grpc/*.py) from a venv; Debian's
+# python3 makes venvs only with python3-venv (ensurepip).
+if [[ "$profile" == "test" ]] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing_lean+=("python3-venv")
+fi
+
 # bench/compare.sh also runs the classic nginx + Lua gray gateway: nginx's Lua module and
 # lua-resty-redis (Debian ships it as the Lua module `nginx.redis`). Files, not commands.
 if [[ "$profile" == "bench" ]]; then
@@ -130,6 +138,21 @@ if ((${#all_missing[@]} > 0)); then
     if ((${#missing_lean[@]} > 0)); then
         "${sudo[@]+"${sudo[@]}"}" env DEBIAN_FRONTEND=noninteractive \
             apt-get install -y -qq --no-install-recommends "${missing_lean[@]}" </dev/null
+    fi
+fi
+
+# The gRPC venv: grpcio pinned, installed once into a fixed cache folder (tests/support/grpc.rs
+# looks there, or at GRAYGATE_GRPC_PYTHON); nothing is done or printed when it is in place.
+GRPCIO_VERSION="1.85.1"
+if [[ "$profile" == "test" ]]; then
+    venv="${XDG_CACHE_HOME:-$HOME/.cache}/graygate/grpc-venv"
+    if ! "$venv/bin/python" -c "import grpc, sys; sys.exit(grpc.__version__ != '$GRPCIO_VERSION')" >/dev/null 2>&1; then
+        echo "install-deps: installing grpcio $GRPCIO_VERSION into $venv" >&2
+        rm -rf "$venv"
+        mkdir -p "$(dirname "$venv")"
+        python3 -m venv "$venv"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+            "grpcio==$GRPCIO_VERSION" </dev/null
     fi
 fi
 

@@ -117,6 +117,8 @@ pub struct Route {
     pub failed_peers: Vec<SocketAddr>,
     /// The peer chosen last.
     pub peer: Option<SocketAddr>,
+    /// A peer accepted the connection but its TLS handshake failed.
+    pub tls_failed: bool,
     /// Bit `i` set: the request meets goal `i`'s conditions (a conversion if the status fits).
     pub goal_attempts: u64,
     /// A channel cookie to set on the response (a sticky split's first decision).
@@ -376,6 +378,7 @@ impl ProxyHttp for Gateway {
                     balance_key: balance_key(uid, client_ip),
                     failed_peers: Vec::new(),
                     peer: None,
+                    tls_failed: false,
                     goal_attempts: goal_attempts(rules, &facts),
                     set_cookie: self.channel_key.sticky_cookie(rules, &decision, &facts),
                 });
@@ -430,20 +433,16 @@ impl ProxyHttp for Gateway {
         };
         self.note_serving(&snapshot, route, serving);
         let Some(addr) = serving.peer else {
+            // Peers that answered with a TLS handshake that failed are there but wrong (a
+            // certificate that does not verify): a bad gateway, not an absent one.
+            let status = if route.tls_failed { 502 } else { 503 };
             return Error::e_explain(
-                ErrorType::HTTPStatus(503),
+                ErrorType::HTTPStatus(status),
                 format!("service {}: no healthy upstream left", service.name),
             );
         };
         route.peer = Some(addr);
-        let timeouts = serving.group.pool.spec().timeouts;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(timeouts.connect);
-        peer.options.total_connection_timeout = Some(timeouts.connect);
-        peer.options.read_timeout = Some(timeouts.read);
-        peer.options.write_timeout = Some(timeouts.write);
-        peer.options.idle_timeout = Some(timeouts.idle);
-        Ok(Box::new(peer))
+        Ok(serving.group.pool.peer(addr))
     }
 
     fn fail_to_connect(
@@ -456,10 +455,12 @@ impl ProxyHttp for Gateway {
         if let Some(route) = ctx.route.as_mut() {
             if let Some(addr) = route.peer {
                 route.failed_peers.push(addr);
+                let kind = upstream::connect_error_kind(&e);
+                route.tls_failed |= kind == "tls";
                 self.metrics.record_upstream_error(
                     &ctx.snapshot.services.services[route.service].name,
                     &ctx.snapshot.rules.version(route.serving).name,
-                    upstream::connect_error_kind(&e),
+                    kind,
                 );
             }
             // A refused connection never reached the upstream: safe to retry any method.

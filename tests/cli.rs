@@ -51,7 +51,9 @@ fn check_lists_every_error_of_a_broken_configuration() {
         format!("{b}:8: error: service \"api\" group \"stable\": peer \"not-an-address\" is not host:port"),
         format!("{b}:8: error: service \"api\" group \"stable\": lb \"fastest\" is neither round_robin nor consistent"),
         format!("{b}:8: error: service \"api\" group \"stable\": health_check type \"udp\" is neither http nor tcp"),
-        "graygate check: 16 error(s)".to_string(),
+        format!("{b}:12: error: service \"grpc\" group \"stable\": protocol h2 needs tls (HTTP/2 without TLS is h2c)"),
+        format!("{b}:15: error: service \"grpc\" group \"canary\": tls.ca \"tests/fixtures/broken/rules/tls/missing-ca.pem\" cannot be read: No such file or directory (os error 2)"),
+        "graygate check: 18 error(s)".to_string(),
     ];
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines, expected, "full stderr:\n{stderr}");

@@ -12,6 +12,7 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 use http::Method;
 use ipnet::IpNet;
+use pingora::tls::x509::X509;
 use regex::RegexSet;
 
 use crate::config::Listener;
@@ -514,6 +515,79 @@ impl Default for UpstreamTimeouts {
     }
 }
 
+/// The HTTP version spoken to a group's peers (`protocol: http1 | h2 | h2c`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, over TLS when the group has `tls` (ALPN `http/1.1`).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+    /// HTTP/2 over plain TCP with prior knowledge (gRPC without TLS).
+    H2c,
+}
+
+impl UpstreamProtocol {
+    /// The word written in the rules.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::H2c => "h2c",
+        }
+    }
+}
+
+/// The certificates of a `tls.ca` file, parsed at compile time.
+///
+/// Two bundles are equal when they come from the same file with the same content, so a
+/// reload that leaves the file alone reuses the group's pool.
+#[derive(Clone)]
+pub struct CaBundle {
+    /// The file, resolved against the rules file's directory.
+    pub path: std::path::PathBuf,
+    /// XXH64 of the file's bytes.
+    pub content_hash: u64,
+    /// The certificates, in the form Pingora's connector takes.
+    pub certs: Arc<Box<[X509]>>,
+}
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaBundle")
+            .field("path", &self.path)
+            .field("certificates", &self.certs.len())
+            .finish()
+    }
+}
+
+impl PartialEq for CaBundle {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path && self.content_hash == other.content_hash
+    }
+}
+
+impl Eq for CaBundle {}
+
+impl std::hash::Hash for CaBundle {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.path.hash(state);
+        self.content_hash.hash(state);
+    }
+}
+
+/// TLS to a group's peers (`tls: { sni, verify, ca }`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// The server name sent and, with `verify`, checked against the peers' certificates;
+    /// empty: no SNI is sent (compile then requires `verify: false`).
+    pub sni: Box<str>,
+    /// Check the peers' certificate chains (against `ca`, else the system's roots) and name.
+    pub verify: bool,
+    /// The roots to check against instead of the system's.
+    pub ca: Option<CaBundle>,
+}
+
 /// One version's upstream group as configured: the part that, when unchanged across a
 /// reload, lets the live group (and its health state) be reused.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -526,6 +600,10 @@ pub struct GroupSpec {
     pub health_check: Option<HealthCheckSpec>,
     /// Connection timeouts.
     pub timeouts: UpstreamTimeouts,
+    /// The HTTP version spoken to the peers.
+    pub protocol: UpstreamProtocol,
+    /// TLS to the peers, if any.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// One service as configured.

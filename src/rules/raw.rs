@@ -138,6 +138,19 @@ pub struct RawGroup {
     pub health_check: Option<RawHealthCheck>,
     pub public_addresses: Option<Vec<String>>,
     pub timeouts: Option<RawTimeouts>,
+    /// `http1` (the default), `h2` or `h2c`.
+    pub protocol: Option<String>,
+    /// A [`RawUpstreamTls`], read by compile so its errors name `tls`.
+    pub tls: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub sni: Option<String>,
+    pub verify: Option<bool>,
+    /// A PEM file, relative to the rules file's directory.
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,10 +6,15 @@
 
 use pingora::{Error, ErrorSource, ErrorType};
 
-/// The `kind` label of a failed connection attempt.
+/// The `kind` label of a failed connection attempt: `tls` when the TCP connection was made
+/// but the TLS handshake failed (a certificate that does not verify, no common protocol).
 pub fn connect_error_kind(e: &Error) -> &'static str {
     match e.etype() {
         ErrorType::ConnectTimedout => "connect_timeout",
+        ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::TLSWantX509Lookup
+        | ErrorType::InvalidCert => "tls",
         _ => "connect",
     }
 }
@@ -89,5 +94,9 @@ mod tests {
         assert_eq!(connect_error_kind(&refused), "connect");
         let slow = error(ErrorType::ConnectTimedout, ErrorSource::Upstream);
         assert_eq!(connect_error_kind(&slow), "connect_timeout");
+        let untrusted = error(ErrorType::InvalidCert, ErrorSource::Upstream);
+        assert_eq!(connect_error_kind(&untrusted), "tls");
+        let handshake = error(ErrorType::TLSHandshakeFailure, ErrorSource::Upstream);
+        assert_eq!(connect_error_kind(&handshake), "tls");
     }
 }

@@ -2,21 +2,66 @@
 //!
 //! A [`Pool`] is built from a [`GroupSpec`] and shared by every generation whose group has
 //! the same spec, so a reload that leaves a group alone keeps its health state and its
-//! round-robin position.
+//! round-robin position. It also holds the group's peer template, built once with the
+//! group's protocol, TLS and timeouts: a request's peer is a copy with its address set.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, LoadBalancer};
+use pingora::upstreams::peer::HttpPeer;
+use xxhash_rust::xxh64::xxh64;
 
-use crate::rules::model::{GroupSpec, HealthCheckKind, HealthCheckSpec, LbPolicy};
+use crate::rules::model::{
+    GroupSpec, HealthCheckKind, HealthCheckSpec, LbPolicy, UpstreamProtocol,
+};
 
 /// How many selection steps a pick may take before giving up on a group.
 const MAX_SELECT_STEPS: usize = 256;
+
+/// Concurrent streams one HTTP/2 connection to a peer carries before another is opened
+/// (Pingora's default is 1: a connection per concurrent request).
+const H2_STREAMS_PER_CONNECTION: usize = 100;
+
+/// The address of a template peer; every use replaces it.
+const TEMPLATE_ADDRESS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// The peer every connection of the group starts from: protocol (ALPN, or HTTP/2 with prior
+/// knowledge on plain TCP), TLS (SNI, verification, roots) and the group's timeouts.
+fn peer_template(spec: &GroupSpec) -> HttpPeer {
+    let tls = spec.tls.as_ref();
+    let sni = tls.map(|t| t.sni.to_string()).unwrap_or_default();
+    let mut peer = HttpPeer::new(TEMPLATE_ADDRESS, tls.is_some(), sni);
+    peer.group_key = connection_group(spec);
+    let options = &mut peer.options;
+    let timeouts = spec.timeouts;
+    options.connection_timeout = Some(timeouts.connect);
+    options.total_connection_timeout = Some(timeouts.connect);
+    options.read_timeout = Some(timeouts.read);
+    options.write_timeout = Some(timeouts.write);
+    options.idle_timeout = Some(timeouts.idle);
+    if let Some(tls) = tls {
+        options.verify_cert = tls.verify;
+        options.verify_hostname = tls.verify;
+        options.ca = tls.ca.as_ref().map(|ca| Arc::clone(&ca.certs));
+    }
+    match spec.protocol {
+        UpstreamProtocol::Http1 => options.set_http_version(1, 1),
+        // HTTP/2 only: over TLS ALPN offers h2 alone; on plain TCP a minimum version of 2 is
+        // what makes Pingora's connector speak h2c (connectors/http/v2.rs).
+        UpstreamProtocol::H2 | UpstreamProtocol::H2c => {
+            options.set_http_version(2, 2);
+            options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+        }
+    }
+    peer
+}
 
 enum Balancer {
     RoundRobin(LoadBalancer<RoundRobin>),
@@ -27,6 +72,7 @@ enum Balancer {
 pub struct Pool {
     spec: GroupSpec,
     balancer: Balancer,
+    peer: HttpPeer,
     /// Milliseconds since [`Pool::epoch`] when the next probe is due.
     next_probe_ms: AtomicU64,
     probing: AtomicBool,
@@ -41,7 +87,25 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-fn health_check(spec: &HealthCheckSpec) -> Box<dyn HealthCheck + Send + Sync> {
+/// The key that keeps apart pooled connections Pingora would otherwise share: its reuse
+/// hash covers the address, SNI and verification flags but neither the roots nor the ALPN,
+/// so a connection verified against one group's CA (or a CA since replaced by a reload)
+/// could serve a group that trusts another.
+fn connection_group(spec: &GroupSpec) -> u64 {
+    let ca = spec.tls.as_ref().and_then(|t| t.ca.as_ref());
+    let mut input = Vec::with_capacity(64);
+    input.extend_from_slice(spec.protocol.as_str().as_bytes());
+    input.push(0);
+    if let Some(ca) = ca {
+        input.extend_from_slice(ca.path.to_string_lossy().as_bytes());
+        input.push(0);
+        input.extend_from_slice(&ca.content_hash.to_le_bytes());
+    }
+    xxh64(&input, 0)
+}
+
+/// The probe of `spec`; an HTTP probe speaks the group's protocol and TLS (`template`).
+fn health_check(spec: &HealthCheckSpec, template: &HttpPeer) -> Box<dyn HealthCheck + Send + Sync> {
     match &spec.kind {
         HealthCheckKind::Tcp => {
             let mut hc = TcpHealthCheck::new();
@@ -53,6 +117,7 @@ fn health_check(spec: &HealthCheckSpec) -> Box<dyn HealthCheck + Send + Sync> {
         }
         HealthCheckKind::Http { path, host } => {
             let mut hc = HttpHealthCheck::new(host, false);
+            hc.peer_template = template.clone();
             // Compile validated the path (it starts with '/'); a request line that still
             // fails to build leaves Pingora's default `GET /`.
             if let Ok(mut req) = RequestHeader::build("GET", path.as_bytes(), None) {
@@ -65,6 +130,7 @@ fn health_check(spec: &HealthCheckSpec) -> Box<dyn HealthCheck + Send + Sync> {
             options.total_connection_timeout = Some(spec.timeout);
             options.read_timeout = Some(spec.timeout);
             options.write_timeout = Some(spec.timeout);
+            options.idle_timeout = None;
             hc.consecutive_success = spec.rise;
             hc.consecutive_failure = spec.fall;
             hc.validator = Some(Box::new(|resp: &ResponseHeader| {
@@ -86,7 +152,8 @@ fn health_check(spec: &HealthCheckSpec) -> Box<dyn HealthCheck + Send + Sync> {
 impl Pool {
     /// Builds the load balancer for `spec`; every peer starts healthy.
     pub fn new(spec: GroupSpec) -> std::io::Result<Pool> {
-        let hc = spec.health_check.as_ref().map(health_check);
+        let peer = peer_template(&spec);
+        let hc = spec.health_check.as_ref().map(|h| health_check(h, &peer));
         let balancer = match spec.lb {
             LbPolicy::RoundRobin => {
                 let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(spec.peers.iter().copied())?;
@@ -106,6 +173,7 @@ impl Pool {
         Ok(Pool {
             spec,
             balancer,
+            peer,
             next_probe_ms: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             epoch: Instant::now(),
@@ -115,6 +183,14 @@ impl Pool {
     /// The configuration this pool was built from.
     pub fn spec(&self) -> &GroupSpec {
         &self.spec
+    }
+
+    /// The peer to connect to `addr` with: the group's template with that address (a copy
+    /// of its SNI text and a reference to its roots; nothing else is built per request).
+    pub fn peer(&self, addr: SocketAddr) -> Box<HttpPeer> {
+        let mut peer = Box::new(self.peer.clone());
+        peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(addr);
+        peer
     }
 
     /// A healthy peer not in `exclude`; `key` places the request for consistent hashing.

@@ -11,15 +11,19 @@
 //! * [`RedisServer`]: a throw-away `redis-server` on a local port of its own.
 //! * [`graygate`]: the real server in-process; [`handover`]: how it gets listeners the test
 //!   bound, so no port is ever released and bound again.
-//! * [`certs`]: a test CA, certificates it signs, and a blocking HTTPS client.
+//! * [`certs`]: a test CA, certificates it signs, self-signed ones, and a blocking HTTPS
+//!   client; [`tls_backend`]: an HTTPS/1.1, HTTP/2-over-TLS or h2c upstream (tokio, h2).
+//! * [`grpc`]: a real gRPC server and client (Python grpcio, `tests/grpc/*.py`).
 //!
 //! Only `std` and `tempfile` are used here (no async runtime); `graygate` and `handover`
-//! also use Pingora, `certs` OpenSSL.
+//! also use Pingora, `certs` OpenSSL, `tls_backend` OpenSSL, tokio and h2.
 #![allow(dead_code)]
 
 pub mod certs;
 pub mod graygate;
+pub mod grpc;
 pub mod handover;
+pub mod tls_backend;
 
 use std::collections::HashMap;
 use std::fmt;

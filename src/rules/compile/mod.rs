@@ -62,7 +62,7 @@ pub struct LoadedRules {
     pub warnings: Diagnostics,
     /// The files read, in merge order.
     pub files: Vec<PathBuf>,
-    /// XXH64 of every file's path and content.
+    /// XXH64 of every file's path and content, the files the rules name (`tls.ca`) included.
     pub content_hash: u64,
 }
 
@@ -147,14 +147,15 @@ pub fn compile(sources: &[RuleSource], listeners: &Listeners) -> Result<LoadedRu
             model,
             warnings: c.diags,
             files: sources.iter().map(|s| s.path.clone()).collect(),
-            content_hash: content_hash(sources),
+            content_hash: content_hash(sources, &c.included),
         }),
         _ => Err(c.diags),
     }
 }
 
-/// XXH64 of every file's path and content, each followed by a NUL.
-fn content_hash(sources: &[RuleSource]) -> u64 {
+/// XXH64 of every file's path and content, each followed by a NUL, then of the files the
+/// rules named (`included`, already in that form).
+fn content_hash(sources: &[RuleSource], included: &[u8]) -> u64 {
     let mut input = Vec::new();
     for source in sources {
         input.extend_from_slice(source.path.to_string_lossy().as_bytes());
@@ -162,6 +163,7 @@ fn content_hash(sources: &[RuleSource]) -> u64 {
         input.extend_from_slice(source.text.as_bytes());
         input.push(0);
     }
+    input.extend_from_slice(included);
     xxh64(&input, 0)
 }
 
@@ -218,6 +220,9 @@ struct Compiler {
     unparsed_file: bool,
     /// Version names, once the versions are compiled.
     version_names: HashMap<String, VersionId>,
+    /// The path and bytes of every other file the rules read (`tls.ca`), each followed by a
+    /// NUL: part of the content hash.
+    included: Vec<u8>,
     /// The config's proxy listeners.
     listeners: Listeners,
 }

@@ -1,6 +1,7 @@
 //! The `services` section: host patterns and path prefixes no two services share, one group
 //! per known version (the default one included), peers resolved at compile time, the
-//! balancing policy, health checks and timeouts.
+//! balancing policy, health checks, timeouts, and the protocol and TLS spoken to the peers
+//! (a `tls.ca` file is read and parsed here, relative to the rules file).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -11,11 +12,14 @@ use indexmap::IndexMap;
 
 use super::{is_dotted_name, is_name, At, Compiler};
 use crate::facts::VersionId;
+use pingora::tls::x509::X509;
+use xxhash_rust::xxh64::xxh64;
+
 use crate::rules::model::{
-    GroupConfig, GroupSpec, HealthCheckKind, HealthCheckSpec, HostPattern, LbPolicy, ServiceSpec,
-    UpstreamTimeouts, Version,
+    CaBundle, GroupConfig, GroupSpec, HealthCheckKind, HealthCheckSpec, HostPattern, LbPolicy,
+    ServiceSpec, UpstreamProtocol, UpstreamTimeouts, UpstreamTls, Version,
 };
-use crate::rules::raw::{RawGroup, RawHealthCheck, RawService, RawTimeouts};
+use crate::rules::raw::{RawGroup, RawHealthCheck, RawService, RawTimeouts, RawUpstreamTls};
 
 impl Compiler {
     /// The services; each must have a group for the default version, when it is known.
@@ -122,6 +126,8 @@ impl Compiler {
             health_check,
             public_addresses,
             timeouts,
+            protocol,
+            tls,
         } = self.parse::<RawGroup>(at, what, value)?;
         if peer_texts.is_empty() {
             self.error(at, format!("{what}: peers is empty"));
@@ -154,8 +160,36 @@ impl Compiler {
         let health_check =
             health_check.and_then(|h| self.health_check(&at.child("health_check"), what, h));
         let timeouts = upstream_timeouts(timeouts.unwrap_or_default());
+        let protocol = match protocol.as_deref() {
+            None | Some("http1") => UpstreamProtocol::Http1,
+            Some("h2") => UpstreamProtocol::H2,
+            Some("h2c") => UpstreamProtocol::H2c,
+            Some(other) => {
+                self.error(
+                    &at.child("protocol"),
+                    format!("{what}: protocol \"{other}\" is none of http1, h2 and h2c"),
+                );
+                UpstreamProtocol::Http1
+            }
+        };
+        let tls_at = at.child("tls");
+        let tls = tls
+            .and_then(|t| self.parse::<RawUpstreamTls>(&tls_at, &format!("{what}: tls"), t))
+            .and_then(|t| self.upstream_tls(&tls_at, what, t));
+        match (protocol, &tls) {
+            (UpstreamProtocol::H2, None) => self.error(
+                &at.child("protocol"),
+                format!("{what}: protocol h2 needs tls (HTTP/2 without TLS is h2c)"),
+            ),
+            (UpstreamProtocol::H2c, Some(_)) => self.error(
+                &at.child("protocol"),
+                format!("{what}: protocol h2c is HTTP/2 without TLS: drop tls, or use protocol h2"),
+            ),
+            _ => {}
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let public_addresses = public_addresses
-            .unwrap_or_else(|| peers.iter().map(|p| format!("http://{p}")).collect());
+            .unwrap_or_else(|| peers.iter().map(|p| format!("{scheme}://{p}")).collect());
         Some(GroupConfig {
             version,
             spec: GroupSpec {
@@ -163,8 +197,88 @@ impl Compiler {
                 lb,
                 health_check,
                 timeouts,
+                protocol,
+                tls,
             },
             public_addresses,
+        })
+    }
+
+    /// `tls: { sni, verify, ca }`: the server name, whether certificates are checked, and
+    /// the roots they are checked against (a PEM file read now, relative to the rules file).
+    fn upstream_tls(&mut self, at: &At, what: &str, raw: RawUpstreamTls) -> Option<UpstreamTls> {
+        let RawUpstreamTls { sni, verify, ca } = raw;
+        let sni = sni.unwrap_or_default().trim().to_ascii_lowercase();
+        let verify = verify.unwrap_or(true);
+        let mut valid = true;
+        if !sni.is_empty() && (!is_dotted_name(&sni) || sni.parse::<std::net::IpAddr>().is_ok()) {
+            self.error(
+                &at.child("sni"),
+                format!("{what}: tls.sni \"{sni}\" is not a host name"),
+            );
+            valid = false;
+        }
+        if sni.is_empty() && verify {
+            // Pingora's connector checks nothing when it sends no SNI
+            // (connectors/tls/boringssl_openssl: "disable verification if sni does not exist"):
+            // a certificate check without a name would silently not happen.
+            self.error(
+                at,
+                format!("{what}: tls.verify needs tls.sni, the name the peers' certificates are checked against (or set verify: false)"),
+            );
+            valid = false;
+        }
+        let ca = match ca {
+            Some(path) => {
+                if !verify {
+                    self.warning(
+                        &at.child("ca"),
+                        format!("{what}: tls.ca is not used with verify: false"),
+                    );
+                }
+                match self.ca_bundle(at, &path) {
+                    Ok(bundle) => Some(bundle),
+                    Err(why) => {
+                        self.error(&at.child("ca"), format!("{what}: tls.ca {why}"));
+                        valid = false;
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        valid.then(|| UpstreamTls {
+            sni: sni.into(),
+            verify,
+            ca,
+        })
+    }
+
+    /// Reads and parses the PEM certificates of `text`, a path relative to the directory of
+    /// the rules file `at` is in. Its bytes join the content hash, so a reload notices a new
+    /// CA file even when no rules file changed.
+    fn ca_bundle(&mut self, at: &At, text: &str) -> Result<CaBundle, String> {
+        let written = std::path::Path::new(text);
+        let path = match self.files[at.file].path.parent() {
+            Some(dir) if written.is_relative() => dir.join(written),
+            _ => written.to_path_buf(),
+        };
+        let shown = path.display();
+        let pem = std::fs::read(&path).map_err(|e| format!("\"{shown}\" cannot be read: {e}"))?;
+        let certs = X509::stack_from_pem(&pem)
+            .map_err(|e| format!("\"{shown}\" is not PEM certificates: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("\"{shown}\" holds no PEM certificate"));
+        }
+        self.included
+            .extend_from_slice(path.to_string_lossy().as_bytes());
+        self.included.push(0);
+        self.included.extend_from_slice(&pem);
+        self.included.push(0);
+        Ok(CaBundle {
+            content_hash: xxh64(&pem, 0),
+            path,
+            certs: Arc::new(certs.into_boxed_slice()),
         })
     }
 
@@ -303,6 +417,201 @@ mod tests {
         assert_eq!(
             diagnostics(yaml),
             vec!["rules.yaml:8: error: service \"b\": host \"www.example.com\" with path_prefix \"/\" is already served by service \"a\""]
+        );
+    }
+}
+
+#[cfg(test)]
+mod upstream_tests {
+    use std::path::Path;
+
+    use openssl::asn1::Asn1Time;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    use openssl::x509::{X509NameBuilder, X509};
+
+    use crate::rules::compile::{compile, LoadedRules, RuleSource};
+    use crate::rules::model::{Listeners, UpstreamProtocol};
+    use crate::rules::testing::diagnostics;
+
+    /// A self-signed certificate in PEM, enough for a `tls.ca` file.
+    fn ca_pem(name: &str) -> Vec<u8> {
+        let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let mut subject = X509NameBuilder::new().unwrap();
+        subject.append_entry_by_text("CN", name).unwrap();
+        let subject = subject.build();
+        let mut cert = X509::builder().unwrap();
+        cert.set_version(2).unwrap();
+        cert.set_subject_name(&subject).unwrap();
+        cert.set_issuer_name(&subject).unwrap();
+        cert.set_pubkey(&key).unwrap();
+        cert.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        cert.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        cert.sign(&key, MessageDigest::sha256()).unwrap();
+        cert.build().to_pem().unwrap()
+    }
+
+    fn group_yaml(group: &str) -> String {
+        format!("versions: {{ stable: {{}} }}\ndefault: stable\nservices:\n  web:\n    hosts: [\"*\"]\n    groups:\n      stable: {group}\n")
+    }
+
+    fn compile_in(dir: &Path, yaml: &str) -> Result<LoadedRules, Vec<String>> {
+        let path = dir.join("rules.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        compile(
+            &[RuleSource {
+                path: path.clone(),
+                text: yaml.into(),
+            }],
+            &Listeners::default(),
+        )
+        .map_err(|d| {
+            d.items()
+                .iter()
+                .map(|d| d.to_string().replace(&format!("{}", dir.display()), "DIR"))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn protocol_and_tls_errors_name_the_group_and_line() {
+        let cases = [
+            (
+                "{ peers: [\"127.0.0.1:1\"], protocol: h3 }",
+                "rules.yaml:7: error: service \"web\" group \"stable\": protocol \"h3\" is none of http1, h2 and h2c",
+            ),
+            (
+                "{ peers: [\"127.0.0.1:1\"], protocol: h2 }",
+                "rules.yaml:7: error: service \"web\" group \"stable\": protocol h2 needs tls (HTTP/2 without TLS is h2c)",
+            ),
+            (
+                "{ peers: [\"127.0.0.1:1\"], protocol: h2c, tls: { sni: api.internal } }",
+                "rules.yaml:7: error: service \"web\" group \"stable\": protocol h2c is HTTP/2 without TLS: drop tls, or use protocol h2",
+            ),
+            (
+                "{ peers: [\"127.0.0.1:1\"], tls: {} }",
+                "rules.yaml:7: error: service \"web\" group \"stable\": tls.verify needs tls.sni, the name the peers' certificates are checked against (or set verify: false)",
+            ),
+            (
+                "{ peers: [\"127.0.0.1:1\"], tls: { sni: 10.0.0.1, verify: false } }",
+                "rules.yaml:7: error: service \"web\" group \"stable\": tls.sni \"10.0.0.1\" is not a host name",
+            ),
+            (
+                "{ peers: [\"127.0.0.1:1\"], tls: { sni: \"a b\" } }",
+                "rules.yaml:7: error: service \"web\" group \"stable\": tls.sni \"a b\" is not a host name",
+            ),
+            (
+                "{ peers: [\"127.0.0.1:1\"], tls: { sni: a, verify: 1 } }",
+                "rules.yaml:7: error: service \"web\" group \"stable\": tls: invalid type: integer `1`, expected a boolean",
+            ),
+            (
+                "{ peers: [\"127.0.0.1:1\"], tls: { sni: a, cert: x } }",
+                "rules.yaml:7: error: service \"web\" group \"stable\": tls: unknown field `cert`, expected one of `sni`, `verify`, `ca`",
+            ),
+        ];
+        for (group, want) in cases {
+            assert_eq!(diagnostics(&group_yaml(group)), vec![want], "{group}");
+        }
+    }
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_not_pem_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("junk.pem"), "not a certificate\n").unwrap();
+        std::fs::write(
+            dir.path().join("broken.pem"),
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let group = |ca: &str| {
+            group_yaml(&format!(
+                "{{ peers: [\"127.0.0.1:1\"], tls: {{ sni: api.internal, ca: {ca} }} }}"
+            ))
+        };
+        let missing = compile_in(dir.path(), &group("tls/none.pem")).unwrap_err();
+        assert_eq!(missing.len(), 1);
+        assert!(
+            missing[0].starts_with("DIR/rules.yaml:7: error: service \"web\" group \"stable\": tls.ca \"DIR/tls/none.pem\" cannot be read: "),
+            "{missing:?}"
+        );
+        let junk = compile_in(dir.path(), &group("junk.pem")).unwrap_err();
+        assert_eq!(
+            junk,
+            vec!["DIR/rules.yaml:7: error: service \"web\" group \"stable\": tls.ca \"DIR/junk.pem\" holds no PEM certificate"]
+        );
+        let broken = compile_in(dir.path(), &group("broken.pem")).unwrap_err();
+        assert_eq!(broken.len(), 1);
+        assert!(
+            broken[0].starts_with("DIR/rules.yaml:7: error: service \"web\" group \"stable\": tls.ca \"DIR/broken.pem\" is not PEM certificates: "),
+            "{broken:?}"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_is_read_relative_to_the_rules_file_and_joins_the_content_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tls")).unwrap();
+        std::fs::write(dir.path().join("tls/ca.pem"), ca_pem("first")).unwrap();
+        let yaml = group_yaml(
+            "{ peers: [\"127.0.0.1:1\"], protocol: h2, tls: { sni: API.internal, ca: tls/ca.pem } }",
+        );
+        let first = compile_in(dir.path(), &yaml).unwrap();
+        let spec = &first.model.services[0].groups[0].spec;
+        assert_eq!(spec.protocol, UpstreamProtocol::H2);
+        let tls = spec.tls.as_ref().unwrap();
+        assert_eq!((&*tls.sni, tls.verify), ("api.internal", true));
+        let ca = tls.ca.as_ref().unwrap();
+        assert_eq!(ca.path, dir.path().join("tls/ca.pem"));
+        assert_eq!(ca.certs.len(), 1);
+        assert_eq!(
+            first.model.services[0].groups[0].public_addresses,
+            vec!["https://127.0.0.1:1"]
+        );
+        // The same files again: the same hash. A new CA alone: a new hash and a new spec.
+        let again = compile_in(dir.path(), &yaml).unwrap();
+        assert_eq!(again.content_hash, first.content_hash);
+        std::fs::write(dir.path().join("tls/ca.pem"), ca_pem("second")).unwrap();
+        let renewed = compile_in(dir.path(), &yaml).unwrap();
+        assert_ne!(renewed.content_hash, first.content_hash);
+        assert_ne!(renewed.model.services[0].groups[0].spec, *spec);
+    }
+
+    #[test]
+    fn a_ca_without_verification_is_a_warning_and_defaults_are_http1_without_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_pem("ca")).unwrap();
+        let loaded = compile_in(
+            dir.path(),
+            &group_yaml("{ peers: [\"127.0.0.1:1\"], tls: { verify: false, ca: ca.pem } }"),
+        )
+        .unwrap();
+        let warnings: Vec<String> = loaded
+            .warnings
+            .items()
+            .iter()
+            .map(|d| {
+                d.to_string()
+                    .replace(&format!("{}", dir.path().display()), "DIR")
+            })
+            .collect();
+        assert_eq!(
+            warnings,
+            vec!["DIR/rules.yaml:7: warning: service \"web\" group \"stable\": tls.ca is not used with verify: false"]
+        );
+        let plain = compile_in(dir.path(), &group_yaml("{ peers: [\"127.0.0.1:1\"] }")).unwrap();
+        let spec = &plain.model.services[0].groups[0].spec;
+        assert_eq!((spec.protocol, &spec.tls), (UpstreamProtocol::Http1, &None));
+        let h2c = compile_in(
+            dir.path(),
+            &group_yaml("{ peers: [\"127.0.0.1:1\"], protocol: h2c }"),
+        )
+        .unwrap();
+        assert_eq!(
+            h2c.model.services[0].groups[0].spec.protocol,
+            UpstreamProtocol::H2c
         );
     }
 }
