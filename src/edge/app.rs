@@ -37,6 +37,12 @@ struct EdgeListener {
 /// A trusted peer's PROXY header must be complete by then.
 pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// On an h2c listener, the first bytes must arrive by then (Pingora's keep-alive idle time).
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How an HTTP/2 connection preface starts; no HTTP/1 request line does.
+const H2_PREFACE_START: &[u8; 3] = b"PRI";
+
 /// A TLS listener's endpoint and handshake counters.
 struct TlsStage {
     endpoint: Arc<TlsEndpoint>,
@@ -113,6 +119,20 @@ impl<A> EdgeApp<A> {
             trusted,
             handshake_log: LogThrottle::new(Duration::from_secs(10)),
         }
+    }
+}
+
+/// Whether a connection on an h2c listener starts an HTTP/2 preface; `None` when it sends
+/// nothing in time (closed). Pingora's own h2c check waits for all 24 preface bytes, so a
+/// shorter HTTP/1 request (`GET / HTTP/1.0` and its blank line) would wait for ever; three
+/// bytes tell the two apart, and the HTTP/1 ones go to the app without h2c.
+async fn speaks_h2c(stream: &mut Stream) -> Option<bool> {
+    let mut start = [0u8; 3];
+    match tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.try_peek(&mut start)).await {
+        Ok(Ok(true)) => Some(&start == H2_PREFACE_START),
+        // A stream that cannot peek: let Pingora's own check decide.
+        Ok(Ok(false)) => Some(true),
+        Ok(Err(_)) | Err(_) => None,
     }
 }
 
@@ -211,11 +231,15 @@ where
             return None;
         }
         stage.accepted.inc();
-        let stream = match &stage.tls {
+        let mut stream = match &stage.tls {
             Some(tls) => self.handshake(tls, stream).await?,
             None => stream,
         };
-        let app = if stage.h2c { &self.h2c } else { &self.http };
+        let app = if stage.h2c && speaks_h2c(&mut stream).await? {
+            &self.h2c
+        } else {
+            &self.http
+        };
         app.process_new(stream, shutdown).await
     }
 
