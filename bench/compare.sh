@@ -69,10 +69,6 @@ trap 'exit 130' INT TERM
 
 # shellcheck source=bench/lib.sh
 source bench/lib.sh   # the scripts run from the repository root
-range() { # $1 printf format of one value, then the values
-    local fmt=$1; shift
-    printf '%s\n' "$@" | sort -g | awk -v f="$fmt" 'NR==1 {lo=$1} {hi=$1} END {printf f "-" f, lo, hi}'
-}
 
 # --- the criterion benchmark of the pure decision (before any load runs) ---
 decide_table=""
@@ -382,7 +378,6 @@ for p in "${order[@]}"; do
     # shellcheck disable=SC2086
     rng_rps[$p]=$(range %d ${rps[$p]}); rng_p99[$p]=$(range %s ${p99[$p]})
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 table="| path | requests/s (median) | vs (c) | proxy CPU µs/request | p50 ms | p99 ms | p99 vs (c) | requests/s min-max | p99 ms min-max |
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for p in "${order[@]}"; do

@@ -70,11 +70,6 @@ trap 'exit 130' INT TERM
 
 # shellcheck source=bench/lib.sh
 source bench/lib.sh   # the scripts run from the repository root
-range() { # $1 printf format of one value, then the values
-    local fmt=$1; shift
-    printf '%s\n' "$@" | sort -g | awk -v f="$fmt" 'NR==1 {lo=$1} {hi=$1} END {printf f "-" f, lo, hi}'
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 # --- the certificate: localhost, EC P-256, self-signed, valid 30 days ---
 # In a directory of its own: graygate watches the certificates' directory, and the clients'

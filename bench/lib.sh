@@ -13,6 +13,15 @@ wait_port() {
     return 1
 }
 
+# "lo-hi" of the values after $1, each printed with the printf format $1.
+range() { # $1 printf format of one value, then the values
+    local fmt=$1; shift
+    printf '%s\n' "$@" | sort -g | awk -v f="$fmt" 'NR==1 {lo=$1} {hi=$1} END {printf f "-" f, lo, hi}'
+}
+
+# $1 / $2 with two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
 # The median of the arguments.
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 

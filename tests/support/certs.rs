@@ -24,6 +24,33 @@ fn name(common_name: &str) -> openssl::x509::X509Name {
     name.build()
 }
 
+/// An X.509 v3 builder for `key` named `subject`, issued by `issuer`, with `serial`, valid
+/// from now for `days`: what every certificate here starts from.
+fn builder(
+    key: &PKey<Private>,
+    subject: &openssl::x509::X509NameRef,
+    issuer: &openssl::x509::X509NameRef,
+    serial: u32,
+    days: u32,
+) -> X509Builder {
+    let mut builder = X509Builder::new().expect("builder");
+    builder.set_version(2).expect("v3");
+    let serial = BigNum::from_u32(serial).and_then(|b| Asn1Integer::from_bn(&b));
+    builder
+        .set_serial_number(&serial.expect("serial"))
+        .expect("serial");
+    builder.set_subject_name(subject).expect("subject");
+    builder.set_issuer_name(issuer).expect("issuer");
+    builder.set_pubkey(key).expect("pubkey");
+    builder
+        .set_not_before(&Asn1Time::days_from_now(0).expect("time"))
+        .expect("not before");
+    builder
+        .set_not_after(&Asn1Time::days_from_now(days).expect("time"))
+        .expect("not after");
+    builder
+}
+
 /// A certificate authority that exists only in this test.
 pub struct TestCa {
     /// Its certificate.
@@ -56,22 +83,8 @@ impl TestCa {
     /// A new CA, valid for a year.
     pub fn new() -> TestCa {
         let key = new_key();
-        let mut builder = X509Builder::new().expect("builder");
-        builder.set_version(2).expect("v3");
-        let serial = BigNum::from_u32(1).and_then(|b| Asn1Integer::from_bn(&b));
-        builder
-            .set_serial_number(&serial.expect("serial"))
-            .expect("serial");
         let subject = name("graygate test CA");
-        builder.set_subject_name(&subject).expect("subject");
-        builder.set_issuer_name(&subject).expect("issuer");
-        builder.set_pubkey(&key).expect("pubkey");
-        builder
-            .set_not_before(&Asn1Time::days_from_now(0).expect("time"))
-            .expect("not before");
-        builder
-            .set_not_after(&Asn1Time::days_from_now(365).expect("time"))
-            .expect("not after");
+        let mut builder = builder(&key, &subject, &subject, 1, 365);
         builder
             .append_extension(BasicConstraints::new().critical().ca().build().expect("bc"))
             .expect("basic constraints");
@@ -100,25 +113,8 @@ impl TestCa {
     /// A server certificate for `dns_names` with `serial`, valid for `days` from now.
     pub fn issue(&self, dns_names: &[&str], serial: u32, days: u32) -> Issued {
         let key = new_key();
-        let mut builder = X509Builder::new().expect("builder");
-        builder.set_version(2).expect("v3");
-        let bn = BigNum::from_u32(serial).and_then(|b| Asn1Integer::from_bn(&b));
-        builder
-            .set_serial_number(&bn.expect("serial"))
-            .expect("serial");
-        builder
-            .set_subject_name(&name(dns_names[0]))
-            .expect("subject");
-        builder
-            .set_issuer_name(self.cert.subject_name())
-            .expect("issuer");
-        builder.set_pubkey(&key).expect("pubkey");
-        builder
-            .set_not_before(&Asn1Time::days_from_now(0).expect("time"))
-            .expect("not before");
-        builder
-            .set_not_after(&Asn1Time::days_from_now(days).expect("time"))
-            .expect("not after");
+        let subject = name(dns_names[0]);
+        let mut builder = builder(&key, &subject, self.cert.subject_name(), serial, days);
         let mut san = SubjectAlternativeName::new();
         for dns in dns_names {
             san.dns(dns);
@@ -223,22 +219,8 @@ pub fn https_request(
 /// A self-signed server certificate for `dns` (no CA knows it), valid for 30 days.
 pub fn self_signed(dns: &str) -> Issued {
     let key = new_key();
-    let mut builder = X509Builder::new().expect("builder");
-    builder.set_version(2).expect("v3");
-    let serial = BigNum::from_u32(7).and_then(|b| Asn1Integer::from_bn(&b));
-    builder
-        .set_serial_number(&serial.expect("serial"))
-        .expect("serial");
     let subject = name(dns);
-    builder.set_subject_name(&subject).expect("subject");
-    builder.set_issuer_name(&subject).expect("issuer");
-    builder.set_pubkey(&key).expect("pubkey");
-    builder
-        .set_not_before(&Asn1Time::days_from_now(0).expect("time"))
-        .expect("not before");
-    builder
-        .set_not_after(&Asn1Time::days_from_now(30).expect("time"))
-        .expect("not after");
+    let mut builder = builder(&key, &subject, &subject, 7, 30);
     let san = SubjectAlternativeName::new()
         .dns(dns)
         .build(&builder.x509v3_context(None, None))
