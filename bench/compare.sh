@@ -5,6 +5,7 @@
 #   bench/compare.sh                      # or: make bench (then bench/assignments.sh)
 #   REPS=3 DURATION=3 LAT_DURATION=4 bench/compare.sh      # a quicker, noisier run
 #   PROFILE=1 bench/compare.sh            # instructions per request under callgrind instead
+#                                         # (KEEP_PROFILES=dir keeps the callgrind outputs)
 #
 # One nginx backend answers every request from memory. The same traffic (10,000 distinct
 # uids in a browser-like Cookie header, one in 20 of them paid) goes, in interleaved
@@ -62,6 +63,11 @@ pids=()
 cleanup() {
     for pid in "${pids[@]+"${pids[@]}"}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    # KEEP_PROFILES=dir (with PROFILE=1): the callgrind outputs are kept there, for
+    # callgrind_annotate.
+    if [[ -n "${KEEP_PROFILES:-}" && -d "$work/callgrind" ]]; then
+        mkdir -p "$KEEP_PROFILES" && cp -a "$work/callgrind/." "$KEEP_PROFILES/" || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
