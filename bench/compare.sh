@@ -401,14 +401,6 @@ for p in "${order[@]}"; do
 done
 verdicts=()
 ok=1
-judge() { # $1 description, $2 median-based ratio, $3 best-based ratio, $4 awk test on r
-    local on_median on_best
-    on_median=$(awk -v r="$2" "BEGIN { print ($4) ? 1 : 0 }"); on_best=$(awk -v r="$3" "BEGIN { print ($4) ? 1 : 0 }")
-    if ((on_median && on_best)); then verdicts+=("PASS: $1: ${2}x on the medians, ${3}x on the best repetitions")
-    elif ((!on_median && !on_best)); then verdicts+=("FAIL: $1: ${2}x on the medians, ${3}x on the best repetitions"); ok=0
-    else verdicts+=("INCONCLUSIVE (noise): $1: ${2}x on the medians, ${3}x on the best repetitions"); ok=0
-    fi
-}
 judge "(a) throughput vs (c), target at least 1.0x" "$(ratio "${m_rps[a]}" "${m_rps[c]}")" "$(ratio "${b_rps[a]}" "${b_rps[c]}")" "r >= 1.0"
 judge "(a) p99 at ~$RATE requests/s vs (c), target at most 1.0x" "$(ratio "${m_p99[a]}" "${m_p99[c]}")" "$(ratio "${b_p99[a]}" "${b_p99[c]}")" "r <= 1.0"
 judge "(a) throughput vs (d), target at least 2x" "$(ratio "${m_rps[a]}" "${m_rps[d]}")" "$(ratio "${b_rps[a]}" "${b_rps[d]}")" "r >= 2.0"

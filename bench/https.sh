@@ -322,14 +322,6 @@ done
 # rates more than CPU per request.
 verdicts=()
 ok=1
-judge() { # $1 description, $2 median-based ratio, $3 best-based ratio, $4 awk test on r
-    local on_median on_best
-    on_median=$(awk -v r="$2" "BEGIN { print ($4) ? 1 : 0 }"); on_best=$(awk -v r="$3" "BEGIN { print ($4) ? 1 : 0 }")
-    if ((on_median && on_best)); then verdicts+=("PASS: $1: ${2}x on the medians, ${3}x on the best repetitions")
-    elif ((!on_median && !on_best)); then verdicts+=("FAIL: $1: ${2}x on the medians, ${3}x on the best repetitions"); ok=0
-    else verdicts+=("INCONCLUSIVE (noise): $1: ${2}x on the medians, ${3}x on the best repetitions"); ok=0
-    fi
-}
 for r in hs13 hs12; do
     [[ " ${rows[*]} " == *" $r "* ]] || continue
     v=1.${r#hs1}

@@ -44,7 +44,9 @@ pub const VERSION_HEADER: &str = "x-graygate-version";
 /// Request header carrying the deciding rule upstream.
 pub const RULE_HEADER: &str = "x-graygate-rule";
 /// Request header telling the upstream the scheme the client used.
-static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The client chain, read from trusted proxies and appended to upstream.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// How long an idle downstream keep-alive connection is kept.
 const DOWNSTREAM_KEEPALIVE_SECS: u64 = 60;
@@ -158,6 +160,8 @@ pub struct RequestCtx {
     started: Instant,
     /// The listener the request arrived on.
     arrival: Arrival,
+    /// The client address (`Gateway::client_ip`), once `request_filter` has run.
+    client_ip: Option<IpAddr>,
     route: Option<Route>,
 }
 
@@ -175,8 +179,6 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
 }
-
-const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 /// RFC 9112 section 3.2: an HTTP/1.1 request without a Host is answered 400.
 fn lacks_host(req: &RequestHeader) -> bool {
@@ -314,6 +316,7 @@ impl ProxyHttp for Gateway {
             snapshot: self.store.current(),
             started: Instant::now(),
             arrival: Arrival::default(),
+            client_ip: None,
             route: None,
         }
     }
@@ -327,6 +330,8 @@ impl ProxyHttp for Gateway {
         let rules = &snapshot.rules;
         let arrival = self.arrival(session);
         ctx.arrival = arrival;
+        let client_ip = self.client_ip(session);
+        ctx.client_ip = client_ip;
         if lacks_host(session.req_header()) {
             let reply = Reply::error(400, "an HTTP/1.1 request needs a Host header");
             self.reply(session, arrival, reply).await?;
@@ -337,7 +342,6 @@ impl ProxyHttp for Gateway {
             self.reply(session, arrival, reply).await?;
             return Ok(true);
         }
-        let client_ip = self.client_ip(session);
         let req = session.req_header();
         let host = request_host(req);
         let path = req.uri.path();
@@ -532,7 +536,7 @@ impl ProxyHttp for Gateway {
         upstream.insert_header(RULE_HEADER, route.decision.rule_header_value(rules).clone())?;
         // A static value: no copy of the scheme's text per request.
         let proto = HeaderValue::from_static(ctx.arrival.scheme.as_str());
-        upstream.insert_header(FORWARDED_PROTO.clone(), proto)?;
+        upstream.insert_header(FORWARDED_PROTO, proto)?;
         // The cookies the serving version may see (SPEC section 15), from the browser's:
         // after a fallback, the default version's share.
         cookies::apply_to_request(
@@ -660,7 +664,11 @@ impl Gateway {
             .listeners
             .get(ctx.arrival.listener.index())
             .map(|l| &*l.name);
-        let client = self.client_ip(session).map(|ip| ip.to_string());
+        // Known since request_filter; a request Pingora ended before it is looked up here.
+        let client = ctx
+            .client_ip
+            .or_else(|| self.client_ip(session))
+            .map(|ip| ip.to_string());
         let millis = elapsed.as_secs_f64() * 1e3;
         match self.access_log {
             AccessLogFormat::Json => {
