@@ -141,7 +141,9 @@ fn runtime_summary(snapshot: &Snapshot) -> serde_json::Value {
             "reason": runtime.override_reason,
         })),
         "withdrawn": runtime.withdrawn().map(|v| &*rules.version(v).name).collect::<Vec<_>>(),
-        "rollout_weights": runtime.rollout_weights,
+        "rollouts": rules.rollouts.iter().zip(&runtime.rollouts).map(|(r, now)| serde_json::json!({
+            "name": &*r.name, "state": now.phase.as_str(), "step": now.step + 1, "weight": now.weight,
+        })).collect::<Vec<_>>(),
         "ignored": runtime.ignored,
     })
 }

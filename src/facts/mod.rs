@@ -236,6 +236,9 @@ pub struct Facts<'a> {
     pub assigned: Assigned,
     /// The version of a valid channel cookie (set by the caller, which holds the key).
     pub channel: Option<VersionId>,
+    /// Where each rollout stands, by rollout index (set by the caller from the runtime
+    /// state); a rollout missing here stands at its start.
+    pub rollouts: &'a [crate::rules::model::RolloutNow],
 }
 
 impl<'a> Facts<'a> {
@@ -271,6 +274,7 @@ impl<'a> Facts<'a> {
                 Assigned::NoUid
             },
             channel: None,
+            rollouts: &[],
             uid,
             tier,
             internal,

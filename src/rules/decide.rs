@@ -14,7 +14,9 @@ use crate::facts::bucket::{ip_text, scale, split_hash};
 use crate::facts::VersionId;
 use crate::facts::{Assigned, Facts};
 use crate::rules::matcher::Shown;
-use crate::rules::model::{Action, Condition, RuleSet, Split, SplitKey, ValueMatch};
+use crate::rules::model::{
+    Action, Condition, RolloutId, RolloutNow, RuleSet, Split, SplitKey, ValueMatch,
+};
 
 /// Why a version was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +32,12 @@ pub enum Reason {
     Assigned,
     /// A valid channel cookie.
     Channel,
+    /// A rollout's split; `point` is where the key fell on `[0, 100)`, the version below
+    /// the weight.
+    Rollout {
+        /// The key's position.
+        point: u64,
+    },
     /// No rule decided.
     Default,
 }
@@ -193,6 +201,29 @@ fn evaluate(rules: &RuleSet, facts: &Facts, trace: &mut impl Trace) -> Result<De
                     continue;
                 }
             },
+            Action::Rollout(id) => {
+                let rollout = &rules.rollouts[*id];
+                match key_point(&rollout.by, &rollout.salt, 100, facts) {
+                    Some(point) => {
+                        let weight = rollout_now(rules, *id, facts).weight;
+                        let version = if point < u64::from(weight) {
+                            rollout.version
+                        } else {
+                            rollout.baseline
+                        };
+                        (version, Reason::Rollout { point })
+                    }
+                    None => {
+                        trace.record(&rule.name, || {
+                            Outcome::Skipped(format!(
+                                "the rollout key ({}) is absent",
+                                key_name(&rollout.by)
+                            ))
+                        });
+                        continue;
+                    }
+                }
+            }
             Action::Channel => match facts.channel {
                 Some(version) => (version, Reason::Channel),
                 None => {
@@ -241,6 +272,19 @@ fn evaluate(rules: &RuleSet, facts: &Facts, trace: &mut impl Trace) -> Result<De
                     key_name(&split.by),
                     split.total
                 ),
+                (Reason::Rollout { point }, Action::Rollout(id)) => {
+                    let rollout = &rules.rollouts[*id];
+                    let now = rollout_now(rules, *id, facts);
+                    format!(
+                        "{name}: rollout {} at step {} of {} ({}%, {}), {} fell at {point} of [0, 100)",
+                        rollout.name,
+                        usize::from(now.step) + 1,
+                        rollout.steps.len(),
+                        now.weight,
+                        now.phase.as_str(),
+                        key_name(&rollout.by)
+                    )
+                }
                 (Reason::Assigned, _) => format!("{name}: the stored assignment"),
                 (Reason::Channel, _) => format!("{name}: the channel cookie"),
                 _ => name.to_string(),
@@ -265,17 +309,32 @@ fn evaluate(rules: &RuleSet, facts: &Facts, trace: &mut impl Trace) -> Result<De
 
 /// Where the request's key falls on `[0, split.total)`, or `None` when the key is absent.
 fn split_point(split: &Split, facts: &Facts) -> Option<u64> {
-    let hash = match &split.by {
-        SplitKey::Uid => split_hash(&split.salt, facts.uid.as_ref()?.text.as_bytes()),
+    key_point(&split.by, &split.salt, split.total, facts)
+}
+
+/// Where the request's `by` key, hashed with `salt`, falls on `[0, total)`; `None` when the
+/// request has no such key.
+fn key_point(by: &SplitKey, salt: &[u8], total: u64, facts: &Facts) -> Option<u64> {
+    let hash = match by {
+        SplitKey::Uid => split_hash(salt, facts.uid.as_ref()?.text.as_bytes()),
         SplitKey::ClientIp => {
             let mut buf = [0u8; 48];
-            split_hash(&split.salt, ip_text(facts.req.client_ip?, &mut buf))
+            split_hash(salt, ip_text(facts.req.client_ip?, &mut buf))
         }
         SplitKey::Random => fastrand::u64(..),
-        SplitKey::Cookie(name) => split_hash(&split.salt, facts.req.cookie(name)?.as_bytes()),
-        SplitKey::Header(name) => split_hash(&split.salt, facts.req.header(name)?.as_bytes()),
+        SplitKey::Cookie(name) => split_hash(salt, facts.req.cookie(name)?.as_bytes()),
+        SplitKey::Header(name) => split_hash(salt, facts.req.header(name)?.as_bytes()),
     };
-    Some(scale(hash, split.total))
+    Some(scale(hash, total))
+}
+
+/// Where rollout `id` stands for this request: the caller's runtime state, or its start.
+fn rollout_now(rules: &RuleSet, id: RolloutId, facts: &Facts) -> RolloutNow {
+    facts
+        .rollouts
+        .get(id)
+        .copied()
+        .unwrap_or_else(|| rules.rollouts[id].start())
 }
 
 /// The version whose range holds `point` (`None` only for a split without arms, which
@@ -1286,6 +1345,72 @@ services:
         // Without `salt`, the rule name is the salt.
         let unsalted = "  - { name: s, split: { by: uid, weights: { canary: 96, stable: 4 } } }\n";
         assert_eq!(run(unsalted, &uid("12345")).0, "canary");
+    }
+
+    #[test]
+    fn a_rollout_splits_at_its_current_weight_and_raising_it_only_moves_users_in() {
+        use crate::rules::model::{Phase, RolloutNow};
+        let yaml = format!(
+            "{BASE}rollouts:\n  ramp: {{ version: canary, steps: [5, 50, 100], step_duration: 1m }}\nrules:\n  - {{ name: r, rollout: ramp }}\n"
+        );
+        let model = model(&yaml);
+        let rules = &model.rules;
+        let canary = rules.version_id("canary").unwrap();
+        let at = |weight: u8, uid: &str| {
+            let headers = HeaderMap::new();
+            let query = format!("uid={uid}");
+            let view = RequestView {
+                method: &Method::GET,
+                host: "h",
+                path: "/",
+                query: Some(&query),
+                headers: &headers,
+                client_ip: None,
+                arrival: Default::default(),
+            };
+            let now = [RolloutNow {
+                phase: Phase::Progressing,
+                step: 1,
+                weight,
+                fingerprint: rules.rollouts[0].fingerprint,
+            }];
+            let mut facts = Facts::gather(&rules.identity, view);
+            facts.rollouts = &now;
+            let decision = decide(rules, &facts).unwrap();
+            assert!(matches!(decision.reason, Reason::Rollout { .. }));
+            decision.version == canary
+        };
+        let mut on = [0usize; 4];
+        for uid in 0..2000 {
+            let uid = uid.to_string();
+            let ins: Vec<bool> = [0u8, 5, 50, 100].iter().map(|w| at(*w, &uid)).collect();
+            // Monotonic: a user in the version at a weight stays in at every higher one.
+            assert!(ins.windows(2).all(|p| !p[0] || p[1]), "uid {uid}: {ins:?}");
+            for (count, inside) in on.iter_mut().zip(&ins) {
+                *count += usize::from(*inside);
+            }
+        }
+        assert_eq!(on[0], 0);
+        assert_eq!(on[3], 2000);
+        assert!((60..=140).contains(&on[1]), "5% of 2000: {}", on[1]);
+        assert!((900..=1100).contains(&on[2]), "50% of 2000: {}", on[2]);
+        // Without runtime state a rollout stands at its first step, and says so.
+        let headers = HeaderMap::new();
+        let view = RequestView {
+            method: &Method::GET,
+            host: "h",
+            path: "/",
+            query: Some("uid=7"),
+            headers: &headers,
+            client_ip: None,
+            arrival: Default::default(),
+        };
+        let facts = Facts::gather(&rules.identity, view);
+        let text = explain(rules, &facts).unwrap().to_string();
+        assert!(
+            text.contains("rollout ramp at step 1 of 3 (5%, progressing), uid fell at"),
+            "{text}"
+        );
     }
 
     #[test]

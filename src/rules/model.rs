@@ -14,6 +14,7 @@ use http::Method;
 use ipnet::IpNet;
 use pingora::tls::x509::X509;
 use regex::RegexSet;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Listener;
 use crate::facts::identity::{Identity, Tier};
@@ -305,6 +306,154 @@ pub enum Action {
     Assigned,
     /// Decide the version named by a valid channel cookie (`version: $channel`).
     Channel,
+    /// Split between a rollout's version and its baseline at the rollout's current weight.
+    Rollout(RolloutId),
+}
+
+/// An index of [`RuleSet::rollouts`].
+pub type RolloutId = usize;
+
+/// A rollout (SPEC section 12): a version moved through weight steps by graygate itself,
+/// judged against a baseline on the requests its one rule decides.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    /// The rollout's name (`graygate_rollout_*{rollout}`, the API's paths).
+    pub name: Arc<str>,
+    /// The version being rolled out.
+    pub version: VersionId,
+    /// The version it is judged against and withdrawn to.
+    pub baseline: VersionId,
+    /// What is hashed to place a user (as `split.by`).
+    pub by: SplitKey,
+    /// The rollout's name as bytes: the hash's salt, so raising a step only moves users in.
+    pub salt: Box<[u8]>,
+    /// Percent of the rule's traffic on `version` at each step: increasing, in 1..=100.
+    pub steps: Vec<u8>,
+    /// How long a step lasts at least before it advances.
+    pub step_duration: Duration,
+    /// How the version is judged.
+    pub analysis: Analysis,
+    /// What `failure_limit` consecutive failed checks do.
+    pub on_failure: OnFailure,
+    /// The index of the one rule with `rollout: NAME`, whose decisions are counted per arm.
+    pub rule: usize,
+    /// XXH64 of the version's name and the steps: a change restarts the rollout.
+    pub fingerprint: u64,
+}
+
+impl Rollout {
+    /// Where a rollout stands when it starts (or starts again): step 1, progressing.
+    pub fn start(&self) -> RolloutNow {
+        RolloutNow {
+            phase: Phase::Progressing,
+            step: 0,
+            weight: self.steps[0],
+            fingerprint: self.fingerprint,
+        }
+    }
+}
+
+/// A rollout's analysis settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analysis {
+    /// How often the window is judged.
+    pub interval: Duration,
+    /// The sliding window of per-arm counts judged.
+    pub window: Duration,
+    /// Requests each arm needs in the window for a conclusive check.
+    pub min_requests: u64,
+    /// Fail when the version's 5xx rate exceeds the baseline's × ratio + margin.
+    pub max_error_rate: RateBound,
+    /// Fail when the version's p99 exceeds the baseline's × ratio + margin.
+    pub max_p99_latency: Option<LatencyBound>,
+    /// Fail when a goal's conversion rate falls below the baseline's × `min_ratio`.
+    pub goals: Vec<GoalBound>,
+    /// Consecutive failed checks that trigger `on_failure`.
+    pub failure_limit: u32,
+}
+
+/// A bound on a rate relative to the baseline's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateBound {
+    /// Multiplies the baseline's rate.
+    pub ratio: f64,
+    /// Added after: the slack that keeps a baseline at 0 from failing every error.
+    pub margin: f64,
+}
+
+/// A bound on a latency relative to the baseline's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencyBound {
+    /// Multiplies the baseline's p99.
+    pub ratio: f64,
+    /// Added after.
+    pub margin: Duration,
+}
+
+/// A goal's conversion rate relative to the baseline's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoalBound {
+    /// The goal's name (one of the rules' `goals`).
+    pub goal: Arc<str>,
+    /// The version's rate must be at least the baseline's × this.
+    pub min_ratio: f64,
+}
+
+/// What a rollout does on `failure_limit` consecutive failed checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Weight 0 and the version withdrawn.
+    Rollback,
+    /// Stop where it is, for an operator to decide.
+    Pause,
+}
+
+/// The state of a rollout (SPEC section 12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// At a step, judged every interval, advancing when a step has lasted and passed.
+    Progressing,
+    /// At a step, judged, not advancing (an operator's pause, or `on_failure: pause`).
+    Paused,
+    /// At its last step for good.
+    Completed,
+    /// At weight 0, its version withdrawn.
+    RolledBack,
+}
+
+impl Phase {
+    /// Every phase, in the order the metrics list them.
+    pub const ALL: [Phase; 4] = [
+        Phase::Progressing,
+        Phase::Paused,
+        Phase::Completed,
+        Phase::RolledBack,
+    ];
+
+    /// The `state` label and the word in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Progressing => "progressing",
+            Phase::Paused => "paused",
+            Phase::Completed => "completed",
+            Phase::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// Where a rollout stands now: what a decision reads (runtime state, not rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutNow {
+    /// Its state.
+    pub phase: Phase,
+    /// The index of the current step in `steps`.
+    pub step: u8,
+    /// Percent of the rule's traffic on the version (0 once rolled back).
+    pub weight: u8,
+    /// The rollout definition this applies to ([`Rollout::fingerprint`]).
+    pub fingerprint: u64,
 }
 
 /// The channel cookie and the self-service page.
@@ -423,6 +572,8 @@ pub struct RuleSet {
     pub rules: Vec<Rule>,
     /// Conversions to count.
     pub goals: Vec<Goal>,
+    /// The rollouts, each used by exactly one rule.
+    pub rollouts: Vec<Rollout>,
     /// Where assignments are stored.
     pub assignments: KeyTemplate,
     /// The channel cookie (always) and its page.

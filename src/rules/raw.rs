@@ -73,6 +73,7 @@ pub struct RawRuleFile {
     pub goals: Option<Vec<serde_yaml::Value>>,
     pub channels: Option<serde_yaml::Value>,
     pub address_api: Option<serde_yaml::Value>,
+    pub rollouts: Option<IndexMap<String, serde_yaml::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +187,8 @@ pub struct RawRule {
     pub when: serde_yaml::Value,
     pub version: Option<String>,
     pub split: Option<RawSplit>,
+    /// The name of a rollout of the `rollouts` section.
+    pub rollout: Option<String>,
 }
 
 /// The keys of [`RawWhen`], for messages.
@@ -256,4 +259,52 @@ pub struct RawChannels {
 pub struct RawAddressApi {
     pub path: Option<String>,
     pub ttl: Option<Duration>,
+}
+
+/// One rollout of the `rollouts` section (SPEC section 12).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    pub version: String,
+    pub baseline: Option<String>,
+    pub by: Option<String>,
+    pub steps: Vec<i64>,
+    pub step_duration: Duration,
+    #[serde(default)]
+    pub analysis: RawAnalysis,
+    pub on_failure: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnalysis {
+    pub interval: Option<Duration>,
+    pub window: Option<Duration>,
+    pub min_requests: Option<u64>,
+    pub max_error_rate: Option<RawRateBound>,
+    pub max_p99_latency: Option<RawLatencyBound>,
+    #[serde(default)]
+    pub goals: IndexMap<String, RawGoalBound>,
+    pub failure_limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateBound {
+    pub ratio: f64,
+    #[serde(default)]
+    pub margin: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLatencyBound {
+    pub ratio: f64,
+    pub margin: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGoalBound {
+    pub min_ratio: f64,
 }

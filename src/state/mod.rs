@@ -294,8 +294,28 @@ impl SnapshotStore {
 mod tests {
     use super::*;
 
-    const RULES: &str = "versions: { stable: {}, canary: {} }\ndefault: stable\n\
+    const BASE: &str = "versions: { stable: {}, canary: {} }\ndefault: stable\n\
         services:\n  web:\n    hosts: [\"*\"]\n    groups:\n      stable: { peers: [\"127.0.0.1:1\"] }\n      canary: { peers: [\"127.0.0.1:2\"] }\n";
+
+    const RULES: &str = concat!(
+        "versions: { stable: {}, canary: {} }\ndefault: stable\n",
+        "services:\n  web:\n    hosts: [\"*\"]\n    groups:\n      stable: { peers: [\"127.0.0.1:1\"] }\n      canary: { peers: [\"127.0.0.1:2\"] }\n",
+        "rollouts:\n  ramp: { version: canary, steps: [10, 50], step_duration: 1m }\n",
+        "rules:\n  - { name: ramp, rollout: ramp }\n"
+    );
+
+    /// `state` with the rollout `ramp` of `rules` rolled back.
+    fn roll_back(state: &mut RuntimeState, rules: &RuleSet) {
+        let rollout = &rules.rollouts[0];
+        state.rollouts.insert(
+            "ramp".into(),
+            crate::rules::model::RolloutNow {
+                phase: crate::rules::model::Phase::RolledBack,
+                weight: 0,
+                ..rollout.start()
+            },
+        );
+    }
 
     fn store_with(rules: &str) -> (tempfile::TempDir, SnapshotStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -309,7 +329,7 @@ mod tests {
         let (dir, store) = store_with(RULES);
         let before = store.current();
         let changed = store.update_runtime(|state| {
-            state.withdrawn.insert("canary".into());
+            roll_back(state, &before.rules);
             state.override_version = Some(Override {
                 version: "stable".into(),
                 reason: "incident 42".into(),
@@ -320,7 +340,9 @@ mod tests {
         assert!(Arc::ptr_eq(&changed.rules, &before.rules));
         assert!(Arc::ptr_eq(&changed.services, &before.services));
         let canary = changed.rules.version_id("canary").unwrap();
-        assert!(changed.runtime.is_withdrawn(canary));
+        let stable = changed.rules.version_id("stable");
+        assert_eq!(changed.runtime.withdrawn_to(canary), stable);
+        assert_eq!(changed.runtime.rollouts[0].weight, 0);
         assert_eq!(
             changed.runtime.override_version,
             changed.rules.version_id("stable")
@@ -341,21 +363,24 @@ mod tests {
         assert_eq!(next.generation, 2);
         let canary = next.rules.version_id("canary").unwrap();
         assert_eq!(canary.index(), 1);
-        assert!(next.runtime.is_withdrawn(canary));
-        assert!(!next
-            .runtime
-            .is_withdrawn(next.rules.version_id("beta").unwrap()));
+        assert_eq!(
+            next.runtime.withdrawn_to(canary),
+            next.rules.version_id("stable")
+        );
+        assert_eq!(
+            next.runtime
+                .withdrawn_to(next.rules.version_id("beta").unwrap()),
+            None
+        );
         assert_eq!(
             next.runtime.override_version,
             next.rules.version_id("stable")
         );
 
-        // A reload whose rules no longer know the version keeps the name for later.
+        // A reload whose rules no longer know the rollout keeps its state for later.
         std::fs::write(
             dir.path().join("rules.yaml"),
-            RULES
-                .replace("{ stable: {}, canary: {} }", "{ stable: {} }")
-                .replace("      canary: { peers: [\"127.0.0.1:2\"] }\n", ""),
+            RULES.replace("ramp", "other"),
         )
         .unwrap();
         let Reloaded::Swapped(third) = store.reload().unwrap() else {
@@ -363,9 +388,22 @@ mod tests {
         };
         assert_eq!(
             third.runtime.ignored,
-            vec!["withdrawn version \"canary\" is not in the rules".to_string()]
+            vec!["rollout \"ramp\" is not in the rules".to_string()]
         );
-        assert!(store.runtime().withdrawn.contains("canary"));
+        assert_eq!(third.runtime.withdrawn().count(), 0);
+        assert!(store.runtime().rollouts.contains_key("ramp"));
+
+        // Editing its steps starts the rollout again: nothing withdrawn.
+        std::fs::write(
+            dir.path().join("rules.yaml"),
+            RULES.replace("[10, 50]", "[20, 50]"),
+        )
+        .unwrap();
+        let Reloaded::Swapped(fourth) = store.reload().unwrap() else {
+            panic!("the files changed");
+        };
+        assert_eq!(fourth.runtime.withdrawn().count(), 0);
+        assert_eq!(fourth.runtime.rollouts[0].weight, 20);
     }
 
     /// The listeners given at load are the ones every reload compiles against.
@@ -374,7 +412,7 @@ mod tests {
         use crate::facts::Scheme;
         let dir = tempfile::tempdir().unwrap();
         let rules = |listener: &str| {
-            format!("{RULES}rules:\n  - {{ name: r, when: {{ listener: {listener} }}, version: canary }}\n")
+            format!("{BASE}rules:\n  - {{ name: r, when: {{ listener: {listener} }}, version: canary }}\n")
         };
         let file = dir.path().join("rules.yaml");
         std::fs::write(&file, rules("office")).unwrap();
@@ -398,15 +436,15 @@ mod tests {
     #[test]
     fn a_failed_reload_keeps_the_runtime_state_serving() {
         let (dir, store) = store_with(RULES);
-        store.update_runtime(|state| {
-            state.withdrawn.insert("canary".into());
-        });
+        let rules = Arc::clone(&store.current().rules);
+        store.update_runtime(|state| roll_back(state, &rules));
         std::fs::write(dir.path().join("rules.yaml"), "versions: [").unwrap();
         assert!(store.reload().is_err());
         let current = store.current();
         assert_eq!(current.generation, 1);
         assert!(current
             .runtime
-            .is_withdrawn(current.rules.version_id("canary").unwrap()));
+            .withdrawn_to(current.rules.version_id("canary").unwrap())
+            .is_some());
     }
 }

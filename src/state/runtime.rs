@@ -1,18 +1,18 @@
 //! Runtime state: what graygate is told while it runs, beside what the rules files say.
 //!
-//! A [`RuntimeState`] holds names (rollout weights, withdrawn versions, an emergency
-//! override), never indices, because a rules reload renumbers versions and rules. When a
+//! A [`RuntimeState`] holds names (where each rollout stands, an emergency override), never
+//! indices, because a rules reload renumbers versions and rules. When a
 //! snapshot is built the state is resolved against that generation's names into an
 //! [`AppliedState`], the form a request reads; a name the generation does not know is left
 //! unapplied (and listed in [`AppliedState::ignored`]) but kept, so it applies again once the
 //! rules know it. The rollouts, the override API and the fleet write the state through
 //! `SnapshotStore::update_runtime`; persistence (a state directory, Redis) stores this value.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::rules::model::RuleSet;
+use crate::rules::model::{Phase, RolloutNow, RuleSet};
 
 use crate::facts::VersionId;
 
@@ -29,12 +29,11 @@ pub struct Override {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeState {
-    /// The current weight (percent on the rollout's version) of each rollout, by name.
+    /// Where each rollout stands, by rollout name. A rolled-back rollout withdraws its
+    /// version; an entry whose fingerprint is not the compiled rollout's (its version or steps
+    /// were edited) does not apply: that rollout stands at its start.
     #[serde(default)]
-    pub rollout_weights: BTreeMap<String, u8>,
-    /// Versions withdrawn after a rollback: their users are served by the baseline.
-    #[serde(default)]
-    pub withdrawn: BTreeSet<String>,
+    pub rollouts: BTreeMap<String, RolloutNow>,
     /// The emergency override, when one is set.
     #[serde(default)]
     pub override_version: Option<Override>,
@@ -43,14 +42,15 @@ pub struct RuntimeState {
 /// The runtime state resolved against one generation: what a request reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppliedState {
-    /// `withdrawn[v]`: version `v` is withdrawn (indexed by [`VersionId`]).
-    withdrawn: Vec<bool>,
+    /// `withdrawn[v]`: the baseline that serves version `v`'s users, when `v` is withdrawn
+    /// (indexed by [`VersionId`]).
+    withdrawn: Vec<Option<VersionId>>,
     /// The override's version, when one is set and the generation knows it.
     pub override_version: Option<VersionId>,
     /// The override's reason.
     pub override_reason: Option<String>,
-    /// Rollout weights by rollout name (rollouts are matched by name when they compile).
-    pub rollout_weights: BTreeMap<String, u8>,
+    /// Where each rollout stands, by rollout index (what `Facts::rollouts` reads).
+    pub rollouts: Vec<RolloutNow>,
     /// What could not be applied to this generation, in words.
     pub ignored: Vec<String>,
 }
@@ -59,16 +59,31 @@ impl RuntimeState {
     /// Resolves the state against `rules`' names.
     pub fn apply(&self, rules: &RuleSet) -> AppliedState {
         let mut applied = AppliedState {
-            withdrawn: vec![false; rules.versions.len()],
-            rollout_weights: self.rollout_weights.clone(),
+            withdrawn: vec![None; rules.versions.len()],
             ..AppliedState::default()
         };
-        for name in &self.withdrawn {
-            match rules.version_id(name) {
-                Some(id) => applied.withdrawn[id.index()] = true,
-                None => applied
+        for rollout in &rules.rollouts {
+            let now = match self.rollouts.get(&*rollout.name) {
+                Some(now) if now.fingerprint == rollout.fingerprint => *now,
+                Some(_) => {
+                    applied.ignored.push(format!(
+                        "rollout \"{}\" changed its version or steps: it starts again",
+                        rollout.name
+                    ));
+                    rollout.start()
+                }
+                None => rollout.start(),
+            };
+            if now.phase == Phase::RolledBack {
+                applied.withdrawn[rollout.version.index()] = Some(rollout.baseline);
+            }
+            applied.rollouts.push(now);
+        }
+        for name in self.rollouts.keys() {
+            if !rules.rollouts.iter().any(|r| *r.name == **name) {
+                applied
                     .ignored
-                    .push(format!("withdrawn version \"{name}\" is not in the rules")),
+                    .push(format!("rollout \"{name}\" is not in the rules"));
             }
         }
         if let Some(o) = &self.override_version {
@@ -88,12 +103,9 @@ impl RuntimeState {
 }
 
 impl AppliedState {
-    /// Whether `version` is withdrawn.
-    pub fn is_withdrawn(&self, version: VersionId) -> bool {
-        self.withdrawn
-            .get(version.index())
-            .copied()
-            .unwrap_or(false)
+    /// The baseline serving `version`'s users when `version` is withdrawn (rolled back).
+    pub fn withdrawn_to(&self, version: VersionId) -> Option<VersionId> {
+        self.withdrawn.get(version.index()).copied().flatten()
     }
 
     /// The withdrawn versions.
@@ -101,7 +113,7 @@ impl AppliedState {
         self.withdrawn
             .iter()
             .enumerate()
-            .filter(|(_, w)| **w)
+            .filter(|(_, w)| w.is_some())
             .map(|(i, _)| VersionId(i as u16))
     }
 
@@ -120,8 +132,15 @@ mod tests {
     #[test]
     fn state_round_trips_as_json_and_rejects_unknown_keys() {
         let mut state = RuntimeState::default();
-        state.rollout_weights.insert("checkout-v2".into(), 25);
-        state.withdrawn.insert("canary".into());
+        state.rollouts.insert(
+            "checkout-v2".into(),
+            RolloutNow {
+                phase: Phase::RolledBack,
+                step: 1,
+                weight: 0,
+                fingerprint: 7,
+            },
+        );
         state.override_version = Some(Override {
             version: "stable".into(),
             reason: "incident".into(),

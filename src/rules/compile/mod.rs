@@ -13,6 +13,7 @@
 //! - `rules`: the ordered rules and their actions (a version or a split);
 //! - `conditions`: the `when` of a rule or a goal;
 //! - `goals`: what counts as a reached goal;
+//! - `rollouts`: automated rollouts, each used by one rule's `rollout:` action;
 //! - `channels`: the channel page and the address API settings.
 //!
 //! Every section reports into one sink (`Compiler::error`, `Compiler::warning`) with the
@@ -24,6 +25,7 @@ mod channels;
 mod conditions;
 mod goals;
 mod identity;
+mod rollouts;
 mod rules;
 mod services;
 mod versions;
@@ -209,6 +211,7 @@ struct Merged {
     goals: Vec<(At, serde_yaml::Value)>,
     channels: Option<(At, serde_yaml::Value)>,
     address_api: Option<(At, serde_yaml::Value)>,
+    rollouts: IndexMap<String, (At, serde_yaml::Value)>,
 }
 
 /// The files read so far and the diagnostics every section reports into.
@@ -225,6 +228,10 @@ struct Compiler {
     included: Vec<u8>,
     /// The config's proxy listeners.
     listeners: Listeners,
+    /// Rollout names, once the rollouts are compiled (those without errors).
+    rollout_names: HashMap<String, usize>,
+    /// Where each rollout was defined, errors or not.
+    rollout_defined: HashMap<String, At>,
 }
 
 impl Compiler {
@@ -319,8 +326,10 @@ impl Compiler {
             goals,
             channels,
             address_api,
+            rollouts,
         } = raw;
         self.merge_named(index, "versions", "version", versions, &mut merged.versions);
+        self.merge_named(index, "rollouts", "rollout", rollouts, &mut merged.rollouts);
         self.merge_named(index, "services", "service", services, &mut merged.services);
         let rules_at = At::top(index, "rules");
         for (i, value) in rules.into_iter().flatten().enumerate() {
@@ -387,6 +396,7 @@ impl Compiler {
             goals,
             channels,
             address_api,
+            rollouts,
         } = merged;
         let versions = self.versions(&versions);
         self.version_names = versions
@@ -401,8 +411,11 @@ impl Compiler {
         let identity = self.identity(identity);
         let assignments = self.assignments(assignments);
         let services = self.services(services, default, &versions);
-        let rules = self.rules(rules, &versions);
         let goals = self.goals(goals);
+        let mut rollouts = self.rollouts(rollouts, &versions, default, &goals);
+        let mut uses = Vec::new();
+        let rules = self.rules(rules, &versions, &mut uses);
+        self.link_rollouts(&mut rollouts, uses);
         if versions.is_empty() {
             self.missing("versions: at least one version is needed");
         }
@@ -417,6 +430,7 @@ impl Compiler {
                 identity: identity?,
                 rules,
                 goals,
+                rollouts,
                 assignments: assignments?,
                 channels: channels?,
                 channel_page,
@@ -466,7 +480,7 @@ mod tests {
     fn unknown_top_level_key_and_bad_yaml_have_lines() {
         assert_eq!(
             diagnostics(&format!("{HEAD}rulez: []\n")),
-            vec!["rules.yaml:7: error: unknown field `rulez`, expected one of `versions`, `default`, `identity`, `assignments`, `services`, `rules`, `goals`, `channels`, `address_api`"]
+            vec!["rules.yaml:7: error: unknown field `rulez`, expected one of `versions`, `default`, `identity`, `assignments`, `services`, `rules`, `goals`, `channels`, `address_api`, `rollouts`"]
         );
         let bad = diagnostics("versions: { stable: {}\ndefault: stable\n");
         assert_eq!(bad.len(), 1);

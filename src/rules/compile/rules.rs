@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use http::header::HeaderName;
 
+use super::rollouts::RolloutUse;
 use super::{header_value, is_rule_name, At, Compiler};
 use crate::rules::model::{Action, Rule, Split, SplitArm, SplitKey, Version};
 use crate::rules::raw::{RawRule, RawSplit};
@@ -17,6 +18,7 @@ impl Compiler {
         &mut self,
         raw: Vec<(At, serde_yaml::Value)>,
         versions: &[Version],
+        uses: &mut Vec<RolloutUse>,
     ) -> Vec<Rule> {
         let mut rules = Vec::new();
         let mut seen: HashMap<String, At> = HashMap::new();
@@ -32,6 +34,7 @@ impl Compiler {
                 when,
                 version,
                 split,
+                rollout,
             } = r;
             let what = format!("rule \"{name}\"");
             if !is_rule_name(&name) {
@@ -56,9 +59,16 @@ impl Compiler {
                 );
             }
             let conditions = self.conditions(&at.child("when"), &what, when);
-            let Some(action) = self.action(&at, &what, &name, version, split) else {
+            let Some(action) = self.action(&at, &what, &name, version, split, rollout) else {
                 continue;
             };
+            if let Action::Rollout(id) = action {
+                uses.push(RolloutUse {
+                    rollout: id,
+                    rule: rules.len(),
+                    at: at.clone(),
+                });
+            }
             // A rule with errors may have lost conditions: it says nothing about reachability.
             let clean = self.diags.errors().count() == errors_before;
             if clean
@@ -78,7 +88,7 @@ impl Compiler {
         rules
     }
 
-    /// What the rule `name` does: exactly one of `version` and `split`.
+    /// What the rule `name` does: exactly one of `version`, `split` and `rollout`.
     fn action(
         &mut self,
         at: &At,
@@ -86,20 +96,32 @@ impl Compiler {
         name: &str,
         version: Option<String>,
         split: Option<RawSplit>,
+        rollout: Option<String>,
     ) -> Option<Action> {
-        match (version, split) {
-            (Some(version), None) if version == "$assigned" => Some(Action::Assigned),
-            (Some(version), None) if version == "$channel" => Some(Action::Channel),
-            (Some(version), None) => self
+        match (version, split, rollout) {
+            (Some(version), None, None) if version == "$assigned" => Some(Action::Assigned),
+            (Some(version), None, None) if version == "$channel" => Some(Action::Channel),
+            (Some(version), None, None) => self
                 .version_ref(&at.child("version"), what, &version)
                 .map(Action::Version),
-            (None, Some(split)) => self
+            (None, Some(split), None) => self
                 .split(&at.child("split"), what, name, split)
                 .map(Action::Split),
+            (None, None, Some(rollout)) => {
+                let id = self.rollout_names.get(&rollout).copied();
+                if id.is_none() && !self.rollout_defined.contains_key(&rollout) {
+                    self.error(
+                        &at.child("rollout"),
+                        format!("{what}: unknown rollout \"{rollout}\""),
+                    );
+                }
+                // A rollout defined with errors was reported there.
+                id.map(Action::Rollout)
+            }
             _ => {
                 self.error(
                     at,
-                    format!("{what}: needs exactly one action: version or split"),
+                    format!("{what}: needs exactly one action: version, split or rollout"),
                 );
                 None
             }
@@ -113,18 +135,7 @@ impl Compiler {
             salt,
             sticky,
         } = raw;
-        let by = match key.as_str() {
-            "uid" => Some(SplitKey::Uid),
-            "client_ip" => Some(SplitKey::ClientIp),
-            "random" => Some(SplitKey::Random),
-            other => match other.split_once(':') {
-                Some(("cookie", name)) if !name.is_empty() => Some(SplitKey::Cookie(name.into())),
-                Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
-                    .ok()
-                    .map(SplitKey::Header),
-                _ => None,
-            },
-        };
+        let by = split_key(&key);
         if by.is_none() {
             self.error(
                 at,
@@ -175,6 +186,23 @@ impl Compiler {
     }
 }
 
+/// The key a split or a rollout hashes: `uid`, `client_ip`, `random`, `cookie:NAME` or
+/// `header:NAME`.
+pub(super) fn split_key(text: &str) -> Option<SplitKey> {
+    match text {
+        "uid" => Some(SplitKey::Uid),
+        "client_ip" => Some(SplitKey::ClientIp),
+        "random" => Some(SplitKey::Random),
+        other => match other.split_once(':') {
+            Some(("cookie", name)) if !name.is_empty() => Some(SplitKey::Cookie(name.into())),
+            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
+                .ok()
+                .map(SplitKey::Header),
+            _ => None,
+        },
+    }
+}
+
 /// Whether an action with no conditions before it decides every request: a version anyone
 /// may get, or a random split whose every weighted version anyone may get.
 fn always_decides_alone(action: &Action, versions: &[Version]) -> bool {
@@ -186,7 +214,8 @@ fn always_decides_alone(action: &Action, versions: &[Version]) -> bool {
                     .iter()
                     .all(|a| a.weight == 0 || !versions[a.version.index()].restricted)
         }
-        Action::Assigned | Action::Channel => false,
+        // A rollout's weight changes while it runs.
+        Action::Assigned | Action::Channel | Action::Rollout(_) => false,
     }
 }
 
@@ -221,8 +250,8 @@ mod tests {
         assert_eq!(
             with_rules("  - { name: none }\n  - { name: both, version: canary, split: { by: uid, weights: { canary: 1 } } }\n"),
             vec![
-                "rules.yaml:8: error: rule \"none\": needs exactly one action: version or split",
-                "rules.yaml:9: error: rule \"both\": needs exactly one action: version or split",
+                "rules.yaml:8: error: rule \"none\": needs exactly one action: version, split or rollout",
+                "rules.yaml:9: error: rule \"both\": needs exactly one action: version, split or rollout",
             ]
         );
     }
