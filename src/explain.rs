@@ -165,6 +165,7 @@ pub async fn explain_request(
     let mut facts = Facts::gather(&rules.identity, view);
     let uid = facts.uid.as_ref().map(|u| &*u.text);
     facts.channel = channel_key.channel_of(rules, view.cookie(&rules.channels.cookie), uid);
+    facts.rollouts = &snapshot.runtime.rollouts;
     let explanation = lookups.explain(rules, &mut facts).await;
     let decision = explanation.decision;
     let service = snapshot

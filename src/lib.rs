@@ -5,7 +5,7 @@
 //! ```text
 //! conf/graygate.yaml ─► config (listeners, admin, redis, server)
 //! rules/*.yaml ──────► rules::load (raw ─► compile/ ─► model) ─┐
-//! runtime state (rollouts, withdrawn, override) ───────────────┴─► state::Snapshot (one ArcSwap)
+//! runtime state (where rollouts stand, override) ──────────────┴─► state::Snapshot (one ArcSwap)
 //!                                                                        │
 //! request ─► facts (listener, client address, cookies, uid, tier, internal) ─► rules::decide
 //!         ─► upstream::Service::serving_group (group, peer, fallback reason)
@@ -16,7 +16,8 @@
 //! Pingora glue over these modules and `pages` answer what graygate serves
 //! itself, as a `web::Reply`; `admin` is the admin listener; `server` assembles the Pingora
 //! server that `main` (and the integration tests) run. `stats` keeps windowed per-version
-//! figures (requests, 5xx, latency quantiles, goals) for rollout verdicts and `GET /-/stats`.
+//! figures (requests, 5xx, latency quantiles, goals) for rollout verdicts and `GET /-/stats`;
+//! `rollout` judges each rollout's arms on them and moves its steps through the runtime state.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod pages;
 pub mod proxy;
 pub mod reload;
+pub mod rollout;
 pub mod rules;
 pub mod server;
 pub mod state;

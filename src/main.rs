@@ -1,4 +1,4 @@
-//! The `graygate` command: `run`, `check` and `explain`.
+//! The `graygate` command: `run`, `check`, `explain` and `rollout`.
 
 /// glibc's malloc was 28% of the instructions per proxied request (docs/performance.md);
 /// mimalloc cut user time per request by about a quarter.
@@ -91,6 +91,112 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show or steer the rollouts of a running graygate through its admin API (the token is
+    /// read from the environment variable the config's `admin.token_env` names).
+    Rollout {
+        /// status, pause, resume, promote (next step now), rollback or retry.
+        #[arg(value_parser = ["status", "pause", "resume", "promote", "rollback", "retry"])]
+        action: String,
+        /// The rollout (every rollout for `status` when not given).
+        name: Option<String>,
+        /// The admin listener's URL; the config's `admin.listen` when not given.
+        #[arg(long)]
+        admin: Option<String>,
+        /// The server config (for `admin.listen` and `admin.token_env`).
+        #[arg(short, long, default_value = "conf/graygate.yaml")]
+        conf: PathBuf,
+        /// Print the API's JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `graygate rollout ACTION [NAME]`: one admin API call, its answer printed.
+fn rollout_command(
+    action: &str,
+    name: Option<&str>,
+    admin: Option<String>,
+    conf: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    // The config is optional here: without it the defaults apply.
+    let config = Config::load(conf).ok();
+    let token_env = config
+        .as_ref()
+        .map_or("GRAYGATE_ADMIN_TOKEN".to_string(), |c| {
+            c.admin.token_env.clone()
+        });
+    let base = admin.unwrap_or_else(|| {
+        let listen = config
+            .as_ref()
+            .map_or("127.0.0.1:9901".to_string(), |c| c.admin.listen.to_string());
+        format!("http://{listen}")
+    });
+    let base = base.trim_end_matches('/');
+    let token = std::env::var(&token_env).unwrap_or_default();
+    let request = match (action, name) {
+        ("status", _) => ureq::get(&format!("{base}/-/rollouts")),
+        (action, Some(name)) => ureq::post(&format!("{base}/-/rollouts/{name}/{action}")),
+        (action, None) => anyhow::bail!("graygate rollout {action} needs the rollout's name"),
+    };
+    let answer = match request
+        .set("Authorization", &format!("Bearer {token}"))
+        .timeout(Duration::from_secs(10))
+        .call()
+    {
+        Ok(response) => response,
+        Err(ureq::Error::Status(status, response)) => {
+            let body = response.into_string().unwrap_or_default();
+            eprintln!("graygate rollout {action}: {status}: {}", body.trim());
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => anyhow::bail!("cannot reach the admin API at {base}: {e}"),
+    };
+    let mut value: serde_json::Value = answer.into_json()?;
+    if action == "status" {
+        if let (Some(name), Some(all)) = (name, value["rollouts"].as_array()) {
+            let one = all.iter().find(|r| r["name"] == name).cloned();
+            match one {
+                Some(one) => value = serde_json::json!({ "rollouts": [one] }),
+                None => {
+                    eprintln!("graygate rollout status: no rollout named \"{name}\"");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+    } else {
+        value = serde_json::json!({ "rollouts": [value] });
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in value["rollouts"].as_array().into_iter().flatten() {
+        println!(
+            "{}: {} at step {}/{} ({}% on {}, baseline {}), since {}",
+            r["name"].as_str().unwrap_or("?"),
+            r["state"].as_str().unwrap_or("?"),
+            r["step"],
+            r["steps"].as_array().map_or(0, Vec::len),
+            r["weight"],
+            r["version"].as_str().unwrap_or("?"),
+            r["baseline"].as_str().unwrap_or("?"),
+            r["since"].as_str().unwrap_or("?"),
+        );
+        if let Some(check) = r["last_checks"].as_array().and_then(|c| c.last()) {
+            let verdict = &check["verdict"];
+            println!(
+                "  last check: {} ({}); version {} requests, {:.2}% 5xx; baseline {} requests, {:.2}% 5xx",
+                verdict["result"].as_str().unwrap_or("?"),
+                verdict["why"].as_str().unwrap_or(""),
+                verdict["version"]["requests"],
+                verdict["version"]["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+                verdict["baseline"]["requests"],
+                verdict["baseline"]["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_diagnostics(diags: &Diagnostics) {
@@ -188,6 +294,13 @@ fn main() -> anyhow::Result<ExitCode> {
             app.server(RunOptions { daemon, upgrade }).run_forever();
         }
         Command::Check { conf } => Ok(check(&conf)),
+        Command::Rollout {
+            action,
+            name,
+            admin,
+            conf,
+            json,
+        } => rollout_command(&action, name.as_deref(), admin, &conf, json),
         Command::Explain {
             conf,
             uid,
@@ -203,6 +316,10 @@ fn main() -> anyhow::Result<ExitCode> {
             let config = Config::load(&conf).map_err(|d| anyhow::anyhow!("{d}"))?;
             let store = SnapshotStore::load(&config.rules, Listeners::of(&config.listeners))
                 .map_err(|d| anyhow::anyhow!("{d}"))?;
+            // Where the rollouts stand, as the running graygate last saved it (read only).
+            let saved =
+                graygate::rollout::saved_positions(&config.state_dir, &store.current().rules);
+            store.update_runtime(|state| state.rollouts = saved);
             let headers = header
                 .iter()
                 .map(|h| {

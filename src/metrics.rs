@@ -70,6 +70,12 @@ pub struct Metrics {
     /// `graygate_connections_total{listener,result}`: accepted connections, and those closed
     /// before HTTP (`proxy_protocol_error`, `proxy_protocol_timeout`).
     pub connections: IntCounterVec,
+    /// `graygate_rollout_weight{rollout}`: percent of the rollout rule's traffic on its version.
+    pub rollout_weight: IntGaugeVec,
+    /// `graygate_rollout_state{rollout,state}`: 1 for the rollout's current state.
+    pub rollout_state: IntGaugeVec,
+    /// `graygate_rollout_checks_total{rollout,result}`: pass, fail, inconclusive.
+    pub rollout_checks: IntCounterVec,
 }
 
 impl Metrics {
@@ -144,6 +150,11 @@ impl Metrics {
             "Connections accepted, per listener and result (ok, proxy_protocol_error, proxy_protocol_timeout).",
             &["listener", "result"],
         );
+        let rollout_checks = counter(
+            "graygate_rollout_checks_total",
+            "Rollout checks, per rollout and result (pass, fail, inconclusive).",
+            &["rollout", "result"],
+        );
         let rules_reloads = counter(
             "graygate_rules_reload_total",
             "Rules reloads, per result.",
@@ -193,6 +204,24 @@ impl Metrics {
         registry
             .register(Box::new(tls_certificate_expiry.clone()))
             .expect("unique metric name");
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g =
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric name");
+            g
+        };
+        let rollout_weight = gauge(
+            "graygate_rollout_weight",
+            "Percent of the rollout rule's traffic on the rollout's version.",
+            &["rollout"],
+        );
+        let rollout_state = gauge(
+            "graygate_rollout_state",
+            "1 for the rollout's current state (progressing, paused, completed, rolled_back).",
+            &["rollout", "state"],
+        );
         for result in ["ok", "error"] {
             rules_reloads.with_label_values(&[result]);
         }
@@ -220,6 +249,9 @@ impl Metrics {
             tls_handshakes,
             tls_sni_unmatched,
             connections,
+            rollout_weight,
+            rollout_state,
+            rollout_checks,
         }
     }
 

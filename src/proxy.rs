@@ -113,6 +113,8 @@ pub struct Route {
     pub decision: Decision,
     /// The version whose group serves now (the decided one, or the default after a fallback).
     pub serving: VersionId,
+    /// The baseline serving instead of the decided version, which is withdrawn.
+    pub withdrawn_to: Option<VersionId>,
     /// Consistent-hashing key (see `upstream::balance_key`).
     pub balance_key: [u8; 8],
     /// Peers that refused a connection for this request.
@@ -282,6 +284,23 @@ impl Gateway {
         }
     }
 
+    /// The baseline that serves the decided version's users when that version is withdrawn
+    /// (its rollout rolled back); internal users keep the version.
+    async fn withdrawn_to(
+        &self,
+        snapshot: &Snapshot,
+        decision: &Decision,
+        facts: &mut Facts<'_>,
+    ) -> Option<VersionId> {
+        let baseline = snapshot.runtime.withdrawn_to(decision.version)?;
+        if facts.internal_unresolved {
+            self.lookups
+                .resolve(&snapshot.rules, facts, Missing::Internal)
+                .await;
+        }
+        (!facts.internal).then_some(baseline)
+    }
+
     /// Moves `route` to the group that serves it now, counting and logging a fallback.
     fn note_serving(&self, snapshot: &Snapshot, route: &mut Route, serving: upstream::Serving) {
         let to = serving.group.version;
@@ -371,7 +390,9 @@ impl ProxyHttp for Gateway {
         facts.channel =
             self.channel_key
                 .channel_of(rules, view.cookie(&rules.channels.cookie), uid);
-        let decision = self.lookups.decide(rules, &mut facts).await;
+        facts.rollouts = &snapshot.runtime.rollouts;
+        let mut decision = self.lookups.decide(rules, &mut facts).await;
+        let withdrawn_to = self.withdrawn_to(&snapshot, &decision, &mut facts).await;
         match target {
             Target::Service(service) => {
                 let uid = facts.uid.as_ref().map(|u| &*u.text);
@@ -379,6 +400,7 @@ impl ProxyHttp for Gateway {
                     service,
                     decision,
                     serving: decision.version,
+                    withdrawn_to,
                     balance_key: balance_key(uid, client_ip),
                     failed_peers: Vec::new(),
                     peer: None,
@@ -395,6 +417,10 @@ impl ProxyHttp for Gateway {
                     self.lookups
                         .resolve(rules, &mut facts, Missing::Internal)
                         .await;
+                }
+                // A page (the address API among them) names the version that serves.
+                if let Some(baseline) = withdrawn_to {
+                    decision.version = baseline;
                 }
                 let uid = facts.uid.as_ref().map(|u| &*u.text);
                 let visitor = Visitor {
@@ -424,17 +450,20 @@ impl ProxyHttp for Gateway {
         };
         let service = &snapshot.services.services[route.service];
         let serving = service.serving_group(
-            route.decision.version,
+            route.withdrawn_to.unwrap_or(route.decision.version),
             snapshot.rules.default,
             &route.balance_key,
             &route.failed_peers,
         );
-        let Some(serving) = serving else {
+        let Some(mut serving) = serving else {
             return Error::e_explain(
                 ErrorType::HTTPStatus(503),
                 format!("service {}: no group serves it", service.name),
             );
         };
+        if route.withdrawn_to.is_some() && serving.fallback.is_none() {
+            serving.fallback = Some(upstream::FallbackReason::Withdrawn);
+        }
         self.note_serving(&snapshot, route, serving);
         let Some(addr) = serving.peer else {
             // Peers that answered with a TLS handshake that failed are there but wrong (a
@@ -601,14 +630,21 @@ impl ProxyHttp for Gateway {
                         self.metrics.record_goal(&goal.name, decided, converted);
                     }
                 }
+                let goals = &snapshot.stats.goals;
+                let (attempts, conversions) = (
+                    goals.translate(route.goal_attempts),
+                    goals.translate(conversions),
+                );
                 if let Some(cell) = snapshot.stats.cell(route.service, route.serving) {
-                    let goals = &snapshot.stats.goals;
-                    cell.record(
-                        status,
-                        elapsed,
-                        goals.translate(route.goal_attempts),
-                        goals.translate(conversions),
-                    );
+                    cell.record(status, elapsed, attempts, conversions);
+                }
+                // A rollout's rule: its arm, by the decided version (what its checks judge).
+                let arm = route
+                    .decision
+                    .rule
+                    .and_then(|rule| snapshot.stats.rollout_arm(rule, route.decision.version));
+                if let Some(cell) = arm {
+                    cell.record(status, elapsed, attempts, conversions);
                 }
                 Answered {
                     service: &snapshot.services.services[route.service].name,

@@ -22,6 +22,7 @@ use crate::facts::client::TrustedProxies;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadTriggers, Reloader};
+use crate::rollout::{RolloutTicker, Rollouts};
 use crate::rules::model::Listeners;
 use crate::state::SnapshotStore;
 use crate::stats::StatsTicker;
@@ -55,6 +56,8 @@ pub struct App {
     pub channel_key: ChannelKey,
     /// The TLS endpoint of each listener (`None` for plain ones), in the config's order.
     pub tls: tls::ListenerEndpoints,
+    /// The rollouts' records and their checks.
+    pub rollouts: Arc<Rollouts>,
     /// The Redis store, when configured, for its background connection service.
     redis: Option<Arc<RedisStore>>,
 }
@@ -69,6 +72,12 @@ impl App {
         )?);
         let metrics = Arc::new(Metrics::new());
         store.current().prepare_metrics(&metrics);
+        // Before serving: the saved steps apply to the first request.
+        let rollouts = Arc::new(Rollouts::open(
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            &config.state_dir,
+        ));
         let admin_token = std::env::var(&config.admin.token_env)
             .ok()
             .filter(|t| !t.is_empty());
@@ -104,6 +113,7 @@ impl App {
             lookups,
             channel_key,
             tls,
+            rollouts,
             redis,
         })
     }
@@ -179,6 +189,7 @@ impl App {
             Arc::clone(&reloader),
             Arc::clone(&self.lookups),
             self.channel_key.clone(),
+            Arc::clone(&self.rollouts),
             token,
             &self.config.admin.token_env,
         );
@@ -205,6 +216,10 @@ impl App {
             StatsTicker::new(Arc::clone(self.store.stats())),
         ));
         server.add_service(triggers);
+        server.add_service(background_service(
+            "graygate rollouts",
+            RolloutTicker::new(Arc::clone(&self.rollouts)),
+        ));
         if let Some(redis) = &self.redis {
             server.add_service(background_service(
                 "graygate redis",

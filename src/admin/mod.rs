@@ -11,6 +11,10 @@
 //! - `GET /-/explain?uid=&host=&path=&ip=&cookie=&method=`: the decision trace as JSON.
 //! - `GET /-/stats?window=1m`: windowed per-service, per-version figures (requests, 5xx rate,
 //!   p50/p90/p99, goal conversions) from `stats`, the read side a rollout check uses.
+//! - `GET /-/rollouts`: each rollout's state, step, weight, since and last checks;
+//!   `GET /-/rollouts/NAME/events`: its last 100 transitions;
+//!   `POST /-/rollouts/NAME/{pause,resume,promote,rollback,retry}`: an operator's action (200
+//!   with the rollout after it, 404 for an unknown rollout, 409 when its state forbids it).
 //! - `GET|PUT|DELETE /-/assignments/{uid}`: the uid's stored version (Redis when configured,
 //!   else the embedded store); `PUT` takes the version name, bare or as `{"version": ...}`.
 
@@ -31,6 +35,7 @@ use crate::edge::tls::CertificatesReloaded;
 use crate::explain::{explain_request, RequestDescription};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
+use crate::rollout::{Action, Rollouts};
 use crate::state::{Reloaded, Snapshot};
 use crate::store::Lookups;
 use crate::web::{form_field, form_pairs, read_body, Reply};
@@ -47,6 +52,7 @@ pub struct AdminApp {
     reloader: Arc<Reloader>,
     lookups: Arc<Lookups>,
     channel_key: ChannelKey,
+    rollouts: Arc<Rollouts>,
     token: Option<String>,
     token_env: String,
 }
@@ -58,6 +64,7 @@ impl AdminApp {
         reloader: Arc<Reloader>,
         lookups: Arc<Lookups>,
         channel_key: ChannelKey,
+        rollouts: Arc<Rollouts>,
         token: Option<String>,
         token_env: &str,
     ) -> Self {
@@ -66,6 +73,7 @@ impl AdminApp {
             reloader,
             lookups,
             channel_key,
+            rollouts,
             token: token.filter(|t| !t.is_empty()),
             token_env: token_env.to_string(),
         }
@@ -95,6 +103,14 @@ impl AdminApp {
                     .with_header(WWW_AUTHENTICATE, "Bearer"),
             )
         }
+    }
+}
+
+/// A rollout endpoint's answer: its JSON, or the refusal's status and message.
+fn rollout_reply(result: Result<serde_json::Value, crate::rollout::Refused>) -> Reply {
+    match result {
+        Ok(value) => Reply::json(200, &value),
+        Err(refused) => Reply::error(refused.status, &refused.message),
     }
 }
 
@@ -337,6 +353,17 @@ impl AdminApp {
             Endpoint::Explain => self.explain(query.as_deref()).await,
             Endpoint::Stats => self.stats(query.as_deref()),
             Endpoint::Assignment(uid) => self.assignment(session, &uid).await,
+            Endpoint::Rollouts => Reply::json(200, &self.rollouts.status()),
+            Endpoint::RolloutEvents(name) => rollout_reply(self.rollouts.events(&name)),
+            Endpoint::RolloutAction(name, action) => {
+                // Off the admin thread's runtime: an action saves the state file.
+                let rollouts = Arc::clone(&self.rollouts);
+                let done = tokio::task::spawn_blocking(move || rollouts.act(&name, action)).await;
+                match done {
+                    Ok(result) => rollout_reply(result),
+                    Err(e) => Reply::error(500, &format!("the action did not complete: {e}")),
+                }
+            }
             Endpoint::WrongMethod | Endpoint::Metrics | Endpoint::Healthz | Endpoint::NotFound => {
                 method_not_allowed()
             }
@@ -354,6 +381,12 @@ enum Endpoint {
     Stats,
     /// `/-/assignments/{uid}`, any method (the handler answers 405 for the others).
     Assignment(String),
+    /// `GET /-/rollouts`.
+    Rollouts,
+    /// `GET /-/rollouts/NAME/events`.
+    RolloutEvents(String),
+    /// `POST /-/rollouts/NAME/ACTION`.
+    RolloutAction(String, Action),
     /// A protected endpoint asked with a method it does not answer.
     WrongMethod,
     NotFound,
@@ -365,6 +398,18 @@ impl Endpoint {
             let uid = percent_encoding::percent_decode_str(uid).decode_utf8_lossy();
             return Endpoint::Assignment(uid.into_owned());
         }
+        if let Some(rest) = path.strip_prefix("/-/rollouts/") {
+            let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            let name = percent_encoding::percent_decode_str(name)
+                .decode_utf8_lossy()
+                .into_owned();
+            return match (method, tail, Action::parse(tail)) {
+                ("GET", "events", _) => Endpoint::RolloutEvents(name),
+                ("POST", _, Some(action)) => Endpoint::RolloutAction(name, action),
+                (_, "events", _) | (_, _, Some(_)) => Endpoint::WrongMethod,
+                _ => Endpoint::NotFound,
+            };
+        }
         match (method, path) {
             ("GET", "/metrics") => Endpoint::Metrics,
             ("GET", "/-/healthz") => Endpoint::Healthz,
@@ -372,7 +417,10 @@ impl Endpoint {
             ("POST", "/-/reload") => Endpoint::Reload,
             ("GET", "/-/explain") => Endpoint::Explain,
             ("GET", "/-/stats") => Endpoint::Stats,
-            (_, "/-/rules" | "/-/reload" | "/-/explain" | "/-/stats") => Endpoint::WrongMethod,
+            ("GET", "/-/rollouts") => Endpoint::Rollouts,
+            (_, "/-/rules" | "/-/reload" | "/-/explain" | "/-/stats" | "/-/rollouts") => {
+                Endpoint::WrongMethod
+            }
             _ => Endpoint::NotFound,
         }
     }

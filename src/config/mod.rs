@@ -40,7 +40,12 @@ pub struct Config {
     /// `trusted_proxies:`: peers that may say who the client is (PROXY header,
     /// `X-Forwarded-For`); empty trusts nobody.
     pub trusted_proxies: Vec<IpNet>,
+    /// `state.dir`: where runtime state that must survive a restart is written (rollouts).
+    pub state_dir: PathBuf,
 }
+
+/// `state.dir` when the config says nothing.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/graygate";
 
 /// Validated `redis:` settings.
 #[derive(Debug, Clone)]
@@ -226,6 +231,14 @@ struct RawConf {
     access_log: AccessLogFormat,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    #[serde(default)]
+    state: RawState,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -477,6 +490,7 @@ impl Config {
             server,
             access_log,
             trusted_proxies: raw_trusted,
+            state,
         } = raw;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| -> PathBuf {
@@ -644,6 +658,10 @@ impl Config {
             },
             access_log,
             trusted_proxies,
+            state_dir: state
+                .dir
+                .map(|p| resolve(&p))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
         }
     }
 }

@@ -8,7 +8,7 @@
 //! rebuilds it from the same files (shared, not recompiled) and the new state.
 //!
 //! The snapshot also holds the generation's [`StatsCells`]: the windowed-figure cells of each
-//! service's groups, resolved by name once per generation, so that the proxy's `logging`
+//! service's groups and of each rollout rule's two arms, resolved by name once per generation, so that the proxy's `logging`
 //! records a request with a few atomic adds and no lookup.
 //!
 //! A request loads the snapshot once (in `new_ctx`) and uses it to the end, whatever reloads
@@ -59,8 +59,19 @@ pub struct Snapshot {
 pub struct StatsCells {
     /// `cells[service][version]`: the cell of the service's group for that version.
     cells: Vec<Vec<Option<Arc<Cell>>>>,
+    /// `arms[rule]`: for a rollout's rule, the cells of its two arms (the rollout's version,
+    /// then its baseline), counting only the requests that rule decided.
+    arms: Vec<Option<Box<RolloutArms>>>,
     /// The generation's goals mapped to stats goal slots.
     pub goals: GoalMap,
+}
+
+/// The two arm cells of a rollout's rule.
+#[derive(Debug, Clone)]
+struct RolloutArms {
+    /// The rollout's version (`cells[0]`); every other decision is the baseline (`cells[1]`).
+    version: VersionId,
+    cells: [Arc<Cell>; 2],
 }
 
 impl StatsCells {
@@ -77,10 +88,27 @@ impl StatsCells {
                 row
             })
             .collect();
+        let mut arms: Vec<Option<Box<RolloutArms>>> = vec![None; rules.rules.len()];
+        for rollout in &rules.rollouts {
+            let scope = Scope::Rule(Arc::clone(&rules.rules[rollout.rule].name));
+            let cell = |v: VersionId| stats.cell(&scope, &rules.version(v).name);
+            arms[rollout.rule] = Some(Box::new(RolloutArms {
+                version: rollout.version,
+                cells: [cell(rollout.version), cell(rollout.baseline)],
+            }));
+        }
         StatsCells {
             cells,
+            arms,
             goals: stats.goal_map(rules.goals.iter().map(|g| &*g.name)),
         }
+    }
+
+    /// The cell counting the requests rule `rule` decided for `version`, when the rule is a
+    /// rollout's (whose two arms are counted apart from the services' figures).
+    pub fn rollout_arm(&self, rule: usize, version: VersionId) -> Option<&Cell> {
+        let arms = self.arms.get(rule)?.as_deref()?;
+        Some(&arms.cells[usize::from(version != arms.version)])
     }
 
     /// The cell counting `service`'s requests served by `version`'s group.

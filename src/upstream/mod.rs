@@ -39,6 +39,8 @@ pub enum FallbackReason {
     Unhealthy,
     /// Connecting to the decided group failed on every healthy peer tried.
     Connect,
+    /// The decided version is withdrawn (its rollout rolled back): its baseline serves.
+    Withdrawn,
 }
 
 impl FallbackReason {
@@ -48,6 +50,7 @@ impl FallbackReason {
             FallbackReason::NoGroup => "no_group",
             FallbackReason::Unhealthy => "unhealthy",
             FallbackReason::Connect => "connect",
+            FallbackReason::Withdrawn => "withdrawn",
         }
     }
 }

@@ -72,7 +72,8 @@ impl Graygate {
     }
 
     /// Like [`Graygate::start`], with `token` guarding the admin API and `extra_conf`
-    /// appended to `conf/graygate.yaml` (for example a `redis:` section).
+    /// appended to `conf/graygate.yaml` (for example a `redis:` section; a `state:` section
+    /// there replaces the temporary state directory).
     pub fn start_with(rules: &str, token: Option<&str>, extra_conf: &str) -> Graygate {
         let (graygate, _) = Self::start_listeners(
             rules,
@@ -126,8 +127,14 @@ impl Graygate {
             .collect();
         let (proxies, admin) = (&addrs[..count], addrs[count]);
         let proxy = proxies[0];
+        // Rollout state in the temporary directory, unless the test names its own.
+        let state = if extra_conf.contains("state:") {
+            ""
+        } else {
+            "state: { dir: state }\n"
+        };
         let conf = format!(
-            "{}admin: {{ listen: \"{admin}\" }}\nrules: rules\nserver:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n  pid_file: graygate.pid\n  upgrade_sock: upgrade.sock\n",
+            "{}{state}admin: {{ listen: \"{admin}\" }}\nrules: rules\nserver:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n  pid_file: graygate.pid\n  upgrade_sock: upgrade.sock\n",
             listeners_conf(proxies)
         );
         let conf_path: PathBuf = dir.path().join("graygate.yaml");

@@ -1,0 +1,465 @@
+//! Rollouts (SPEC section 12): weight steps moved by graygate itself, each step judged against
+//! the baseline on graygate's own per-arm figures, a rollback that withdraws the version.
+//!
+//! ```text
+//! proxy `logging` ─► the rollout rule's arm cells (stats, Scope::Rule)
+//!                              │ every `interval`, per progressing rollout
+//! RolloutTicker ─► Rollouts::tick ─► verdict::judge(version arm, baseline arm) ─► Record::check
+//!                              │ a transition (or an operator's action through the admin API)
+//!                              ├─► SnapshotStore::update_runtime (weights, withdrawn) ─► requests
+//!                              ├─► metrics, one JSON line on target `graygate::rollout`
+//!                              └─► state.dir/rollouts.json (atomic; retried while it fails)
+//! ```
+//!
+//! - **One owner**: [`Rollouts`] holds every [`Record`] under one mutex, taken by the ticker
+//!   (4 times a second) and by operators, never by a request: requests read the weights from the
+//!   snapshot's runtime state, published after every change.
+//! - **Reconciling with the rules**: on each tick (and before each action) the records follow
+//!   the rules generation serving: a new rollout starts at step 1; one whose `version` or `steps`
+//!   changed (its fingerprint) starts again; one edited otherwise keeps its step; one removed is
+//!   dropped.
+//! - **Surviving restarts**: the records are saved after every check and transition and at
+//!   shutdown, with the time the current step has run, so a restart resumes the step where it
+//!   was. An unreadable or foreign-format file is logged and every rollout starts paused at step
+//!   1 (never at 100%). A write that fails is logged and retried on the next tick; serving goes on.
+
+pub mod machine;
+pub mod persist;
+pub mod verdict;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::{json, Value};
+
+use crate::metrics::Metrics;
+use crate::rules::model::{Phase, Rollout, RuleSet};
+use crate::state::SnapshotStore;
+use crate::stats::{Clock, MonotonicClock, Scope};
+use crate::throttle::LogThrottle;
+pub use machine::{Action, Event, Record};
+use persist::{Loaded, StateDir};
+use verdict::{judge, ArmFigures};
+
+/// The log target of transitions.
+pub const LOG_TARGET: &str = "graygate::rollout";
+
+/// How often the ticker looks for due checks (checks run every `interval`, at least 1 s).
+const TICK: Duration = Duration::from_millis(250);
+
+/// Why an operator's request was refused: the HTTP status and the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// 404 (no such rollout) or 409 (the state does not allow the action).
+    pub status: u16,
+    /// In words.
+    pub message: String,
+}
+
+/// Every rollout's record, the clock that moves them, and where they are saved.
+pub struct Rollouts {
+    store: Arc<SnapshotStore>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    dir: StateDir,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    records: BTreeMap<String, Record>,
+    /// Records read at start, taken up as their rollouts are reconciled.
+    stored: BTreeMap<String, machine::Stored>,
+    /// The state file was unreadable at start: rollouts without a record start paused.
+    start_paused: bool,
+    /// The rules last reconciled with.
+    rules: Option<Arc<RuleSet>>,
+    /// The saved file is behind the records.
+    dirty: bool,
+    save_errors: LogThrottle,
+}
+
+impl Rollouts {
+    /// Reads the records saved in `state_dir`, reconciles them with the rules serving, and
+    /// publishes where each rollout stands (call before serving).
+    pub fn open(
+        store: Arc<SnapshotStore>,
+        metrics: Arc<Metrics>,
+        state_dir: &std::path::Path,
+    ) -> Rollouts {
+        Rollouts::with_clock(store, metrics, state_dir, Arc::new(MonotonicClock))
+    }
+
+    /// As [`Rollouts::open`] with another clock (a manual one in tests).
+    pub fn with_clock(
+        store: Arc<SnapshotStore>,
+        metrics: Arc<Metrics>,
+        state_dir: &std::path::Path,
+        clock: Arc<dyn Clock>,
+    ) -> Rollouts {
+        let dir = StateDir::new(state_dir);
+        let (stored, start_paused) = match dir.load() {
+            Loaded::Missing => (BTreeMap::new(), false),
+            Loaded::Records(records) => (records, false),
+            Loaded::Unreadable(why) => {
+                log::error!(
+                    target: LOG_TARGET,
+                    "rollout state unreadable ({why}): every rollout starts again paused at step 1"
+                );
+                (BTreeMap::new(), true)
+            }
+        };
+        let rollouts = Rollouts {
+            store,
+            metrics,
+            clock,
+            dir,
+            inner: Mutex::new(Inner {
+                records: BTreeMap::new(),
+                stored,
+                start_paused,
+                rules: None,
+                dirty: false,
+                save_errors: LogThrottle::new(Duration::from_secs(30)),
+            }),
+        };
+        let now = rollouts.clock.now();
+        let mut inner = rollouts.lock();
+        let rules = Arc::clone(&rollouts.store.current().rules);
+        rollouts.reconcile(&mut inner, &rules, now);
+        rollouts.publish(&inner, &rules);
+        rollouts.save(&mut inner, now);
+        drop(inner);
+        rollouts
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs the checks that are due, makes their transitions, publishes and saves.
+    pub fn tick(&self) {
+        let now = self.clock.now();
+        let rules = Arc::clone(&self.store.current().rules);
+        let mut inner = self.lock();
+        let mut changed = self.reconcile(&mut inner, &rules, now);
+        for rollout in &rules.rollouts {
+            let Some(record) = inner.records.get_mut(&*rollout.name) else {
+                continue;
+            };
+            if record.phase != Phase::Progressing || now < record.next_check {
+                continue;
+            }
+            let verdict = self.judge(&rules, rollout);
+            self.metrics
+                .rollout_checks
+                .with_label_values(&[&rollout.name, verdict.result.as_str()])
+                .inc();
+            if let Some(event) = record.check(rollout, verdict, now) {
+                log_event(rollout, event);
+                changed = true;
+            }
+            inner.dirty = true;
+        }
+        if changed {
+            self.publish(&inner, &rules);
+        }
+        if inner.dirty {
+            self.save(&mut inner, now);
+        }
+    }
+
+    /// Saves the records (at shutdown).
+    pub fn flush(&self) {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        inner.dirty = true;
+        self.save(&mut inner, now);
+    }
+
+    /// Applies an operator's action to the rollout `name`; its status after, or why not.
+    pub fn act(&self, name: &str, action: Action) -> Result<Value, Refused> {
+        let now = self.clock.now();
+        let rules = Arc::clone(&self.store.current().rules);
+        let mut inner = self.lock();
+        self.reconcile(&mut inner, &rules, now);
+        let (Some(rollout), Some(record)) = (
+            rules.rollouts.iter().find(|r| *r.name == *name),
+            inner.records.get_mut(name),
+        ) else {
+            return Err(not_found(name));
+        };
+        match record.act(rollout, action, now) {
+            Ok(event) => log_event(rollout, event),
+            Err(message) => {
+                return Err(Refused {
+                    status: 409,
+                    message,
+                })
+            }
+        }
+        let status = status_of(rollout, record, &rules, now);
+        inner.dirty = true;
+        self.publish(&inner, &rules);
+        self.save(&mut inner, now);
+        Ok(status)
+    }
+
+    /// `GET /-/rollouts`: every rollout's state, step, weight, since, and its last checks.
+    pub fn status(&self) -> Value {
+        let now = self.clock.now();
+        let rules = Arc::clone(&self.store.current().rules);
+        let mut inner = self.lock();
+        if self.reconcile(&mut inner, &rules, now) {
+            self.publish(&inner, &rules);
+        }
+        let rollouts: Vec<Value> = rules
+            .rollouts
+            .iter()
+            .filter_map(|rollout| {
+                let record = inner.records.get(&*rollout.name)?;
+                Some(status_of(rollout, record, &rules, now))
+            })
+            .collect();
+        json!({ "rollouts": rollouts })
+    }
+
+    /// `GET /-/rollouts/NAME/events`: the last transitions, oldest first.
+    pub fn events(&self, name: &str) -> Result<Value, Refused> {
+        let inner = self.lock();
+        let record = inner.records.get(name).ok_or_else(|| not_found(name))?;
+        Ok(json!({ "rollout": name, "events": record.events }))
+    }
+
+    /// The rollout's two arms over its window, judged.
+    fn judge(&self, rules: &RuleSet, rollout: &Rollout) -> verdict::Verdict {
+        let analysis = &rollout.analysis;
+        let scope = Scope::Rule(Arc::clone(&rules.rules[rollout.rule].name));
+        let stats = self.store.stats();
+        let arm = |version| {
+            let figures = stats.window(&scope, &rules.version(version).name, analysis.window);
+            ArmFigures::of(figures.as_ref(), analysis)
+        };
+        judge(analysis, arm(rollout.version), arm(rollout.baseline))
+    }
+
+    /// Makes the records follow `rules`; whether any record changed.
+    fn reconcile(&self, inner: &mut Inner, rules: &Arc<RuleSet>, now: Instant) -> bool {
+        if inner
+            .rules
+            .as_ref()
+            .is_some_and(|seen| Arc::ptr_eq(seen, rules))
+        {
+            return false;
+        }
+        inner.rules = Some(Arc::clone(rules));
+        let mut changed = false;
+        let mut records = BTreeMap::new();
+        for rollout in &rules.rollouts {
+            let name = rollout.name.to_string();
+            let previous = inner
+                .records
+                .remove(&name)
+                .map(Ok)
+                .or_else(|| inner.stored.remove(&name).map(Err));
+            let record = match previous {
+                Some(Ok(record)) if record.fingerprint == rollout.fingerprint => record,
+                Some(Err(stored)) if stored.fingerprint == rollout.fingerprint => {
+                    Record::resume(stored, rollout, now)
+                }
+                Some(_) => {
+                    changed = true;
+                    let record = Record::start(
+                        rollout,
+                        Phase::Progressing,
+                        "its version or steps changed: starts again",
+                        now,
+                    );
+                    log_event(rollout, record.events.back().expect("a start event"));
+                    record
+                }
+                None => {
+                    changed = true;
+                    let (phase, reason) = if inner.start_paused {
+                        (
+                            Phase::Paused,
+                            "the saved state was unreadable: starts paused",
+                        )
+                    } else {
+                        (Phase::Progressing, "new rollout")
+                    };
+                    let record = Record::start(rollout, phase, reason, now);
+                    log_event(rollout, record.events.back().expect("a start event"));
+                    record
+                }
+            };
+            records.insert(name, record);
+        }
+        changed |= !inner.records.is_empty();
+        for name in inner.records.keys() {
+            log::info!(target: LOG_TARGET, "rollout {name} is no longer in the rules: its state is dropped");
+        }
+        inner.records = records;
+        if changed {
+            inner.dirty = true;
+        }
+        // Rollouts never seen before stay unpaused from now on.
+        inner.start_paused = false;
+        changed
+    }
+
+    /// Hands where each rollout stands to the requests, and to the gauges.
+    fn publish(&self, inner: &Inner, rules: &RuleSet) {
+        let mut positions = BTreeMap::new();
+        for rollout in &rules.rollouts {
+            let Some(record) = inner.records.get(&*rollout.name) else {
+                continue;
+            };
+            let now = record.now(rollout);
+            self.metrics
+                .rollout_weight
+                .with_label_values(&[&rollout.name])
+                .set(i64::from(now.weight));
+            for phase in Phase::ALL {
+                self.metrics
+                    .rollout_state
+                    .with_label_values(&[&rollout.name, phase.as_str()])
+                    .set(i64::from(phase == now.phase));
+            }
+            for result in ["pass", "fail", "inconclusive"] {
+                self.metrics
+                    .rollout_checks
+                    .with_label_values(&[&rollout.name, result]);
+            }
+            positions.insert(rollout.name.to_string(), now);
+        }
+        self.store
+            .update_runtime(move |state| state.rollouts = positions);
+    }
+
+    fn save(&self, inner: &mut Inner, now: Instant) {
+        let stored = inner
+            .records
+            .iter()
+            .map(|(name, record)| (name.clone(), record.stored(now)))
+            .collect();
+        match self.dir.save(stored) {
+            Ok(()) => inner.dirty = false,
+            Err(e) => {
+                if let Some(held_back) = inner.save_errors.admit() {
+                    log::error!(
+                        target: LOG_TARGET,
+                        "cannot save the rollout state to {}: {e}; serving goes on, retrying ({held_back} similar failure(s) not logged)",
+                        self.dir.file().display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Where each rollout stands as saved in `state_dir`, read without writing (for `graygate
+/// explain`); a rollout without a usable record is left out (it would stand at its start).
+pub fn saved_positions(
+    state_dir: &std::path::Path,
+    rules: &RuleSet,
+) -> BTreeMap<String, crate::rules::model::RolloutNow> {
+    let Loaded::Records(stored) = StateDir::new(state_dir).load() else {
+        return BTreeMap::new();
+    };
+    let now = Instant::now();
+    rules
+        .rollouts
+        .iter()
+        .filter_map(|rollout| {
+            let record = stored.get(&*rollout.name)?;
+            (record.fingerprint == rollout.fingerprint).then(|| {
+                let record = Record::resume(record.clone(), rollout, now);
+                (rollout.name.to_string(), record.now(rollout))
+            })
+        })
+        .collect()
+}
+
+fn not_found(name: &str) -> Refused {
+    Refused {
+        status: 404,
+        message: format!("no rollout named \"{name}\" in the rules serving"),
+    }
+}
+
+/// One rollout's entry in `GET /-/rollouts`.
+fn status_of(rollout: &Rollout, record: &Record, rules: &RuleSet, now: Instant) -> Value {
+    let position = record.now(rollout);
+    json!({
+        "name": &*rollout.name,
+        "rule": &*rules.rules[rollout.rule].name,
+        "version": &*rules.version(rollout.version).name,
+        "baseline": &*rules.version(rollout.baseline).name,
+        "state": position.phase.as_str(),
+        "step": record.step + 1,
+        "steps": rollout.steps,
+        "weight": position.weight,
+        "since": rfc3339(record.since_unix_ms),
+        "since_unix_ms": record.since_unix_ms,
+        "step_elapsed_seconds": record.step_elapsed(now).as_secs_f64(),
+        "step_duration_seconds": rollout.step_duration.as_secs_f64(),
+        "consecutive_failures": record.failures,
+        "failure_limit": rollout.analysis.failure_limit,
+        "last_checks": record.checks,
+    })
+}
+
+fn rfc3339(unix_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// One JSON line per transition, with the figures of the check behind it.
+fn log_event(rollout: &Rollout, event: &Event) {
+    let line = json!({
+        "rollout": &*rollout.name,
+        "from": event.from.as_str(),
+        "to": event.to.as_str(),
+        "from_step": event.from_step,
+        "to_step": event.to_step,
+        "weight": event.weight,
+        "reason": event.reason,
+        "check": event.check,
+    });
+    log::info!(target: LOG_TARGET, "{line}");
+}
+
+/// Runs [`Rollouts::tick`] four times a second until shutdown, then saves.
+pub struct RolloutTicker {
+    rollouts: Arc<Rollouts>,
+}
+
+impl RolloutTicker {
+    /// Ticks `rollouts`.
+    pub fn new(rollouts: Arc<Rollouts>) -> RolloutTicker {
+        RolloutTicker { rollouts }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for RolloutTicker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut interval = tokio::time::interval(TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = interval.tick() => {
+                    let rollouts = Arc::clone(&self.rollouts);
+                    // Checks read the stats and write a file: off the runtime's workers.
+                    let _ = tokio::task::spawn_blocking(move || rollouts.tick()).await;
+                }
+            }
+        }
+        self.rollouts.flush();
+    }
+}
