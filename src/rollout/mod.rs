@@ -463,3 +463,73 @@ impl BackgroundService for RolloutTicker {
         self.rollouts.flush();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::rules::model::Listeners;
+    use crate::stats::ManualClock;
+
+    const RULES: &str = "versions: { stable: {}, canary: {} }\ndefault: stable\n\
+        services:\n  web:\n    hosts: [\"*\"]\n    groups:\n      stable: { peers: [\"127.0.0.1:1\"] }\n      canary: { peers: [\"127.0.0.1:2\"] }\n\
+        rollouts:\n  ramp: { version: canary, steps: [10, 50], step_duration: 1m, analysis: { interval: 1s, window: 10s, min_requests: 50, failure_limit: 2 } }\n\
+        rules:\n  - { name: ramp-rule, rollout: ramp }\n";
+
+    /// Clock-driven ticks over real stats cells, with a state directory that refuses writes
+    /// for a while.
+    #[test]
+    fn failing_checks_withdraw_the_version_and_a_refused_write_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), RULES).unwrap();
+        let store = Arc::new(SnapshotStore::load(dir.path(), Listeners::default()).unwrap());
+        let blocker = dir.path().join("state");
+        let clock = Arc::new(ManualClock::new());
+        let rollouts = Rollouts::with_clock(
+            Arc::clone(&store),
+            Arc::new(Metrics::new()),
+            &blocker,
+            clock.clone(),
+        );
+        // Saved at open; then a file takes the directory's place and every write fails.
+        assert!(blocker.join("rollouts.json").exists());
+        std::fs::remove_dir_all(&blocker).unwrap();
+        std::fs::write(&blocker, "a file where the directory should be").unwrap();
+        let snapshot = store.current();
+        let canary = snapshot.rules.version_id("canary").unwrap();
+        let stable = snapshot.rules.version_id("stable").unwrap();
+        assert_eq!(snapshot.runtime.rollouts[0].weight, 10, "published at open");
+        let arm = |v| snapshot.stats.rollout_arm(0, v).expect("the rule's arms");
+        for _ in 0..100 {
+            arm(stable).record(200, Duration::from_millis(2), 0, 0);
+            arm(canary).record(503, Duration::from_millis(2), 0, 0);
+        }
+        // Not due before the interval.
+        rollouts.tick();
+        assert_eq!(rollouts.status()["rollouts"][0]["last_checks"], json!([]));
+        clock.advance(Duration::from_secs(1));
+        rollouts.tick();
+        let status = rollouts.status();
+        assert_eq!(status["rollouts"][0]["consecutive_failures"], 1, "{status}");
+        clock.advance(Duration::from_secs(1));
+        rollouts.tick();
+        let current = store.current();
+        assert_eq!(current.runtime.withdrawn_to(canary), Some(stable));
+        assert_eq!(current.runtime.rollouts[0].weight, 0);
+        assert!(!blocker.join("rollouts.json").exists());
+        // The disk accepts writes again: the next tick saves.
+        std::fs::remove_file(&blocker).unwrap();
+        rollouts.tick();
+        let saved = std::fs::read_to_string(blocker.join("rollouts.json")).unwrap();
+        assert!(saved.contains("\"rolled_back\""), "{saved}");
+        // An operator's retry starts again and lifts the withdrawal.
+        rollouts.act("ramp", Action::Retry).unwrap();
+        assert_eq!(store.current().runtime.withdrawn_to(canary), None);
+        assert_eq!(
+            rollouts.act("ramp", Action::Resume).unwrap_err().status,
+            409
+        );
+        assert_eq!(rollouts.act("nope", Action::Pause).unwrap_err().status, 404);
+    }
+}

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The request-path cost of counting for a rollout: throughput through graygate with a
+# `rollout:` rule against the same traffic through a plain `split:` rule at the same weight,
+# side by side in one run (interleaved runs, medians and best runs). Target: the rollout rule
+# costs under 2% (ratio at least 0.98).
+#
+#   bench/rollout.sh            # or: make bench
+#   DURATION=5 REPS=5 bench/rollout.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DURATION=${DURATION:-5}
+REPS=${REPS:-5}
+CONNECTIONS=${CONNECTIONS:-32}
+UIDS=10000
+
+bash scripts/install-deps.sh bench
+cargo build --release --locked --quiet
+bin=target/release/graygate
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# shellcheck source=bench/lib.sh
+source bench/lib.sh   # the scripts run from the repository root
+
+backend=$(free_port); split_port=$(free_port); rollout_port=$(free_port)
+prio=()
+start_backend "$backend"
+
+start_graygate() { # $1 name, $2 port, $3 the deciding rule and any rollouts section
+    mkdir -p "$work/$1/rules"
+    cat > "$work/$1/rules/rules.yaml" <<RULES
+versions: { stable: {}, canary: {} }
+default: stable
+identity: { uid: [header:X-User-Id] }
+services:
+  web:
+    hosts: ["*"]
+    groups:
+      stable: { peers: ["127.0.0.1:$backend"] }
+      canary: { peers: ["127.0.0.1:$backend"] }
+$3
+RULES
+    cat > "$work/$1/graygate.yaml" <<CONF
+listen: ["127.0.0.1:$2"]
+admin: { listen: "127.0.0.1:$(free_port)" }
+rules: rules
+state: { dir: state }
+server: { threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: gg.pid, upgrade_sock: gg.sock }
+CONF
+    RUST_LOG=warn taskset -c 0 "$bin" run -c "$work/$1/graygate.yaml" 2>"$work/$1.log" & pids+=($!)
+    wait_port "$2"
+}
+start_graygate split "$split_port" 'rules:
+  - { name: ramp, split: { by: uid, weights: { canary: 20, stable: 80 } } }'
+# min_requests out of reach: the rollout is judged every second but never moves, so both
+# proxies split 20/80 for the whole run.
+start_graygate rollout "$rollout_port" 'rollouts:
+  ramp: { version: canary, steps: [20, 100], step_duration: 1h, analysis: { interval: 1s, window: 10s, min_requests: 100000000 } }
+rules:
+  - { name: ramp, rollout: ramp }'
+
+cat > "$work/uids.lua" <<LUA
+local n = 0
+request = function()
+    n = (n + 1) % $UIDS
+    return wrk.format("GET", "/", { ["X-User-Id"] = tostring(n) })
+end
+done = function(summary, latency, requests)
+    io.write(string.format("NON2XX %d\n", summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+LUA
+
+run() { # $1 port, $2 seconds -> requests/s
+    local out errors
+    out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$2s" -s "$work/uids.lua" "http://127.0.0.1:$1/")
+    errors=$(awk '/^NON2XX/ {print $2}' <<<"$out")
+    if [[ "$errors" != "0" ]]; then echo "errors during the run on port $1: $errors" >&2; echo "$out" >&2; exit 1; fi
+    awk '/^Requests\/sec/ {print $2}' <<<"$out"
+}
+
+echo "warming up"
+run "$split_port" 2 >/dev/null
+run "$rollout_port" 2 >/dev/null
+
+split=(); rollout=()
+for ((r = 1; r <= REPS; r++)); do
+    split+=("$(run "$split_port" "$DURATION")")
+    rollout+=("$(run "$rollout_port" "$DURATION")")
+    echo "rep $r: split ${split[-1]} req/s, rollout ${rollout[-1]} req/s"
+done
+m_split=$(median "${split[@]}"); m_rollout=$(median "${rollout[@]}")
+best_split=$(printf '%s\n' "${split[@]}" | sort -g | tail -1)
+best_rollout=$(printf '%s\n' "${rollout[@]}" | sort -g | tail -1)
+on_median=$(awk -v a="$m_rollout" -v b="$m_split" 'BEGIN {printf "%.3f", a / b}')
+on_best=$(awk -v a="$best_rollout" -v b="$best_split" 'BEGIN {printf "%.3f", a / b}')
+checks=$(curl -s "http://$(grep -o '127.0.0.1:[0-9]*' "$work/rollout/graygate.yaml" | sed -n 2p)/metrics" | grep '^graygate_rollout_checks_total' || true)
+
+cat <<REPORT
+
+| rule (graygate, 1 worker thread, $UIDS uids, wrk -c$CONNECTIONS, median of $REPS x ${DURATION}s) | requests/s | ratio |
+| --- | --- | --- |
+| \`split\` 20/80 | $m_split | 1.000 |
+| \`rollout\` at 20% (per-arm counting, checks every second) | $m_rollout | $on_median |
+
+best runs: split $best_split, rollout $best_rollout ($on_best)
+rollout checks during the run:
+$checks
+REPORT
+verdicts=(); ok=1
+judge "the rollout rule against the plain split (target at least 0.98x)" "$on_median" "$on_best" "r >= 0.98"
+printf '%s\n' "${verdicts[@]}"
+((ok))
