@@ -639,11 +639,16 @@ impl ProxyHttp for Gateway {
                     cell.record(status, elapsed, attempts, conversions);
                 }
                 // A rollout's rule: its arm, by the decided version (what its checks judge).
+                // A version whose group could not serve (no healthy peer, refused connections:
+                // another group answered) failed the request, whatever the other group said.
                 let arm = route
                     .decision
                     .rule
                     .and_then(|rule| snapshot.stats.rollout_arm(rule, route.decision.version));
                 if let Some(cell) = arm {
+                    let fell_back =
+                        route.withdrawn_to.is_none() && route.serving != route.decision.version;
+                    let status = if fell_back { 502 } else { status };
                     cell.record(status, elapsed, attempts, conversions);
                 }
                 Answered {
