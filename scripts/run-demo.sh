@@ -108,7 +108,9 @@ listeners:
       certificates:
         - { cert: "$TLS_DIR/localhost.crt", key: "$TLS_DIR/localhost.key" }
 YAML
-        grep -v '^listen:' "$CONFIG" | sed "s#^rules: *\([^ ]*\)#rules: $PWD/conf/\1#"
+        # The demo keeps its rollout state beside its logs (the shipped /var/lib/graygate
+        # needs root).
+        grep -v '^listen:' "$CONFIG" | sed "s#^rules: *\([^ ]*\)#rules: $PWD/conf/\1#; s#^  dir: /var/lib/graygate#  dir: $LOG_DIR/state#"
     } >"$demo_config"
     CONFIG="$demo_config"
 fi

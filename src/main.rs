@@ -240,11 +240,12 @@ fn check(conf: &std::path::Path) -> ExitCode {
         (Ok(loaded), Ok(tls_listeners)) => {
             let rules = &loaded.model.rules;
             println!(
-                "graygate check: ok: {} version(s), {} service(s), {} rule(s), {} goal(s) from {} file(s); default version {}; {} TLS listener(s)",
+                "graygate check: ok: {} version(s), {} service(s), {} rule(s), {} goal(s), {} rollout(s) from {} file(s); default version {}; {} TLS listener(s)",
                 rules.versions.len(),
                 loaded.model.services.len(),
                 rules.rules.len(),
                 rules.goals.len(),
+                rules.rollouts.len(),
                 loaded.files.len(),
                 rules.version(rules.default).name,
                 tls_listeners

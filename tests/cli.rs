@@ -22,7 +22,7 @@ fn check_passes_on_the_shipped_configuration() {
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     assert_eq!(
         stdout.trim(),
-        "graygate check: ok: 4 version(s), 2 service(s), 7 rule(s), 1 goal(s) from 2 file(s); default version stable; 0 TLS listener(s)"
+        "graygate check: ok: 4 version(s), 2 service(s), 8 rule(s), 1 goal(s), 1 rollout(s) from 2 file(s); default version stable; 0 TLS listener(s)"
     );
     assert_eq!(stderr, "", "no warnings on the shipped rules");
 }
@@ -44,7 +44,7 @@ fn check_lists_every_error_of_a_broken_configuration() {
         format!("{a}:20: error: rule \"regex\": path_regex \"(\" is invalid: unclosed group"),
         format!("{a}:23: error: rule \"zero\": split weights sum to 0"),
         format!("{a}:24: error: rule \"tail\" is defined twice (first at {a}:16)"),
-        format!("{a}:26: error: rule #5: unknown field `whn`, expected one of `name`, `when`, `version`, `split`"),
+        format!("{a}:26: error: rule #5: unknown field `whn`, expected one of `name`, `when`, `version`, `split`, `rollout`"),
         format!("{a}:31: warning: rule \"late\" is unreachable: rule \"everyone\" above it has no conditions and always decides"),
         format!("{b}:2: error: version \"canary\" is defined twice (first at {a}:3)"),
         format!("{b}:6: error: service \"api\": path_prefix \"api\" must start with /"),
@@ -72,7 +72,7 @@ fn check_reports_a_config_file_error_with_its_line() {
     assert_eq!(code, 1);
     let first = stderr.lines().next().unwrap_or_default();
     assert!(
-        first.ends_with(":3: error: unknown field `threads`, expected one of `listen`, `listeners`, `admin`, `rules`, `redis`, `cookie_secret_env`, `server`, `access_log`, `trusted_proxies`"),
+        first.ends_with(":3: error: unknown field `threads`, expected one of `listen`, `listeners`, `admin`, `rules`, `redis`, `cookie_secret_env`, `server`, `access_log`, `trusted_proxies`, `state`"),
         "{stderr}"
     );
 }
@@ -156,8 +156,9 @@ rules (generation 1):
   3. skipped     assigned                 no usable assignment stored (none, an unknown version, or the store failed)
   4. no match    internal-dev             header x-graygate-channel is absent
   5. DECIDED     tail-30pct               canary
-  6. not reached ab-register
-  7. not reached anonymous-5pct
+  6. not reached ramp-canary
+  7. not reached ab-register
+  8. not reached anonymous-5pct
 decision: canary (rule tail-30pct)
 service: api, group canary: 127.0.0.1:18002
 ";
