@@ -72,12 +72,7 @@ impl App {
         )?);
         let metrics = Arc::new(Metrics::new());
         store.current().prepare_metrics(&metrics);
-        // Before serving: the saved steps apply to the first request.
-        let rollouts = Arc::new(Rollouts::open(
-            Arc::clone(&store),
-            Arc::clone(&metrics),
-            &config.state_dir,
-        ));
+
         let admin_token = std::env::var(&config.admin.token_env)
             .ok()
             .filter(|t| !t.is_empty());
@@ -93,6 +88,14 @@ impl App {
             }
             None => (Arc::new(EmbeddedStore::default()), None),
         };
+        // Before serving: the saved steps apply to the first request.
+        let mirror = redis.clone().map(|r| r as Arc<dyn Store>);
+        let rollouts = Arc::new(Rollouts::open(
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            &config.state_dir,
+            mirror,
+        ));
         let lookups = Arc::new(Lookups::new(store_impl, Arc::clone(&metrics)));
         let channel_key = ChannelKey::from_env(&config.cookie_secret_env);
         let (tls, expiring) = tls::endpoints(&config.listeners, &metrics)?;

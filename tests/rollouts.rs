@@ -498,3 +498,57 @@ fn operators_steer_a_rollout_through_the_api_and_the_cli() {
         "{explained}"
     );
 }
+
+#[test]
+fn with_redis_a_fresh_disk_takes_the_state_up_from_redis() {
+    let redis = support::RedisServer::start();
+    let (stable, canary) = (Backend::start("stable"), Backend::start("canary"));
+    let rules = rules(&stable, &canary, "[20, 50, 100]", "1h");
+    let conf = |dir: &Path| {
+        format!(
+            "{}redis: {{ url: \"{}\", lookup_timeout: 500ms }}\n",
+            state_conf(dir),
+            redis.url()
+        )
+    };
+    let first_disk = tempfile::tempdir().unwrap();
+    let first = Graygate::start_with(&rules, Some(TOKEN), &conf(first_disk.path()));
+    assert_eq!(admin(&first, "POST", "/-/rollouts/ramp/promote").0, 200);
+    assert_eq!(admin(&first, "POST", "/-/rollouts/ramp/rollback").0, 200);
+    assert_eventually(
+        Duration::from_secs(5),
+        "the state mirrored to Redis",
+        || {
+            redis
+                .cli(&["GET", "graygate:state:rollouts"])
+                .contains("\"rolled_back\"")
+        },
+    );
+    drop(first);
+
+    // Another instance on another disk: Redis's copy is newer than nothing.
+    let second_disk = tempfile::tempdir().unwrap();
+    let second = Graygate::start_with(&rules, Some(TOKEN), &conf(second_disk.path()));
+    assert_eventually(
+        Duration::from_secs(3),
+        "the rollback taken up from Redis",
+        || ramp(&second)["state"] == "rolled_back",
+    );
+    assert_eq!(
+        request(second.proxy, "u", &[("X-Canary", b"1")]).0,
+        "stable"
+    );
+    let saved = std::fs::read_to_string(second_disk.path().join("rollouts.json")).unwrap();
+    assert!(
+        saved.contains("\"rolled_back\""),
+        "written to the new disk too: {saved}"
+    );
+    // Redis down: the instance keeps serving on what it knows.
+    drop(redis);
+    assert_eq!(admin(&second, "POST", "/-/rollouts/ramp/retry").0, 200);
+    assert_eq!(ramp(&second)["state"], "progressing");
+    assert_eq!(
+        request(second.proxy, "u", &[("X-Canary", b"1")]).0,
+        "canary"
+    );
+}

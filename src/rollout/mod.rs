@@ -22,6 +22,10 @@
 //!   shutdown, with the time the current step has run, so a restart resumes the step where it
 //!   was. An unreadable or foreign-format file is logged and every rollout starts paused at step
 //!   1 (never at 100%). A write that fails is logged and retried on the next tick; serving goes on.
+//! - **Redis, when configured**: every saved document is also written to Redis (from the
+//!   ticker's async side, bounded by the lookup timeout, retried while it fails), and before
+//!   its first check an instance reads Redis's copy and takes it up when it is newer than its
+//!   file, so a fresh disk resumes the fleet's last state. Redis down: the file serves.
 
 pub mod machine;
 pub mod persist;
@@ -40,9 +44,10 @@ use crate::metrics::Metrics;
 use crate::rules::model::{Phase, Rollout, RuleSet};
 use crate::state::SnapshotStore;
 use crate::stats::{Clock, MonotonicClock, Scope};
+use crate::store::Store;
 use crate::throttle::LogThrottle;
 pub use machine::{Action, Event, Record};
-use persist::{Loaded, StateDir};
+use persist::{document, Loaded, StateDir, REDIS_KEY};
 use verdict::{judge, ArmFigures};
 
 /// The log target of transitions.
@@ -66,7 +71,11 @@ pub struct Rollouts {
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     dir: StateDir,
+    /// Redis, when configured: the saved document's mirror.
+    mirror: Option<Arc<dyn Store>>,
     inner: Mutex<Inner>,
+    /// Held while the file is written, so two writes never interleave.
+    writer: Mutex<()>,
 }
 
 struct Inner {
@@ -77,20 +86,34 @@ struct Inner {
     start_paused: bool,
     /// The rules last reconciled with.
     rules: Option<Arc<RuleSet>>,
-    /// The saved file is behind the records.
+    /// The records changed since the last document was staged.
     dirty: bool,
+    /// The newest document the file has not taken yet.
+    file_pending: Option<String>,
+    /// When the records held were last saved (or the file read was), Unix milliseconds.
+    saved_at: u64,
+    /// When the file read at start was saved (0: none), or the mirror's copy taken up was.
+    loaded_at: u64,
+    /// When this instance last changed a rollout (a check's transition, an operator's
+    /// action), Unix milliseconds. The mirror's copy is taken up only when newer than both.
+    changed_at: u64,
+    /// The newest document the mirror has not taken yet.
+    mirror_pending: Option<String>,
     save_errors: LogThrottle,
+    mirror_errors: LogThrottle,
 }
 
 impl Rollouts {
     /// Reads the records saved in `state_dir`, reconciles them with the rules serving, and
-    /// publishes where each rollout stands (call before serving).
+    /// publishes where each rollout stands (call before serving); `mirror` is Redis, when
+    /// configured.
     pub fn open(
         store: Arc<SnapshotStore>,
         metrics: Arc<Metrics>,
         state_dir: &std::path::Path,
+        mirror: Option<Arc<dyn Store>>,
     ) -> Rollouts {
-        Rollouts::with_clock(store, metrics, state_dir, Arc::new(MonotonicClock))
+        Rollouts::with_clock(store, metrics, state_dir, mirror, Arc::new(MonotonicClock))
     }
 
     /// As [`Rollouts::open`] with another clock (a manual one in tests).
@@ -98,18 +121,19 @@ impl Rollouts {
         store: Arc<SnapshotStore>,
         metrics: Arc<Metrics>,
         state_dir: &std::path::Path,
+        mirror: Option<Arc<dyn Store>>,
         clock: Arc<dyn Clock>,
     ) -> Rollouts {
         let dir = StateDir::new(state_dir);
-        let (stored, start_paused) = match dir.load() {
-            Loaded::Missing => (BTreeMap::new(), false),
-            Loaded::Records(records) => (records, false),
+        let (stored, saved_at, start_paused) = match dir.load() {
+            Loaded::Missing => (BTreeMap::new(), 0, false),
+            Loaded::Records(saved) => (saved.records, saved.at_unix_ms, false),
             Loaded::Unreadable(why) => {
                 log::error!(
                     target: LOG_TARGET,
                     "rollout state unreadable ({why}): every rollout starts again paused at step 1"
                 );
-                (BTreeMap::new(), true)
+                (BTreeMap::new(), 0, true)
             }
         };
         let rollouts = Rollouts {
@@ -117,13 +141,21 @@ impl Rollouts {
             metrics,
             clock,
             dir,
+            mirror,
+            writer: Mutex::new(()),
             inner: Mutex::new(Inner {
                 records: BTreeMap::new(),
                 stored,
                 start_paused,
                 rules: None,
                 dirty: false,
+                file_pending: None,
+                saved_at,
+                loaded_at: saved_at,
+                changed_at: 0,
+                mirror_pending: None,
                 save_errors: LogThrottle::new(Duration::from_secs(30)),
+                mirror_errors: LogThrottle::new(Duration::from_secs(30)),
             }),
         };
         let now = rollouts.clock.now();
@@ -131,8 +163,9 @@ impl Rollouts {
         let rules = Arc::clone(&rollouts.store.current().rules);
         rollouts.reconcile(&mut inner, &rules, now);
         rollouts.publish(&inner, &rules);
-        rollouts.save(&mut inner, now);
+        rollouts.stage(&mut inner, now);
         drop(inner);
+        rollouts.write_file();
         rollouts
     }
 
@@ -142,6 +175,12 @@ impl Rollouts {
 
     /// Runs the checks that are due, makes their transitions, publishes and saves.
     pub fn tick(&self) {
+        self.check_due();
+        self.write_file();
+    }
+
+    /// The checks that are due and their transitions, published and staged (no I/O).
+    fn check_due(&self) {
         let now = self.clock.now();
         let rules = Arc::clone(&self.store.current().rules);
         let mut inner = self.lock();
@@ -161,6 +200,7 @@ impl Rollouts {
             if let Some(event) = record.check(rollout, verdict, now) {
                 log_event(rollout, event);
                 changed = true;
+                inner.changed_at = machine::unix_ms();
             }
             inner.dirty = true;
         }
@@ -168,7 +208,7 @@ impl Rollouts {
             self.publish(&inner, &rules);
         }
         if inner.dirty {
-            self.save(&mut inner, now);
+            self.stage(&mut inner, now);
         }
     }
 
@@ -176,8 +216,9 @@ impl Rollouts {
     pub fn flush(&self) {
         let now = self.clock.now();
         let mut inner = self.lock();
-        inner.dirty = true;
-        self.save(&mut inner, now);
+        self.stage(&mut inner, now);
+        drop(inner);
+        self.write_file();
     }
 
     /// Applies an operator's action to the rollout `name`; its status after, or why not.
@@ -202,9 +243,12 @@ impl Rollouts {
             }
         }
         let status = status_of(rollout, record, &rules, now);
-        inner.dirty = true;
+        inner.changed_at = machine::unix_ms();
         self.publish(&inner, &rules);
-        self.save(&mut inner, now);
+        self.stage(&mut inner, now);
+        drop(inner);
+        // Durable before the operator hears it is done.
+        self.write_file();
         Ok(status)
     }
 
@@ -340,23 +384,110 @@ impl Rollouts {
             .update_runtime(move |state| state.rollouts = positions);
     }
 
-    fn save(&self, inner: &mut Inner, now: Instant) {
+    /// Takes up the mirror's document `text` when it was saved after the file read at start
+    /// (a fresh disk, or another instance saved since); whether it was taken up.
+    pub fn adopt(&self, text: &str) -> bool {
+        let saved = match persist::parse(text) {
+            Ok(saved) => saved,
+            Err(why) => {
+                log::warn!(target: LOG_TARGET, "the rollout state in Redis is unreadable ({why}): the local state stands");
+                return false;
+            }
+        };
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        if saved.at_unix_ms <= inner.loaded_at.max(inner.changed_at) {
+            return false;
+        }
+        inner.loaded_at = saved.at_unix_ms;
+        log::info!(target: LOG_TARGET, "the rollout state in Redis is newer than {}: taken up", self.dir.file().display());
+        inner.records.clear();
+        inner.stored = saved.records;
+        inner.start_paused = false;
+        inner.rules = None;
+        let rules = Arc::clone(&self.store.current().rules);
+        self.reconcile(&mut inner, &rules, now);
+        self.publish(&inner, &rules);
+        self.stage(&mut inner, now);
+        drop(inner);
+        self.write_file();
+        true
+    }
+
+    /// Reads the mirror once and takes its document up if newer; `false` when Redis could
+    /// not be read (try again later).
+    async fn adopt_mirror(&self) -> bool {
+        let Some(mirror) = &self.mirror else {
+            return true;
+        };
+        match mirror.get(REDIS_KEY).await {
+            Ok(answer) => {
+                if let Some(text) = answer.value {
+                    self.adopt(&text);
+                }
+                true
+            }
+            Err(e) => {
+                if let Some(held_back) = self.lock().mirror_errors.admit() {
+                    log::warn!(target: LOG_TARGET, "cannot read the rollout state from Redis ({e}): the local state serves; retrying ({held_back} similar failure(s) not logged)");
+                }
+                false
+            }
+        }
+    }
+
+    /// Writes the newest saved document to the mirror; kept for the next tick if it fails.
+    async fn push_mirror(&self) {
+        let Some(mirror) = &self.mirror else { return };
+        let Some(doc) = self.lock().mirror_pending.take() else {
+            return;
+        };
+        if let Err(e) = mirror.set(REDIS_KEY, &doc).await {
+            let mut inner = self.lock();
+            if let Some(held_back) = inner.mirror_errors.admit() {
+                log::warn!(target: LOG_TARGET, "cannot write the rollout state to Redis ({e}); retrying ({held_back} similar failure(s) not logged)");
+            }
+            // A newer document saved meanwhile supersedes this one.
+            inner.mirror_pending.get_or_insert(doc);
+        }
+    }
+
+    /// Makes the document of the records as they stand, for the file and the mirror (no I/O:
+    /// the lock is held).
+    fn stage(&self, inner: &mut Inner, now: Instant) {
         let stored = inner
             .records
             .iter()
             .map(|(name, record)| (name.clone(), record.stored(now)))
             .collect();
-        match self.dir.save(stored) {
-            Ok(()) => inner.dirty = false,
-            Err(e) => {
-                if let Some(held_back) = inner.save_errors.admit() {
-                    log::error!(
-                        target: LOG_TARGET,
-                        "cannot save the rollout state to {}: {e}; serving goes on, retrying ({held_back} similar failure(s) not logged)",
-                        self.dir.file().display()
-                    );
-                }
+        let at = machine::unix_ms().max(inner.saved_at + 1);
+        let doc = document(at, stored);
+        inner.saved_at = at;
+        inner.dirty = false;
+        if self.mirror.is_some() {
+            inner.mirror_pending = Some(doc.clone());
+        }
+        inner.file_pending = Some(doc);
+    }
+
+    /// Writes the newest staged document to the file, outside the records' lock (an `fsync`
+    /// on a busy disk takes long); kept for the next tick if the disk refuses it.
+    fn write_file(&self) {
+        let _one_writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(doc) = self.lock().file_pending.take() else {
+            return;
+        };
+        if let Err(e) = self.dir.save(&doc) {
+            let mut inner = self.lock();
+            if let Some(held_back) = inner.save_errors.admit() {
+                log::error!(
+                    target: LOG_TARGET,
+                    "cannot save the rollout state to {}: {e}; serving goes on, retrying ({held_back} similar failure(s) not logged)",
+                    self.dir.file().display()
+                );
             }
+            // A newer document staged meanwhile supersedes this one.
+            inner.file_pending.get_or_insert(doc);
         }
     }
 }
@@ -367,9 +498,10 @@ pub fn saved_positions(
     state_dir: &std::path::Path,
     rules: &RuleSet,
 ) -> BTreeMap<String, crate::rules::model::RolloutNow> {
-    let Loaded::Records(stored) = StateDir::new(state_dir).load() else {
+    let Loaded::Records(saved) = StateDir::new(state_dir).load() else {
         return BTreeMap::new();
     };
+    let stored = saved.records;
     let now = Instant::now();
     rules
         .rollouts
@@ -450,17 +582,33 @@ impl BackgroundService for RolloutTicker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut adopted = false;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = interval.tick() => {
+                    // Redis's copy first: a fresh disk resumes the last state before judging.
+                    if !adopted {
+                        adopted = self.rollouts.adopt_mirror().await;
+                    }
+                    // Checks read the stats, the file is fsynced: off the runtime's workers.
+                    // Redis first, so a slow disk does not delay the fleet's copy.
                     let rollouts = Arc::clone(&self.rollouts);
-                    // Checks read the stats and write a file: off the runtime's workers.
-                    let _ = tokio::task::spawn_blocking(move || rollouts.tick()).await;
+                    let _ = tokio::task::spawn_blocking(move || rollouts.check_due()).await;
+                    // Not before Redis's copy was read: this instance's own early documents
+                    // must not come back to it as "newer".
+                    if adopted {
+                        self.rollouts.push_mirror().await;
+                    }
+                    let rollouts = Arc::clone(&self.rollouts);
+                    let _ = tokio::task::spawn_blocking(move || rollouts.write_file()).await;
                 }
             }
         }
         self.rollouts.flush();
+        if adopted {
+            self.rollouts.push_mirror().await;
+        }
     }
 }
 
@@ -490,6 +638,7 @@ mod tests {
             Arc::clone(&store),
             Arc::new(Metrics::new()),
             &blocker,
+            None,
             clock.clone(),
         );
         // Saved at open; then a file takes the directory's place and every write fails.

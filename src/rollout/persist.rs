@@ -1,6 +1,8 @@
 //! Where rollout records survive a restart: `rollouts.json` in `state.dir`, written atomically
 //! (a temporary file, `fsync`, `rename`, `fsync` of the directory), so a crash leaves the old
-//! file or the new one, never half of one.
+//! file or the new one, never half of one. With `redis:` configured the same document is
+//! mirrored to the Redis key [`REDIS_KEY`], so an instance started on a fresh disk (a new pod)
+//! takes the state up from there; of the two copies the newer wins.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,15 +12,60 @@ use serde::{Deserialize, Serialize};
 
 use super::machine::Stored;
 
+/// The Redis key of the mirrored document.
+pub const REDIS_KEY: &str = "graygate:state:rollouts";
+
 /// The format written; any other is read as unreadable (the rollouts restart paused).
 const FORMAT: u32 = 1;
 
-/// The file's content.
+/// The file's content (and the Redis mirror's).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateFile {
     format: u32,
+    /// When it was written, Unix milliseconds: of two copies, the newer wins.
+    #[serde(default)]
+    saved_unix_ms: u64,
     rollouts: BTreeMap<String, Stored>,
+}
+
+/// A saved document: the records, and when they were saved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saved {
+    /// Unix milliseconds.
+    pub at_unix_ms: u64,
+    /// By rollout name.
+    pub records: BTreeMap<String, Stored>,
+}
+
+/// The document's text for `records` saved at `at_unix_ms`.
+pub fn document(at_unix_ms: u64, records: BTreeMap<String, Stored>) -> String {
+    let file = StateFile {
+        format: FORMAT,
+        saved_unix_ms: at_unix_ms,
+        rollouts: records,
+    };
+    // Plain data (strings, numbers, maps): serializing cannot fail.
+    serde_json::to_string_pretty(&file).unwrap_or_default()
+}
+
+/// Reads a document (from the file or the mirror); `Err` says why it is unreadable.
+pub fn parse(text: &str) -> Result<Saved, String> {
+    #[derive(Deserialize)]
+    struct Format {
+        format: u32,
+    }
+    match serde_json::from_str::<Format>(text) {
+        Ok(v) if v.format != FORMAT => return Err(format!("format {} is not {FORMAT}", v.format)),
+        Err(e) => return Err(e.to_string()),
+        Ok(_) => {}
+    }
+    serde_json::from_str::<StateFile>(text)
+        .map(|file| Saved {
+            at_unix_ms: file.saved_unix_ms,
+            records: file.rollouts,
+        })
+        .map_err(|e| e.to_string())
 }
 
 /// What was found at start.
@@ -26,8 +73,8 @@ struct StateFile {
 pub enum Loaded {
     /// No file: a first start.
     Missing,
-    /// The stored records, by rollout name.
-    Records(BTreeMap<String, Stored>),
+    /// The stored records.
+    Records(Saved),
     /// A file that could not be read or parsed, or of another format, and why.
     Unreadable(String),
 }
@@ -59,40 +106,20 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
             Err(e) => return Loaded::Unreadable(format!("{}: {e}", path.display())),
         };
-        #[derive(Deserialize)]
-        struct Version {
-            format: u32,
-        }
-        match serde_json::from_str::<Version>(&text) {
-            Ok(v) if v.format != FORMAT => {
-                return Loaded::Unreadable(format!(
-                    "{}: format {} is not {FORMAT}",
-                    path.display(),
-                    v.format
-                ))
-            }
-            Err(e) => return Loaded::Unreadable(format!("{}: {e}", path.display())),
-            Ok(_) => {}
-        }
-        match serde_json::from_str::<StateFile>(&text) {
-            Ok(file) => Loaded::Records(file.rollouts),
-            Err(e) => Loaded::Unreadable(format!("{}: {e}", path.display())),
+        match parse(&text) {
+            Ok(saved) => Loaded::Records(saved),
+            Err(why) => Loaded::Unreadable(format!("{}: {why}", path.display())),
         }
     }
 
-    /// Writes the records atomically.
-    pub fn save(&self, rollouts: BTreeMap<String, Stored>) -> std::io::Result<()> {
+    /// Writes a [`document`] atomically.
+    pub fn save(&self, document: &str) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let text = serde_json::to_vec_pretty(&StateFile {
-            format: FORMAT,
-            rollouts,
-        })
-        .map_err(std::io::Error::other)?;
         let path = self.file();
         let tmp = self.dir.join(".rollouts.json.tmp");
         {
             let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&text)?;
+            file.write_all(document.as_bytes())?;
             file.sync_all()?;
         }
         std::fs::rename(&tmp, &path)?;
@@ -126,9 +153,15 @@ mod tests {
         let state = StateDir::new(&dir.path().join("nested"));
         assert!(matches!(state.load(), Loaded::Missing));
         let records = BTreeMap::from([("ramp".to_string(), stored())]);
-        state.save(records.clone()).unwrap();
+        state.save(&document(7, records.clone())).unwrap();
         match state.load() {
-            Loaded::Records(back) => assert_eq!(back, records),
+            Loaded::Records(back) => assert_eq!(
+                back,
+                Saved {
+                    at_unix_ms: 7,
+                    records
+                }
+            ),
             other => panic!("{other:?}"),
         }
         for (text, says) in [
@@ -155,7 +188,7 @@ mod tests {
         std::fs::write(&blocker, "").unwrap();
         // A "directory" below a plain file cannot be created.
         let state = StateDir::new(&blocker.join("state"));
-        assert!(state.save(BTreeMap::new()).is_err());
+        assert!(state.save(&document(1, BTreeMap::new())).is_err());
         assert!(matches!(
             state.load(),
             Loaded::Missing | Loaded::Unreadable(_)
