@@ -72,25 +72,8 @@ start_graygate lookup "$with_lookup" '  - { name: assigned, version: $assigned }
     "redis: { url: \"redis://127.0.0.1:$redis/0\", lookup_timeout: 20ms, cache_ttl: 1h }"
 start_graygate plain "$without_lookup" '  - { name: tail, when: { uid_tail: [0, 2, 4, 6, 8] }, version: canary }' ""
 
-cat > "$work/uids.lua" <<LUA
-local n = 0
-request = function()
-    n = (n + 1) % $UIDS
-    return wrk.format("GET", "/", { ["X-User-Id"] = tostring(n) })
-end
-done = function(summary, latency, requests)
-    io.write(string.format("NON2XX %d\n", summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
-end
-LUA
-
-run() { # $1 port, $2 seconds -> requests/s
-    local out
-    out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$2s" -s "$work/uids.lua" "http://127.0.0.1:$1/")
-    local errors
-    errors=$(awk '/^NON2XX/ {print $2}' <<<"$out")
-    if [[ "$errors" != "0" ]]; then echo "errors during the run on port $1: $errors" >&2; echo "$out" >&2; exit 1; fi
-    awk '/^Requests\/sec/ {print $2}' <<<"$out"
-}
+write_uid_script "$UIDS"
+run() { uid_rate "$@"; }
 
 echo "warming up (fills the assignment cache with all $UIDS uids)"
 run "$with_lookup" 3 >/dev/null

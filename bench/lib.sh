@@ -69,3 +69,28 @@ start_redis() {
     "${prio[@]}" taskset -c 1 redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null & pids+=($!)
     wait_port "$1"
 }
+
+# A wrk script on $work/uids.lua sending `X-User-Id: 0..$1-1` in turn and printing
+# "NON2XX n" (failed requests of every kind) at the end.
+write_uid_script() {
+    cat > "$work/uids.lua" <<LUA
+local n = 0
+request = function()
+    n = (n + 1) % $1
+    return wrk.format("GET", "/", { ["X-User-Id"] = tostring(n) })
+end
+done = function(summary, latency, requests)
+    io.write(string.format("NON2XX %d\n", summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+LUA
+}
+
+# Requests/s of wrk (pinned to core 1, -c$CONNECTIONS) on port $1 for $2 seconds with the uid
+# script; a run with any failed request stops the benchmark.
+uid_rate() {
+    local out errors
+    out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$2s" -s "$work/uids.lua" "http://127.0.0.1:$1/")
+    errors=$(awk '/^NON2XX/ {print $2}' <<<"$out")
+    if [[ "$errors" != "0" ]]; then echo "errors during the run on port $1: $errors" >&2; echo "$out" >&2; exit 1; fi
+    awk '/^Requests\/sec/ {print $2}' <<<"$out"
+}

@@ -1356,25 +1356,27 @@ services:
         let model = model(&yaml);
         let rules = &model.rules;
         let canary = rules.version_id("canary").unwrap();
-        let at = |weight: u8, uid: &str| {
-            let headers = HeaderMap::new();
-            let query = format!("uid={uid}");
-            let view = RequestView {
+        let headers = HeaderMap::new();
+        fn view<'a>(query: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {
+            RequestView {
                 method: &Method::GET,
                 host: "h",
                 path: "/",
-                query: Some(&query),
-                headers: &headers,
+                query: Some(query),
+                headers,
                 client_ip: None,
                 arrival: Default::default(),
-            };
+            }
+        }
+        let at = |weight: u8, uid: &str| {
+            let query = format!("uid={uid}");
             let now = [RolloutNow {
                 phase: Phase::Progressing,
                 step: 1,
                 weight,
                 fingerprint: rules.rollouts[0].fingerprint,
             }];
-            let mut facts = Facts::gather(&rules.identity, view);
+            let mut facts = Facts::gather(&rules.identity, view(&query, &headers));
             facts.rollouts = &now;
             let decision = decide(rules, &facts).unwrap();
             assert!(matches!(decision.reason, Reason::Rollout { .. }));
@@ -1395,17 +1397,7 @@ services:
         assert!((60..=140).contains(&on[1]), "5% of 2000: {}", on[1]);
         assert!((900..=1100).contains(&on[2]), "50% of 2000: {}", on[2]);
         // Without runtime state a rollout stands at its first step, and says so.
-        let headers = HeaderMap::new();
-        let view = RequestView {
-            method: &Method::GET,
-            host: "h",
-            path: "/",
-            query: Some("uid=7"),
-            headers: &headers,
-            client_ip: None,
-            arrival: Default::default(),
-        };
-        let facts = Facts::gather(&rules.identity, view);
+        let facts = Facts::gather(&rules.identity, view("uid=7", &headers));
         let text = explain(rules, &facts).unwrap().to_string();
         assert!(
             text.contains("rollout ramp at step 1 of 3 (5%, progressing), uid fell at"),
