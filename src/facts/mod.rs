@@ -11,6 +11,7 @@ pub mod bucket;
 pub mod client;
 pub mod cookie;
 pub mod identity;
+pub mod rollout;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -19,6 +20,7 @@ use http::header::HeaderName;
 use http::{HeaderMap, Method};
 
 use identity::{Identity, Source, Tier};
+pub use rollout::RolloutNow;
 
 /// Longest uid accepted; a longer one is ignored (routed as if absent).
 pub const MAX_UID_LEN: usize = 128;
@@ -238,7 +240,7 @@ pub struct Facts<'a> {
     pub channel: Option<VersionId>,
     /// Where each rollout stands, by rollout index (set by the caller from the runtime
     /// state); a rollout missing here stands at its start.
-    pub rollouts: &'a [crate::rules::model::RolloutNow],
+    pub rollouts: &'a [RolloutNow],
 }
 
 impl<'a> Facts<'a> {

@@ -38,7 +38,7 @@ use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 use xxhash_rust::xxh64::xxh64;
 
-use super::model::{Listeners, RoutingModel, RuleSet};
+use super::model::{Listeners, RoutingModel, RuleSet, SplitKey};
 
 use super::raw::RawRuleFile;
 use crate::diagnostics::{Diagnostics, Severity, SourceFile};
@@ -440,6 +440,23 @@ impl Compiler {
             },
             services,
         })
+    }
+}
+
+/// The key a split or a rollout hashes: `uid`, `client_ip`, `random`, `cookie:NAME` or
+/// `header:NAME`.
+fn split_key(text: &str) -> Option<SplitKey> {
+    match text {
+        "uid" => Some(SplitKey::Uid),
+        "client_ip" => Some(SplitKey::ClientIp),
+        "random" => Some(SplitKey::Random),
+        other => match other.split_once(':') {
+            Some(("cookie", name)) if !name.is_empty() => Some(SplitKey::Cookie(name.into())),
+            Some(("header", name)) => http::header::HeaderName::from_bytes(name.as_bytes())
+                .ok()
+                .map(SplitKey::Header),
+            _ => None,
+        },
     }
 }
 

@@ -9,8 +9,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use xxhash_rust::xxh64::Xxh64;
 
-use super::rules::split_key;
-use super::{is_rule_name, At, Compiler};
+use super::{is_rule_name, split_key, At, Compiler};
 use crate::rules::model::{
     Analysis, Goal, GoalBound, LatencyBound, OnFailure, RateBound, Rollout, RolloutId, Version,
 };

@@ -5,10 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::header::HeaderName;
-
 use super::rollouts::RolloutUse;
-use super::{header_value, is_rule_name, At, Compiler};
+use super::{header_value, is_rule_name, split_key, At, Compiler};
 use crate::rules::model::{Action, Rule, Split, SplitArm, SplitKey, Version};
 use crate::rules::raw::{RawRule, RawSplit};
 
@@ -183,23 +181,6 @@ impl Compiler {
             total,
         })
         .filter(|_| ok)
-    }
-}
-
-/// The key a split or a rollout hashes: `uid`, `client_ip`, `random`, `cookie:NAME` or
-/// `header:NAME`.
-pub(super) fn split_key(text: &str) -> Option<SplitKey> {
-    match text {
-        "uid" => Some(SplitKey::Uid),
-        "client_ip" => Some(SplitKey::ClientIp),
-        "random" => Some(SplitKey::Random),
-        other => match other.split_once(':') {
-            Some(("cookie", name)) if !name.is_empty() => Some(SplitKey::Cookie(name.into())),
-            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
-                .ok()
-                .map(SplitKey::Header),
-            _ => None,
-        },
     }
 }
 
