@@ -4,7 +4,6 @@
 //! resolved to indices, regexes compiled, CIDRs parsed, split buckets laid out. Nothing on
 //! the request path parses or allocates to evaluate it.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +17,9 @@ use regex::RegexSet;
 use crate::config::Listener;
 use crate::facts::identity::{Identity, Tier};
 use crate::facts::{Arrival, ListenerId, Scheme, VersionId};
+pub use crate::rules::index::RuleIndex;
 pub use crate::rules::matcher::ValueMatch;
+pub use crate::rules::sets::{HostSet, StrSet};
 
 /// A release version label: stable, canary, beta, dev...
 #[derive(Debug, Clone)]
@@ -134,7 +135,7 @@ impl std::fmt::Display for HostPattern {
 #[derive(Debug, Clone)]
 pub enum Condition {
     /// The request host matches one of the patterns.
-    Host(Vec<HostPattern>),
+    Host(HostSet),
     /// The path starts with one of the prefixes.
     PathPrefix(Vec<Box<str>>),
     /// The path matches one of the regexes.
@@ -154,7 +155,7 @@ pub enum Condition {
     /// The uid ends with one of these.
     UidSuffix(Vec<Box<str>>),
     /// The uid is one of these.
-    UidIn(HashSet<Box<str>>),
+    UidIn(StrSet),
     /// A numeric uid within `[min, max]`.
     UidRange(u64, u64),
     /// The request has (or lacks) a uid.
@@ -436,6 +437,9 @@ pub struct RuleSet {
     pub passing_cookies: Vec<Box<str>>,
     /// The listeners the rules were compiled against.
     pub listeners: Listeners,
+    /// Which rules a request may match, by host, uid, header, path prefix and method: what
+    /// [`decide`](super::decide::decide) consults before evaluating rules.
+    pub index: RuleIndex,
 }
 
 impl RuleSet {

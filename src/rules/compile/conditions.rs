@@ -4,8 +4,6 @@
 //! [`crate::rules::matcher`] (regexes compiled, bounds parsed, empty ranges refused) and the
 //! `not` / `any` combinators, nested at most [`MAX_DEPTH`] deep.
 
-use std::collections::HashSet;
-
 use http::header::HeaderName;
 use http::Method;
 use indexmap::IndexMap;
@@ -17,11 +15,17 @@ use crate::facts::Scheme;
 use crate::rules::matcher::{
     parse_number, parse_version, Bound, Cmp, Matcher, ValueMatch, MATCHER_KEYS,
 };
-use crate::rules::model::{Condition, ListenerSet};
+use crate::rules::model::{Condition, HostPattern, ListenerSet};
 use crate::rules::raw::{OneOrMany, RawWhen, WHEN_KEYS};
+use crate::rules::sets::{HostSet, StrSet, TableFull};
 
 /// How deep `not` and `any` may nest inside one another.
 pub const MAX_DEPTH: usize = 4;
+
+/// The most entries a `uid_in` or `host` list may hold. Such a list compiles into a compact
+/// set (about its bytes plus 10 bytes an entry, [`crate::rules::sets`]); a longer one belongs
+/// in the store, where it costs neither memory in every process nor reload time.
+pub const MAX_LIST_ENTRIES: usize = 200_000;
 
 impl Compiler {
     /// The conditions of `w`, found at `at`, for the rule or goal `what`.
@@ -110,12 +114,18 @@ impl Compiler {
         let mut out = Vec::new();
         if let Some(hosts) = host {
             let a = at.child("host");
-            let patterns = hosts
-                .0
-                .iter()
-                .filter_map(|h| self.host_pattern(&a, &format!("{what}: host"), h))
-                .collect();
-            out.push(Condition::Host(patterns));
+            if self.list_fits(&a, what, "host", "hosts", hosts.0.len()) {
+                let label = format!("{what}: host");
+                let patterns: Vec<HostPattern> = hosts
+                    .0
+                    .iter()
+                    .filter_map(|h| self.host_pattern(&a, &label, h))
+                    .collect();
+                out.extend(
+                    self.compact(&a, what, "host", HostSet::new(&patterns))
+                        .map(Condition::Host),
+                );
+            }
         }
         if let Some(prefixes) = path_prefix {
             for p in &prefixes.0 {
@@ -202,12 +212,11 @@ impl Compiler {
             ));
         }
         if let Some(uids) = uid_in {
-            out.push(Condition::UidIn(
-                uids.0
-                    .into_iter()
-                    .map(|t| t.0.into())
-                    .collect::<HashSet<_>>(),
-            ));
+            let a = at.child("uid_in");
+            if self.list_fits(&a, what, "uid_in", "uids", uids.0.len()) {
+                let set = StrSet::new(uids.0.iter().map(|t| t.0.as_str()));
+                out.extend(self.compact(&a, what, "uid_in", set).map(Condition::UidIn));
+            }
         }
         if let Some(range) = uid_range {
             match range[..] {
@@ -272,6 +281,41 @@ impl Compiler {
             }
         }
         out
+    }
+
+    /// Whether a `uid_in` or `host` list of `len` entries is short enough; an error says
+    /// where a longer one belongs otherwise.
+    fn list_fits(&mut self, at: &At, what: &str, key: &str, items: &str, len: usize) -> bool {
+        if len <= MAX_LIST_ENTRIES {
+            return true;
+        }
+        let advice = if key == "uid_in" {
+            "put the uids in a Redis set (identity.tier.redis_set or identity.internal.redis_set, then tier: paid or internal: true) or store their versions (version: $assigned)"
+        } else {
+            "serve the domains with \"*.suffix\" patterns, or give each group of tenants a service of its own"
+        };
+        self.error(
+            at,
+            format!("{what}: {key} lists {len} {items}, more than {MAX_LIST_ENTRIES}: {advice}"),
+        );
+        false
+    }
+
+    /// A compact set, or an error at `at` when it outgrew its positions.
+    fn compact<T>(
+        &mut self,
+        at: &At,
+        what: &str,
+        key: &str,
+        set: Result<T, TableFull>,
+    ) -> Option<T> {
+        match set {
+            Ok(set) => Some(set),
+            Err(TableFull) => {
+                self.error(at, format!("{what}: {key} is larger than 4 GiB"));
+                None
+            }
+        }
     }
 
     /// The conditions of one `not` or `any` item, one level deeper than `depth`.
