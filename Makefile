@@ -5,8 +5,9 @@
 #   make test    fmt check, clippy, unit + integration + doc tests, config check, deploy/ checks
 #   make check   validate conf/graygate.yaml with the release binary
 #   make bench   graygate vs nginx (bench/compare.sh -> docs/benchmarks.md), the same over
-#                HTTPS (bench/https.sh), cached lookups (bench/assignments.sh), reload of
-#                1,000 rules (benches/reload.rs)
+#                HTTPS (bench/https.sh), cached lookups (bench/assignments.sh), 10 to 10,000
+#                rules and hosts (bench/scale.sh), reload of 1,000 and 10,000 rules
+#                (benches/reload.rs)
 #   make faults  fault suite (bench/faults.sh): Redis, peers, reloads, slowloris, bad requests
 #   make fmt | lint | clean
 
@@ -20,7 +21,7 @@ CONFIG ?= conf/graygate.yaml
 .PHONY: help deps-run deps-test build run test check check-deploy bench faults fmt lint clean
 
 help:
-	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
 
 deps-run:
 	@bash scripts/install-deps.sh run
@@ -60,6 +61,7 @@ bench: deps-run
 	bash bench/compare.sh || status=1; \
 	bash bench/https.sh || status=1; \
 	bash bench/assignments.sh || status=1; \
+	bash bench/scale.sh || status=1; \
 	$(CARGO) bench --locked --bench reload || status=1; \
 	exit $$status
 

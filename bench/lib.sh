@@ -69,3 +69,53 @@ start_redis() {
     "${prio[@]}" taskset -c 1 redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null & pids+=($!)
     wait_port "$1"
 }
+
+# A graygate named $1 on port $2 (admin on $3) with the rules file $4 and extra config $5,
+# one worker pinned to core 0, under the caller's "${wrap[@]}"; its pid in the caller's
+# proxy_pid[$1]. With the caller's GG_TOKEN set, the admin API takes that bearer token.
+start_graygate() { # $1 name, $2 port, $3 admin port, $4 rules yaml, $5 extra conf
+    local token_env=""
+    [[ -n "${GG_TOKEN:-}" ]] && token_env=", token_env: GG_BENCH_TOKEN"
+    mkdir -p "$work/$1/rules"
+    printf '%s\n' "$4" > "$work/$1/rules/rules.yaml"
+    cat > "$work/$1/graygate.yaml" <<CONF
+listen: ["127.0.0.1:$2"]
+admin: { listen: "127.0.0.1:$3"$token_env }
+rules: rules
+access_log: off
+server: { threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: gg.pid, upgrade_sock: gg.sock }
+$5
+CONF
+    GG_BENCH_TOKEN=${GG_TOKEN:-} RUST_LOG=warn "${prio[@]}" taskset -c 0 "${wrap[@]}" "$bin" run -c "$work/$1/graygate.yaml" 2>"$work/$1.log" & pids+=($!)
+    wait_port "$2" 600
+    proxy_pid[$1]=$!
+}
+
+# wrk on core 1 with the script $work/$1 (which prints ERRORS and RESULT lines) against port
+# $2: $3 connections for $4 seconds. Sets RESULT="rate p50 p99 p999 max requests"; any error
+# ends the caller.
+run_wrk() { # $1 script, $2 port, $3 connections, $4 seconds
+    local out errors
+    out=$(timeout $(($4 + 30)) "${prio[@]}" taskset -c 1 wrk -t1 -c"$3" -d"$4s" --timeout 5s -s "$work/$1" "http://127.0.0.1:$2/")
+    errors=$(awk '/^ERRORS/ {print $2}' <<<"$out")
+    if [[ "$errors" != "0" ]]; then echo "errors during the run on port $2: $errors" >&2; echo "$out" >&2; exit 1; fi
+    RESULT=$(awk '/^RESULT/ {print $2, $3, $4, $5, $6, $7}' <<<"$out")
+}
+
+# Replaces the section of bench/$1.sh in the file $2 by $3 (from its begin marker to its end
+# marker), or appends it.
+write_section() { # $1 script name, $2 file, $3 section text
+    touch "$2"
+    SECTION=$3 NAME=$1 python3 - "$2" <<'PY'
+import os, re, sys
+path = sys.argv[1]
+text = open(path).read()
+section, name = os.environ["SECTION"], re.escape(os.environ["NAME"])
+pattern = re.compile(rf"<!-- bench/{name}.sh: begin.*?<!-- bench/{name}.sh: end -->", re.S)
+if pattern.search(text):
+    text = pattern.sub(lambda _: section, text)
+else:
+    text = text.rstrip("\n") + "\n\n" + section + "\n"
+open(path, "w").write(text)
+PY
+}
