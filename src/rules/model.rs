@@ -134,8 +134,9 @@ impl std::fmt::Display for HostPattern {
 /// One condition of a rule's `when`.
 #[derive(Debug, Clone)]
 pub enum Condition {
-    /// The request host matches one of the patterns.
-    Host(HostSet),
+    /// The request host matches one of the patterns (boxed: a set is larger than every other
+    /// condition).
+    Host(Box<HostSet>),
     /// The path starts with one of the prefixes.
     PathPrefix(Vec<Box<str>>),
     /// The path matches one of the regexes.
@@ -154,8 +155,8 @@ pub enum Condition {
     UidTail(u16),
     /// The uid ends with one of these.
     UidSuffix(Vec<Box<str>>),
-    /// The uid is one of these.
-    UidIn(StrSet),
+    /// The uid is one of these (boxed, as `Host`).
+    UidIn(Box<StrSet>),
     /// A numeric uid within `[min, max]`.
     UidRange(u64, u64),
     /// The request has (or lacks) a uid.

@@ -123,7 +123,7 @@ impl Compiler {
                     .collect();
                 out.extend(
                     self.compact(&a, what, "host", HostSet::new(&patterns))
-                        .map(Condition::Host),
+                        .map(|set| Condition::Host(Box::new(set))),
                 );
             }
         }
@@ -215,7 +215,10 @@ impl Compiler {
             let a = at.child("uid_in");
             if self.list_fits(&a, what, "uid_in", "uids", uids.0.len()) {
                 let set = StrSet::new(uids.0.iter().map(|t| t.0.as_str()));
-                out.extend(self.compact(&a, what, "uid_in", set).map(Condition::UidIn));
+                out.extend(
+                    self.compact(&a, what, "uid_in", set)
+                        .map(|set| Condition::UidIn(Box::new(set))),
+                );
             }
         }
         if let Some(range) = uid_range {
