@@ -8,6 +8,7 @@ use http::header::HeaderName;
 use http::Method;
 use indexmap::IndexMap;
 use regex::RegexSet;
+use serde::Deserialize;
 
 use super::{At, Compiler};
 use crate::facts::identity::Tier;
@@ -54,7 +55,8 @@ impl Compiler {
             );
             return None;
         };
-        let whole = match serde_yaml::from_value::<RawWhen>(value.clone()) {
+        // Read from a reference: a `uid_in` of 100,000 uids is not copied twice.
+        let whole = match RawWhen::deserialize(&value) {
             Ok(w) => return Some(w),
             Err(e) => e,
         };
@@ -742,6 +744,30 @@ mod tests {
 
     const MATCHERS: &str = "regex, prefix, suffix, contains, in, gt, gte, lt, lte, version_gt, version_gte, version_lt, version_lte, absent";
     const CONDITIONS: &str = "host, path_prefix, path_regex, method, header, cookie, query, client_ip, uid_tail, uid_suffix, uid_in, uid_range, has_uid, tier, internal, channel, scheme, listener, not, any";
+
+    /// A list longer than `MAX_LIST_ENTRIES` is refused at its line, saying where it belongs;
+    /// one at the limit compiles.
+    #[test]
+    fn over_long_lists_are_refused_with_advice() {
+        let list = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+        let max = super::MAX_LIST_ENTRIES;
+        assert_eq!(
+            with_when(&format!("      uid_in: [{}]\n", list(max + 1))),
+            vec![format!("rules.yaml:11: error: rule \"r\": uid_in lists {} uids, more than {max}: put the uids in a Redis set (identity.tier.redis_set or identity.internal.redis_set, then tier: paid or internal: true) or store their versions (version: $assigned)", max + 1)]
+        );
+        let hosts = (0..=max)
+            .map(|i| format!("h{i}.example.com"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert_eq!(
+            with_when(&format!("      host: [{hosts}]\n")),
+            vec![format!("rules.yaml:11: error: rule \"r\": host lists {} hosts, more than {max}: serve the domains with \"*.suffix\" patterns, or give each group of tenants a service of its own", max + 1)]
+        );
+        assert_eq!(
+            with_when(&format!("      uid_in: [{}]\n", list(max))),
+            Vec::<String>::new()
+        );
+    }
 
     /// Every malformed matcher or combinator: the exact message, at the line of the value.
     #[test]
