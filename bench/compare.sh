@@ -453,7 +453,7 @@ DOC
 $decide_table
 
 \`gather\`: the filter chain (\`Facts::gather\`: cookies, uid, tail, tier, internal);
-\`decide-first\`: the first rule decides; \`decide-all-100\`: every rule evaluated, then the default;
+\`decide-first\`: the first rule decides; \`decide-all-100\`: no rule decides (the index's candidates evaluated, then the default);
 \`gather+decide\`: both, for 10,000 rotating uids and four paths (what a request pays).
 DOC
     else
