@@ -243,19 +243,8 @@ request = function()
     n = (n + 1) % $UIDS
     return reqs[n]
 end
-PACING
-done = function(summary, latency, requests)
-    local e = summary.errors
-    io.write(string.format("ERRORS %d\n", e.status + e.connect + e.read + e.write + e.timeout))
-    io.write(string.format("RESULT %.1f %.3f %.3f %.3f %.3f %d\n", summary.requests / (summary.duration / 1e6),
-        latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency:percentile(99.9) / 1000, latency.max / 1000,
-        summary.requests))
-end
 LUA
-sed 's/^PACING$//' "$work/uids.lua" > "$work/throughput.lua"
-mean_delay_ms=$(awk -v c="$LAT_CONNECTIONS" -v r="$RATE" 'BEGIN { printf "%d", c * 1000 / r }')
-((mean_delay_ms >= 1)) || { echo "LAT_CONNECTIONS/RATE must be at least 1 ms" >&2; exit 2; }
-sed "s/^PACING\$/delay = function() return math.random(0, 2 * $mean_delay_ms) end/" "$work/uids.lua" > "$work/paced.lua"
+wrk_scripts uids.lua "$LAT_CONNECTIONS" "$RATE"
 
 # --- check that every proxy routes as intended before measuring ---
 # paid -> stable; stored assignment (a, d, e only) -> it; tail 1-3 -> canary; the rest: a split.

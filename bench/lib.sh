@@ -119,3 +119,25 @@ else:
 open(path, "w").write(text)
 PY
 }
+
+# Writes $work/throughput.lua and $work/paced.lua from the wrk Lua in $work/$1 (its init and
+# request functions): both get the report run_wrk reads (ERRORS and RESULT lines), paced.lua
+# also a random delay() before each request, of mean $2 connections / $3 requests/s (set in
+# mean_delay_ms), so that the offered load is about $3 requests/s whatever the proxy.
+wrk_scripts() { # $1 Lua file in $work, $2 paced connections, $3 offered requests/s
+    local report
+    report=$(cat <<'LUA'
+done = function(summary, latency, requests)
+    local e = summary.errors
+    io.write(string.format("ERRORS %d\n", e.status + e.connect + e.read + e.write + e.timeout))
+    io.write(string.format("RESULT %.1f %.3f %.3f %.3f %.3f %d\n", summary.requests / (summary.duration / 1e6),
+        latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency:percentile(99.9) / 1000, latency.max / 1000,
+        summary.requests))
+end
+LUA
+)
+    mean_delay_ms=$(awk -v c="$2" -v r="$3" 'BEGIN { printf "%d", c * 1000 / r }')
+    ((mean_delay_ms >= 1)) || { echo "connections/rate of the paced runs must be at least 1 ms" >&2; exit 2; }
+    printf '%s\n%s\n' "$(cat "$work/$1")" "$report" > "$work/throughput.lua"
+    printf '%s\ndelay = function() return math.random(0, 2 * %d) end\n%s\n' "$(cat "$work/$1")" "$mean_delay_ms" "$report" > "$work/paced.lua"
+}
