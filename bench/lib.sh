@@ -25,12 +25,12 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 # A target judged on the medians and on the best repetitions: PASS when both meet it, FAIL
 # when neither does, INCONCLUSIVE (noise) otherwise. Appends to the caller's "verdicts" array
 # and sets its "ok" to 0 unless PASS.
-judge() { # $1 description, $2 median-based ratio, $3 best-based ratio, $4 awk test on r
-    local on_median on_best
+judge() { # $1 description, $2 median-based ratio, $3 best-based ratio, $4 awk test on r, $5 unit (default x)
+    local on_median on_best u=${5:-x}
     on_median=$(awk -v r="$2" "BEGIN { print ($4) ? 1 : 0 }"); on_best=$(awk -v r="$3" "BEGIN { print ($4) ? 1 : 0 }")
-    if ((on_median && on_best)); then verdicts+=("PASS: $1: ${2}x on the medians, ${3}x on the best repetitions")
-    elif ((!on_median && !on_best)); then verdicts+=("FAIL: $1: ${2}x on the medians, ${3}x on the best repetitions"); ok=0
-    else verdicts+=("INCONCLUSIVE (noise): $1: ${2}x on the medians, ${3}x on the best repetitions"); ok=0
+    if ((on_median && on_best)); then verdicts+=("PASS: $1: ${2}$u on the medians, ${3}$u on the best repetitions")
+    elif ((!on_median && !on_best)); then verdicts+=("FAIL: $1: ${2}$u on the medians, ${3}$u on the best repetitions"); ok=0
+    else verdicts+=("INCONCLUSIVE (noise): $1: ${2}$u on the medians, ${3}$u on the best repetitions"); ok=0
     fi
 }
 
