@@ -7,6 +7,8 @@
 #   bench/scale.sh                        # or: make bench
 #   REPS=2 DURATION=3 bench/scale.sh      # a quicker, noisier run
 #   CRITERION=0 bench/scale.sh            # the proxy runs only
+#   GRAYGATE_BIN=... SCALE_BENCH=... bench/scale.sh   # binaries built elsewhere (the
+#                                         # graygate binary, benches/scale.rs's bench binary)
 #
 # The rules: bench/tenants.py (the shape of benches/support/tenants.rs): per tenant a host
 # rule, a tenant-header rule, a list of ten uids, a split on a host and path, a suffix host
@@ -65,8 +67,13 @@ criterion_table="(not run: CRITERION=0)"
 loading="(not run: CRITERION=0)"
 if [[ "$CRITERION" == 1 ]]; then
     echo "== criterion: benches/scale.rs"
-    cargo bench --locked --bench scale --no-run --quiet
-    "${prio[@]}" cargo bench --locked --bench scale -- --warm-up-time 1 --measurement-time 2 --noplot 2>&1 | tee "$work/criterion.log" |
+    criterion=(cargo bench --locked --bench scale --)
+    if [[ -n "${SCALE_BENCH:-}" ]]; then
+        criterion=("$SCALE_BENCH" --bench)   # a bench binary built elsewhere
+    else
+        cargo bench --locked --bench scale --no-run --quiet
+    fi
+    "${prio[@]}" "${criterion[@]}" --warm-up-time 1 --measurement-time 2 --noplot 2>&1 | tee "$work/criterion.log" |
         grep -E '^(decide|gather|service|==|  *[0-9]+ rules|uid_in)|time:' || true
     loading=$(grep -E '^ *[0-9]+ rules:|^uid_in' "$work/criterion.log" | sed 's/^ */- /' || true)
     criterion_table=$(python3 - "$target_dir/criterion" <<'PY'
