@@ -34,7 +34,8 @@ RELOAD_EVERY=${RELOAD_EVERY:-1}   # seconds between reloads during the loaded ru
 OUT=${OUT:-docs/benchmarks.md}
 CRITERION=${CRITERION:-1}         # 0: skip benches/scale.rs
 NICE=${NICE:--10}                 # niceness of every measured process, as in compare.sh
-SIZES=${SIZES:-"10:10 100:100 1000:1000 10000:2000"}   # rules:hosts per graygate
+# rules:hosts per graygate; 10000:10 tells the rules' memory and cost from the hosts'
+SIZES=${SIZES:-"10:10 100:100 1000:1000 10000:10 10000:2000"}
 GG_TOKEN=scale-bench   # the admin token of every graygate (start_graygate)
 
 bash scripts/install-deps.sh bench
@@ -102,7 +103,7 @@ start_backend "$backend"
 declare -A port admin proxy_pid rules_of
 names=(empty)
 rules_of[empty]="0:0"
-for size in $SIZES; do names+=("r${size%%:*}"); rules_of["r${size%%:*}"]=$size; done
+for size in $SIZES; do names+=("r${size%%:*}h${size##*:}"); rules_of["r${size%%:*}h${size##*:}"]=$size; done
 for name in "${names[@]}"; do
     port[$name]=$(free_port); admin[$name]=$(free_port)
     IFS=: read -r n h <<<"${rules_of[$name]}"
@@ -275,7 +276,8 @@ $(printf '%s\n' "${verdicts[@]}")
   backend and wrk pinned to core 1; loopback; niceness ${NICE:-0}. Throughput: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s\`,
   $REPS interleaved repetitions (order rotated), medians. The same 4,000 requests for every rule set.
 - **RSS**: VmRSS after loading and a warm-up run; per rule: minus the graygate with no rules
-  and one service (${rss[empty]} KiB), divided by the rules.
+  and one service (${rss[empty]} KiB), divided by the rules (a row with many hosts counts its
+  services in too: compare the rows of equal rules).
 - **Noise**: load average $load_before before, $load_after after.
 <!-- bench/scale.sh: end -->
 DOC
