@@ -267,7 +267,7 @@ $table
 
 p99 at ~$RATE requests/s on the ${rules_of[$largest]%%:*}-rule graygate: ${quiet} ms without reloads, ${loaded} ms with a
 new generation written and \`POST /-/reload\` every ${RELOAD_EVERY} s (medians of $REPS runs of ${LAT_DURATION} s; $reloads reloads,
-each answered in a median of ${reload_ms:-?} ms, worst ${reload_worst} ms, compiled on the blocking pool; generation ${generation:-?} serving
+each answered in a median of ${reload_ms:-?} ms, worst ${reload_worst} ms, compiled on a reload thread at nice +10; generation ${generation:-?} serving
 at the end).
 
 $(printf '%s\n' "${verdicts[@]}")
