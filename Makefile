@@ -6,8 +6,9 @@
 #   make check   validate conf/graygate.yaml with the release binary
 #   make bench   graygate vs nginx (bench/compare.sh -> docs/benchmarks.md), the same over
 #                HTTPS (bench/https.sh), cached lookups (bench/assignments.sh), the cost of
-#                a rollout rule against a plain split (bench/rollout.sh), reload of
-#                1,000 rules (benches/reload.rs)
+#                a rollout rule against a plain split (bench/rollout.sh), 10 to 10,000
+#                rules and hosts (bench/scale.sh), reload of 1,000 and 10,000 rules
+#                (benches/reload.rs)
 #   make faults  fault suite (bench/faults.sh): Redis, peers, reloads, slowloris, bad requests
 #   make fmt | lint | clean
 
@@ -62,6 +63,7 @@ bench: deps-run
 	bash bench/https.sh || status=1; \
 	bash bench/assignments.sh || status=1; \
 	bash bench/rollout.sh || status=1; \
+	bash bench/scale.sh || status=1; \
 	$(CARGO) bench --locked --bench reload || status=1; \
 	exit $$status
 

@@ -121,21 +121,6 @@ if [[ "$PROFILE" == 1 ]]; then
     mkdir -m 1777 "$work/callgrind" && chmod 711 "$work"
     wrap=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind/%p")
 fi
-start_graygate() { # $1 name, $2 port, $3 admin port, $4 rules yaml, $5 extra conf
-    mkdir -p "$work/$1/rules"
-    printf '%s\n' "$4" > "$work/$1/rules/rules.yaml"
-    cat > "$work/$1/graygate.yaml" <<CONF
-listen: ["127.0.0.1:$2"]
-admin: { listen: "127.0.0.1:$3" }
-rules: rules
-access_log: off
-server: { threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: gg.pid, upgrade_sock: gg.sock }
-$5
-CONF
-    RUST_LOG=warn "${prio[@]}" taskset -c 0 "${wrap[@]}" "$bin" run -c "$work/$1/graygate.yaml" 2>"$work/$1.log" & pids+=($!)
-    wait_port "$2" 600
-    proxy_pid[$1]=$!
-}
 services="services:
   web:
     hosts: [\"*\"]
@@ -258,27 +243,8 @@ request = function()
     n = (n + 1) % $UIDS
     return reqs[n]
 end
-PACING
-done = function(summary, latency, requests)
-    local e = summary.errors
-    io.write(string.format("ERRORS %d\n", e.status + e.connect + e.read + e.write + e.timeout))
-    io.write(string.format("RESULT %.1f %.3f %.3f %.3f %.3f %d\n", summary.requests / (summary.duration / 1e6),
-        latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency:percentile(99.9) / 1000, latency.max / 1000,
-        summary.requests))
-end
 LUA
-sed 's/^PACING$//' "$work/uids.lua" > "$work/throughput.lua"
-mean_delay_ms=$(awk -v c="$LAT_CONNECTIONS" -v r="$RATE" 'BEGIN { printf "%d", c * 1000 / r }')
-((mean_delay_ms >= 1)) || { echo "LAT_CONNECTIONS/RATE must be at least 1 ms" >&2; exit 2; }
-sed "s/^PACING\$/delay = function() return math.random(0, 2 * $mean_delay_ms) end/" "$work/uids.lua" > "$work/paced.lua"
-
-run_wrk() { # $1 script, $2 port, $3 connections, $4 seconds -> RESULT="rate p50 p99 p999 max requests"
-    local out errors
-    out=$(timeout $(($4 + 30)) "${prio[@]}" taskset -c 1 wrk -t1 -c"$3" -d"$4s" --timeout 5s -s "$work/$1" "http://127.0.0.1:$2/")
-    errors=$(awk '/^ERRORS/ {print $2}' <<<"$out")
-    if [[ "$errors" != "0" ]]; then echo "errors during the run on port $2: $errors" >&2; echo "$out" >&2; exit 1; fi
-    RESULT=$(awk '/^RESULT/ {print $2, $3, $4, $5, $6, $7}' <<<"$out")
-}
+wrk_scripts uids.lua "$LAT_CONNECTIONS" "$RATE"
 
 # --- check that every proxy routes as intended before measuring ---
 # paid -> stable; stored assignment (a, d, e only) -> it; tail 1-3 -> canary; the rest: a split.
@@ -419,8 +385,9 @@ redis_version=$(redis-server --version | grep -o 'v=[^ ]*' | cut -d= -f2)
 rustc_version=$(rustc -V)
 
 mkdir -p "$(dirname "$OUT")"
-# bench/https.sh writes a section of its own into the same file: keep it.
+# bench/https.sh and bench/scale.sh write sections of their own into the same file: keep them.
 https_section=$(sed -n '/^<!-- bench\/https.sh: begin/,/^<!-- bench\/https.sh: end -->/p' "$OUT" 2>/dev/null || true)
+scale_section=$(sed -n '/^<!-- bench\/scale.sh: begin/,/^<!-- bench\/scale.sh: end -->/p' "$OUT" 2>/dev/null || true)
 {
     cat <<DOC
 # Benchmarks
@@ -475,7 +442,7 @@ DOC
 $decide_table
 
 \`gather\`: the filter chain (\`Facts::gather\`: cookies, uid, tail, tier, internal);
-\`decide-first\`: the first rule decides; \`decide-all-100\`: every rule evaluated, then the default;
+\`decide-first\`: the first rule decides; \`decide-all-100\`: no rule decides (the index's candidates evaluated, then the default);
 \`gather+decide\`: both, for 10,000 rotating uids and four paths (what a request pays).
 DOC
     else
@@ -491,6 +458,7 @@ DOC
 - redis-server $redis_version, wrk $wrk_version
 DOC
     if [[ -n "$https_section" ]]; then printf '\n%s\n' "$https_section"; fi
+    if [[ -n "$scale_section" ]]; then printf '\n%s\n' "$scale_section"; fi
 } > "$OUT"
 
 echo

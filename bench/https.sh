@@ -401,20 +401,7 @@ $(printf '%s\n' "${verdicts[@]}")
 <!-- bench/https.sh: end -->
 DOC
 )
-touch "$OUT"
-SECTION=$section python3 - "$OUT" <<'PY'
-import os, re, sys
-path = sys.argv[1]
-text = open(path).read()
-section = os.environ["SECTION"]
-pattern = re.compile(r"<!-- bench/https.sh: begin.*?<!-- bench/https.sh: end -->", re.S)
-if pattern.search(text):
-    text = pattern.sub(lambda _: section, text)
-else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
-open(path, "w").write(text)
-PY
-
+write_section https "$OUT" "$section"
 echo
 echo "$table"
 echo

@@ -25,12 +25,12 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 # A target judged on the medians and on the best repetitions: PASS when both meet it, FAIL
 # when neither does, INCONCLUSIVE (noise) otherwise. Appends to the caller's "verdicts" array
 # and sets its "ok" to 0 unless PASS.
-judge() { # $1 description, $2 median-based ratio, $3 best-based ratio, $4 awk test on r
-    local on_median on_best
+judge() { # $1 description, $2 median-based ratio, $3 best-based ratio, $4 awk test on r, $5 unit (default x)
+    local on_median on_best u=${5:-x}
     on_median=$(awk -v r="$2" "BEGIN { print ($4) ? 1 : 0 }"); on_best=$(awk -v r="$3" "BEGIN { print ($4) ? 1 : 0 }")
-    if ((on_median && on_best)); then verdicts+=("PASS: $1: ${2}x on the medians, ${3}x on the best repetitions")
-    elif ((!on_median && !on_best)); then verdicts+=("FAIL: $1: ${2}x on the medians, ${3}x on the best repetitions"); ok=0
-    else verdicts+=("INCONCLUSIVE (noise): $1: ${2}x on the medians, ${3}x on the best repetitions"); ok=0
+    if ((on_median && on_best)); then verdicts+=("PASS: $1: ${2}$u on the medians, ${3}$u on the best repetitions")
+    elif ((!on_median && !on_best)); then verdicts+=("FAIL: $1: ${2}$u on the medians, ${3}$u on the best repetitions"); ok=0
+    else verdicts+=("INCONCLUSIVE (noise): $1: ${2}$u on the medians, ${3}$u on the best repetitions"); ok=0
     fi
 }
 
@@ -93,4 +93,76 @@ uid_rate() {
     errors=$(awk '/^NON2XX/ {print $2}' <<<"$out")
     if [[ "$errors" != "0" ]]; then echo "errors during the run on port $1: $errors" >&2; echo "$out" >&2; exit 1; fi
     awk '/^Requests\/sec/ {print $2}' <<<"$out"
+}
+
+# A graygate named $1 on port $2 (admin on $3) with the rules file $4 and extra config $5,
+# one worker pinned to core 0, under the caller's "${wrap[@]}"; its pid in the caller's
+# proxy_pid[$1]. With the caller's GG_TOKEN set, the admin API takes that bearer token.
+start_graygate() { # $1 name, $2 port, $3 admin port, $4 rules yaml, $5 extra conf
+    local token_env=""
+    [[ -n "${GG_TOKEN:-}" ]] && token_env=", token_env: GG_BENCH_TOKEN"
+    mkdir -p "$work/$1/rules"
+    printf '%s\n' "$4" > "$work/$1/rules/rules.yaml"
+    cat > "$work/$1/graygate.yaml" <<CONF
+listen: ["127.0.0.1:$2"]
+admin: { listen: "127.0.0.1:$3"$token_env }
+rules: rules
+access_log: off
+server: { threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: gg.pid, upgrade_sock: gg.sock }
+$5
+CONF
+    GG_BENCH_TOKEN=${GG_TOKEN:-} RUST_LOG=warn "${prio[@]}" taskset -c 0 "${wrap[@]}" "$bin" run -c "$work/$1/graygate.yaml" 2>"$work/$1.log" & pids+=($!)
+    wait_port "$2" 600
+    proxy_pid[$1]=$!
+}
+
+# wrk on core 1 with the script $work/$1 (which prints ERRORS and RESULT lines) against port
+# $2: $3 connections for $4 seconds. Sets RESULT="rate p50 p99 p999 max requests"; any error
+# ends the caller.
+run_wrk() { # $1 script, $2 port, $3 connections, $4 seconds
+    local out errors
+    out=$(timeout $(($4 + 30)) "${prio[@]}" taskset -c 1 wrk -t1 -c"$3" -d"$4s" --timeout 5s -s "$work/$1" "http://127.0.0.1:$2/")
+    errors=$(awk '/^ERRORS/ {print $2}' <<<"$out")
+    if [[ "$errors" != "0" ]]; then echo "errors during the run on port $2: $errors" >&2; echo "$out" >&2; exit 1; fi
+    RESULT=$(awk '/^RESULT/ {print $2, $3, $4, $5, $6, $7}' <<<"$out")
+}
+
+# Replaces the section of bench/$1.sh in the file $2 by $3 (from its begin marker to its end
+# marker), or appends it.
+write_section() { # $1 script name, $2 file, $3 section text
+    touch "$2"
+    SECTION=$3 NAME=$1 python3 - "$2" <<'PY'
+import os, re, sys
+path = sys.argv[1]
+text = open(path).read()
+section, name = os.environ["SECTION"], re.escape(os.environ["NAME"])
+pattern = re.compile(rf"<!-- bench/{name}.sh: begin.*?<!-- bench/{name}.sh: end -->", re.S)
+if pattern.search(text):
+    text = pattern.sub(lambda _: section, text)
+else:
+    text = text.rstrip("\n") + "\n\n" + section + "\n"
+open(path, "w").write(text)
+PY
+}
+
+# Writes $work/throughput.lua and $work/paced.lua from the wrk Lua in $work/$1 (its init and
+# request functions): both get the report run_wrk reads (ERRORS and RESULT lines), paced.lua
+# also a random delay() before each request, of mean $2 connections / $3 requests/s (set in
+# mean_delay_ms), so that the offered load is about $3 requests/s whatever the proxy.
+wrk_scripts() { # $1 Lua file in $work, $2 paced connections, $3 offered requests/s
+    local report
+    report=$(cat <<'LUA'
+done = function(summary, latency, requests)
+    local e = summary.errors
+    io.write(string.format("ERRORS %d\n", e.status + e.connect + e.read + e.write + e.timeout))
+    io.write(string.format("RESULT %.1f %.3f %.3f %.3f %.3f %d\n", summary.requests / (summary.duration / 1e6),
+        latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency:percentile(99.9) / 1000, latency.max / 1000,
+        summary.requests))
+end
+LUA
+)
+    mean_delay_ms=$(awk -v c="$2" -v r="$3" 'BEGIN { printf "%d", c * 1000 / r }')
+    ((mean_delay_ms >= 1)) || { echo "connections/rate of the paced runs must be at least 1 ms" >&2; exit 2; }
+    printf '%s\n%s\n' "$(cat "$work/$1")" "$report" > "$work/throughput.lua"
+    printf '%s\ndelay = function() return math.random(0, 2 * %d) end\n%s\n' "$(cat "$work/$1")" "$mean_delay_ms" "$report" > "$work/paced.lua"
 }

@@ -5,8 +5,10 @@
 //! - `gather`: the filter chain alone ([`Facts::gather`]: cookie parse across the `Cookie`
 //!   headers, uid, uid tail, tier, internal);
 //! - `decide-first`: a request the first rule decides (a paid user);
-//! - `decide-all-100`: a request no rule decides, so all 100 rules are evaluated before the
-//!   default: the worst case;
+//! - `decide-all-100`: a request no rule decides: the worst case. Before the rule index
+//!   (`rules/index.rs`) all 100 rules were evaluated; now only its candidates are (the rules
+//!   without a key condition, and those whose host, header, uid, prefix or method fits), and
+//!   the curve by rule count is `benches/scale.rs`'s;
 //! - `gather+decide`: both, for requests cycling through 10,000 uids (most decided by the
 //!   rules near the end, a few by splits and tails), what `request_filter` pays per request.
 //!

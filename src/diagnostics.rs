@@ -163,8 +163,14 @@ impl SourceFile {
 
 #[derive(Debug)]
 enum Frame {
-    Map { key: Option<String> },
-    Seq { next: usize },
+    Map {
+        key: Option<String>,
+    },
+    /// `line`: the line a lookup of the sequence's own path answers.
+    Seq {
+        next: usize,
+        line: Option<usize>,
+    },
 }
 
 #[derive(Default)]
@@ -175,20 +181,33 @@ struct LineRecorder {
 }
 
 impl LineRecorder {
+    /// What [`SourceFile::line`] will answer for the current path.
+    fn line_of_path(&self) -> Option<usize> {
+        (0..=self.path.len())
+            .rev()
+            .find_map(|n| self.lines.get(&self.path[..n].join(".")).copied())
+    }
+
     fn record(&mut self, mark: &Marker) {
         self.lines.entry(self.path.join(".")).or_insert(mark.line());
     }
 
-    fn enter_value(&mut self, mark: &Marker) {
+    /// Enters a node; `scalar`: a scalar or an alias, which has no nodes inside.
+    fn enter_value(&mut self, mark: &Marker, scalar: bool) {
         match self.frames.last_mut() {
             Some(Frame::Map { key: Some(key) }) => {
                 let key = key.clone();
                 self.path.push(key);
             }
-            Some(Frame::Seq { next }) => {
+            Some(Frame::Seq { next, line }) => {
+                // A scalar on its sequence's line has that line already (`line` falls back
+                // to the sequence): a flow list of a million uids adds no entries.
+                let same_line = scalar && *line == Some(mark.line());
                 let index = next.to_string();
                 self.path.push(index);
-                self.record(mark);
+                if !same_line {
+                    self.record(mark);
+                }
             }
             _ => {}
         }
@@ -202,7 +221,7 @@ impl LineRecorder {
                     self.path.pop();
                 }
             }
-            Some(Frame::Seq { next }) => {
+            Some(Frame::Seq { next, .. }) => {
                 *next += 1;
                 self.path.pop();
             }
@@ -224,20 +243,21 @@ impl MarkedEventReceiver for LineRecorder {
                         return;
                     }
                 }
-                self.enter_value(&mark);
+                self.enter_value(&mark, true);
                 self.leave_value();
             }
             Event::Alias(_) => {
-                self.enter_value(&mark);
+                self.enter_value(&mark, true);
                 self.leave_value();
             }
             Event::MappingStart(..) => {
-                self.enter_value(&mark);
+                self.enter_value(&mark, false);
                 self.frames.push(Frame::Map { key: None });
             }
             Event::SequenceStart(..) => {
-                self.enter_value(&mark);
-                self.frames.push(Frame::Seq { next: 0 });
+                self.enter_value(&mark, false);
+                let line = self.line_of_path();
+                self.frames.push(Frame::Seq { next: 0, line });
             }
             Event::MappingEnd | Event::SequenceEnd => {
                 self.frames.pop();
@@ -266,6 +286,19 @@ mod tests {
         // A path with no node of its own falls back to its nearest ancestor.
         assert_eq!(file.line("rules.1.when.uid_tail.7"), Some(7));
         assert_eq!(file.line("nowhere"), None);
+    }
+
+    #[test]
+    fn list_items_keep_their_lines() {
+        let text = "peers:\n  - a\n  - b\nuids: [1, 2,\n  3]\nnested: [[x], y]\n";
+        let file = SourceFile::new(Path::new("r.yaml"), text);
+        assert_eq!(file.line("peers.0"), Some(2));
+        assert_eq!(file.line("peers.1"), Some(3));
+        // Items on their list's line are not recorded one by one, yet have that line.
+        assert_eq!(file.line("uids.1"), Some(4));
+        assert_eq!(file.line("uids.2"), Some(5));
+        assert_eq!(file.line("nested.0.0"), Some(6));
+        assert_eq!(file.lines.len(), 7, "{:?}", file.lines);
     }
 
     #[test]

@@ -66,6 +66,38 @@ impl Reloader {
         self
     }
 
+    /// [`Reloader::reload`] on a thread of its own, started for it, at a CPU priority
+    /// [`RELOAD_NICENESS`] below the process's; `done` gets the report there. Compiling reads
+    /// files and may resolve peer names, so it stays off the async workers; and compiling
+    /// 10,000 rules keeps a core busy for a few hundred milliseconds, which on a core it
+    /// shares with a request worker must not delay requests.
+    pub fn spawn(
+        self: Arc<Self>,
+        trigger: &'static str,
+        done: impl FnOnce(ReloadReport) + Send + 'static,
+    ) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name("graygate-reload".into())
+            .spawn(move || {
+                lower_priority();
+                done(self.reload(trigger));
+            })
+            .map(drop)
+    }
+
+    /// [`Reloader::spawn`], awaited; `None` when the thread could not start or ended
+    /// without a report (a panic).
+    pub async fn reload_in_thread(self: Arc<Self>, trigger: &'static str) -> Option<ReloadReport> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Err(e) = self.spawn(trigger, move |report| {
+            let _ = tx.send(report);
+        }) {
+            log::error!("{trigger}: no reload: {e}");
+            return None;
+        }
+        rx.await.ok()
+    }
+
     /// Reloads the rules and then the certificates now; `trigger` names the cause in the
     /// log. The result is the rules'; certificate problems are logged and counted (the old
     /// pairs keep serving).
@@ -214,6 +246,25 @@ impl WatchedPaths {
     }
 }
 
+/// How far below the process's CPU priority a reload thread runs (a nice increment, capped
+/// at 19): the request workers preempt it, so a reload under load leaves their latency alone.
+pub const RELOAD_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's CPU priority by [`RELOAD_NICENESS`] (Linux: a nice value is
+/// per thread); a failure leaves it as it was.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        if let Ok(nice) = rustix::process::getpriority_process(Some(tid)) {
+            let lower = (nice + RELOAD_NICENESS).min(19);
+            if let Err(e) = rustix::process::setpriority_process(Some(tid), lower) {
+                log::debug!("the reload thread keeps its priority: {e}");
+            }
+        }
+    }
+}
+
 /// The background task behind the file watch and `SIGHUP`.
 pub struct ReloadTriggers {
     reloader: Arc<Reloader>,
@@ -226,11 +277,9 @@ impl ReloadTriggers {
     }
 
     fn reload_in_background(&self, trigger: &'static str) {
-        let reloader = Arc::clone(&self.reloader);
-        // Compiling reads files and may resolve peer names: keep it off the async workers.
-        tokio::task::spawn_blocking(move || {
-            let _ = reloader.reload(trigger);
-        });
+        if let Err(e) = Arc::clone(&self.reloader).spawn(trigger, |_| {}) {
+            log::error!("{trigger}: no reload: {e}");
+        }
     }
 }
 

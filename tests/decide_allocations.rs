@@ -119,3 +119,53 @@ fn decide_does_not_allocate() {
         );
     }
 }
+
+/// The rule index's lookups (hosts in any case, suffixes, uid lists, tenant headers, path
+/// prefixes, methods) and the merge of its candidate lists allocate nothing either.
+#[test]
+fn indexed_decide_does_not_allocate() {
+    let mut rules = String::from(
+        "versions: { stable: {}, canary: {} }\ndefault: stable\nidentity: { uid: [header:X-User-Id] }\nservices:\n  web:\n    hosts: [\"*\"]\n    groups: { stable: { peers: [\"127.0.0.1:1\"] } }\nrules:\n",
+    );
+    for t in 0..200 {
+        rules.push_str(&format!(
+            "  - {{ name: h{t}, when: {{ host: [t{t}.example.com, \"*.t{t}.example.net\"], uid_tail: [1] }}, version: canary }}\n  \
+             - {{ name: x{t}, when: {{ header: {{ X-Tenant: t{t} }}, path_prefix: [/api, /api/v{t}] }}, version: canary }}\n  \
+             - {{ name: u{t}, when: {{ uid_in: [\"{t}01\", \"{t}02\"], method: [POST] }}, version: canary }}\n"
+        ));
+    }
+    let model = compile(
+        &[RuleSource {
+            path: "tenants.yaml".into(),
+            text: rules,
+        }],
+        &Listeners::default(),
+    )
+    .expect("the rules compile")
+    .model;
+    for (method, host, path, tenant, uid) in [
+        (Method::GET, "T7.Example.COM", "/", "t7", "7"),
+        (Method::GET, "a.b.t7.example.net", "/api/v7/x", "t7", "701"),
+        (Method::POST, "app.example.com", "/api/v3", "t3", "301"),
+        (Method::GET, "unknown.example.org", "/x", "t999", "1"),
+    ] {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-tenant", HeaderValue::from_static(tenant));
+        headers.insert("x-user-id", HeaderValue::from_static(uid));
+        let view = RequestView {
+            method: &method,
+            host,
+            path,
+            query: None,
+            headers: &headers,
+            client_ip: None,
+            arrival: Arrival::default(),
+        };
+        let facts = Facts::gather(&model.rules.identity, view);
+        let before = ALLOCATIONS.with(Cell::get);
+        let decision = decide(&model.rules, &facts);
+        let after = ALLOCATIONS.with(Cell::get);
+        assert!(decision.is_ok());
+        assert_eq!(after - before, 0, "decide allocated for {host}{path}");
+    }
+}

@@ -227,12 +227,14 @@ impl AdminApp {
     }
 
     /// `POST /-/reload`. Compiling reads files and may resolve peer names: it runs on a
-    /// blocking thread, as the file-watch path does, never on the admin's async worker.
+    /// thread of its own at a lower priority ([`Reloader::spawn`]), as the file-watch path
+    /// does, never on an async worker.
     async fn reload(&self) -> Reply {
-        let reloader = Arc::clone(&self.reloader);
-        let report = match tokio::task::spawn_blocking(move || reloader.reload("admin API")).await {
-            Ok(report) => report,
-            Err(e) => return Reply::error(500, &format!("the reload did not finish: {e}")),
+        let Some(report) = Arc::clone(&self.reloader)
+            .reload_in_thread("admin API")
+            .await
+        else {
+            return Reply::error(500, "the reload did not finish");
         };
         // Each TLS listener's certificates: reloaded, unchanged, or kept after errors.
         let certificates: Vec<serde_json::Value> = report

@@ -4,7 +4,10 @@
 //! or is skipped (a split whose key is absent; a restricted version for a user who is not
 //! internal), and evaluation moves on. No rule deciding means the default version.
 //! [`explain`] runs the very same evaluation with a trace of every rule, for `graygate
-//! explain` and the admin API; [`decide`] runs it with a trace that compiles away.
+//! explain` and the admin API; [`decide`] runs it with a trace that compiles away, over the
+//! rules the [rule index](super::index) names as candidates for the request (the others'
+//! key conditions cannot hold). [`decide_linear`] tries every rule: the reference the
+//! index is tested against.
 
 use std::fmt;
 
@@ -15,7 +18,7 @@ use crate::facts::VersionId;
 use crate::facts::{Assigned, Facts};
 use crate::rules::matcher::Shown;
 use crate::rules::model::{
-    Action, Condition, RolloutId, RolloutNow, RuleSet, Split, SplitKey, ValueMatch,
+    Action, Condition, RolloutId, RolloutNow, Rule, RuleSet, Split, SplitKey, ValueMatch,
 };
 
 /// Why a version was decided.
@@ -137,13 +140,21 @@ pub enum Missing {
 
 /// Decides the version for a request, or names the first store fact a reached rule needs.
 pub fn decide(rules: &RuleSet, facts: &Facts) -> Result<Decision, Missing> {
-    evaluate(rules, facts, &mut ())
+    let candidates = rules.index.candidates(facts);
+    let candidates = candidates.filter_map(|i| rules.rules.get(i).map(|rule| (i, rule)));
+    evaluate(rules, facts, candidates, &mut ())
+}
+
+/// [`decide`] trying every rule in turn, without the index: the reference it is tested
+/// against (and what [`explain`] runs).
+pub fn decide_linear(rules: &RuleSet, facts: &Facts) -> Result<Decision, Missing> {
+    evaluate(rules, facts, rules.rules.iter().enumerate(), &mut ())
 }
 
 /// Decides and explains every rule's part in the decision.
 pub fn explain(rules: &RuleSet, facts: &Facts) -> Result<Explanation, Missing> {
     let mut steps = Vec::with_capacity(rules.rules.len());
-    let decision = evaluate(rules, facts, &mut steps)?;
+    let decision = evaluate(rules, facts, rules.rules.iter().enumerate(), &mut steps)?;
     for rule in &rules.rules[steps.len()..] {
         steps.push(Step {
             rule: rule.name.to_string(),
@@ -166,8 +177,14 @@ fn needs(condition: &Condition, facts: &Facts) -> Option<Missing> {
     }
 }
 
-fn evaluate(rules: &RuleSet, facts: &Facts, trace: &mut impl Trace) -> Result<Decision, Missing> {
-    'rules: for (index, rule) in rules.rules.iter().enumerate() {
+/// Tries `candidates` (rule positions, in rule order) top to bottom.
+fn evaluate<'r>(
+    rules: &'r RuleSet,
+    facts: &Facts,
+    candidates: impl Iterator<Item = (usize, &'r Rule)>,
+    trace: &mut impl Trace,
+) -> Result<Decision, Missing> {
+    'rules: for (index, rule) in candidates {
         for condition in &rule.conditions {
             if let Some(missing) = needs(condition, facts) {
                 return Err(missing);
@@ -374,7 +391,7 @@ pub fn holds(condition: &Condition, facts: &Facts) -> bool {
     let req = &facts.req;
     let uid = facts.uid.as_ref();
     match condition {
-        Condition::Host(patterns) => patterns.iter().any(|p| p.matches(req.host)),
+        Condition::Host(set) => set.matches(req.host),
         Condition::PathPrefix(prefixes) => prefixes.iter().any(|p| req.path.starts_with(&**p)),
         Condition::PathRegex(set) => set.is_match(req.path),
         Condition::Method(methods) => methods.contains(req.method),
@@ -392,7 +409,7 @@ pub fn holds(condition: &Condition, facts: &Facts) -> bool {
         Condition::UidSuffix(suffixes) => {
             uid.is_some_and(|u| suffixes.iter().any(|s| u.text.ends_with(&**s)))
         }
-        Condition::UidIn(set) => uid.is_some_and(|u| set.contains(&*u.text)),
+        Condition::UidIn(set) => uid.is_some_and(|u| set.contains(&u.text)),
         Condition::UidRange(min, max) => uid
             .and_then(|u| u.number)
             .is_some_and(|n| (*min..=*max).contains(&n)),

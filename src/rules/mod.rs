@@ -5,9 +5,11 @@
 
 pub mod compile;
 pub mod decide;
+pub mod index;
 pub mod matcher;
 pub mod model;
 pub mod raw;
+pub mod sets;
 
 pub use compile::{compile, load, LoadedRules, RuleSource};
 pub use decide::{decide, explain, Decision, Explanation};

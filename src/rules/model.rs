@@ -4,7 +4,6 @@
 //! resolved to indices, regexes compiled, CIDRs parsed, split buckets laid out. Nothing on
 //! the request path parses or allocates to evaluate it.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +18,9 @@ use crate::config::Listener;
 use crate::facts::identity::{Identity, Tier};
 pub use crate::facts::rollout::{Phase, RolloutNow};
 use crate::facts::{Arrival, ListenerId, Scheme, VersionId};
+pub use crate::rules::index::RuleIndex;
 pub use crate::rules::matcher::ValueMatch;
+pub use crate::rules::sets::{HostSet, StrSet};
 
 /// A release version label: stable, canary, beta, dev...
 #[derive(Debug, Clone)]
@@ -134,8 +135,9 @@ impl std::fmt::Display for HostPattern {
 /// One condition of a rule's `when`.
 #[derive(Debug, Clone)]
 pub enum Condition {
-    /// The request host matches one of the patterns.
-    Host(Vec<HostPattern>),
+    /// The request host matches one of the patterns (boxed: a set is larger than every other
+    /// condition).
+    Host(Box<HostSet>),
     /// The path starts with one of the prefixes.
     PathPrefix(Vec<Box<str>>),
     /// The path matches one of the regexes.
@@ -154,8 +156,8 @@ pub enum Condition {
     UidTail(u16),
     /// The uid ends with one of these.
     UidSuffix(Vec<Box<str>>),
-    /// The uid is one of these.
-    UidIn(HashSet<Box<str>>),
+    /// The uid is one of these (boxed, as `Host`).
+    UidIn(Box<StrSet>),
     /// A numeric uid within `[min, max]`.
     UidRange(u64, u64),
     /// The request has (or lacks) a uid.
@@ -539,6 +541,9 @@ pub struct RuleSet {
     pub passing_cookies: Vec<Box<str>>,
     /// The listeners the rules were compiled against.
     pub listeners: Listeners,
+    /// Which rules a request may match, by host, uid, header, path prefix and method: what
+    /// [`decide`](super::decide::decide) consults before evaluating rules.
+    pub index: RuleIndex,
 }
 
 impl RuleSet {

@@ -222,6 +222,10 @@ pub struct SnapshotStore {
     runtime: Mutex<RuntimeState>,
     /// The windowed per-version figures every generation's cells live in.
     stats: Arc<Stats>,
+    /// Generations swapped out while requests still held them. A later swap drops those no
+    /// request holds any more, so that freeing a generation of 10,000 rules falls to the
+    /// thread that reloads, never to the request worker that happened to hold it last.
+    retired: Mutex<Vec<Arc<Snapshot>>>,
 }
 
 impl SnapshotStore {
@@ -250,6 +254,7 @@ impl SnapshotStore {
             listeners,
             runtime: Mutex::new(runtime),
             stats,
+            retired: Mutex::default(),
         })
     }
 
@@ -288,8 +293,19 @@ impl SnapshotStore {
             &self.stats,
         )?);
         next.runtime.log_ignored();
-        self.current.store(Arc::clone(&next));
+        drop(previous);
+        self.swap(Arc::clone(&next));
         Ok(Reloaded::Swapped(next))
+    }
+
+    /// Serves `next`, keeping the generation it replaces among the retired, and drops the
+    /// retired generations no request holds any more (here, on the swapping thread).
+    fn swap(&self, next: Arc<Snapshot>) {
+        let previous = self.current.swap(next);
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.push(previous);
+        // `swap` has turned every reader's borrow of the old generation into a count.
+        retired.retain(|s| Arc::strong_count(s) > 1);
     }
 
     /// Changes the runtime state and swaps in the current generation rebuilt with it.
@@ -298,7 +314,7 @@ impl SnapshotStore {
         change(&mut runtime);
         let next = Arc::new(self.current().with_runtime(&runtime));
         next.runtime.log_ignored();
-        self.current.store(Arc::clone(&next));
+        self.swap(Arc::clone(&next));
         next
     }
 
@@ -350,6 +366,33 @@ mod tests {
         std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
         let store = SnapshotStore::load(dir.path(), Listeners::default()).unwrap();
         (dir, store)
+    }
+
+    /// A generation a request still holds at a swap is freed by a later swap, not by the
+    /// request; one nobody holds is freed by the swap itself.
+    #[test]
+    fn retired_generations_are_freed_by_the_swapping_thread() {
+        let (dir, store) = store_with(RULES);
+        let held = store.current();
+        let weak = Arc::downgrade(&held);
+        let rewrite = |n: usize| {
+            std::fs::write(dir.path().join("rules.yaml"), format!("{RULES}# {n}\n")).unwrap()
+        };
+        rewrite(1);
+        assert!(matches!(store.reload().unwrap(), Reloaded::Swapped(_)));
+        drop(held);
+        assert!(
+            weak.upgrade().is_some(),
+            "the request's drop did not free it"
+        );
+        let second = Arc::downgrade(&store.current());
+        rewrite(2);
+        assert!(matches!(store.reload().unwrap(), Reloaded::Swapped(_)));
+        assert!(weak.upgrade().is_none(), "the next swap freed it");
+        assert!(
+            second.upgrade().is_none(),
+            "a generation nobody held is freed at once"
+        );
     }
 
     #[test]

@@ -15,10 +15,12 @@
 mod failure;
 mod health;
 mod pool;
+mod routes;
 
 pub use failure::{connect_error_kind, error_kind, error_status};
 pub use health::{HealthChecker, TableSource};
 pub use pool::Pool;
+pub use routes::{Routes, ServiceId};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -158,16 +160,13 @@ impl Service {
     }
 }
 
-/// An index of [`ServiceTable::services`].
-pub type ServiceId = usize;
-
 /// Every service, and the order they are matched in.
 #[derive(Debug, Default)]
 pub struct ServiceTable {
     /// The services, in the order written.
     pub services: Vec<Service>,
-    /// (host, prefix, service): longest prefix first, then the most specific host.
-    routes: Vec<(HostPattern, Box<str>, ServiceId)>,
+    /// Which service serves a host and path (`routes.rs`).
+    routes: Routes,
 }
 
 impl ServiceTable {
@@ -222,21 +221,17 @@ impl ServiceTable {
                 groups,
             });
         }
-        routes.sort_by(|a, b| {
-            b.1.len()
-                .cmp(&a.1.len())
-                .then(b.0.specificity().cmp(&a.0.specificity()))
-        });
+        let routes = Routes::new(routes).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::OutOfMemory, "too many service hosts")
+        })?;
         Ok(ServiceTable { services, routes })
     }
 
     /// The service for a host (without port) and path: among the services whose hosts
     /// match, the longest path prefix wins; on a tie, the most specific host.
+    /// A few hash lookups whatever the number of services (`routes.rs`).
     pub fn find(&self, host: &str, path: &str) -> Option<ServiceId> {
-        self.routes
-            .iter()
-            .find(|(pattern, prefix, _)| path.starts_with(&**prefix) && pattern.matches(host))
-            .map(|(_, _, id)| *id)
+        self.routes.find(host, path)
     }
 
     /// Every distinct pool.

@@ -4,12 +4,11 @@
 //! [`crate::rules::matcher`] (regexes compiled, bounds parsed, empty ranges refused) and the
 //! `not` / `any` combinators, nested at most [`MAX_DEPTH`] deep.
 
-use std::collections::HashSet;
-
 use http::header::HeaderName;
 use http::Method;
 use indexmap::IndexMap;
 use regex::RegexSet;
+use serde::Deserialize;
 
 use super::{At, Compiler};
 use crate::facts::identity::Tier;
@@ -17,11 +16,17 @@ use crate::facts::Scheme;
 use crate::rules::matcher::{
     parse_number, parse_version, Bound, Cmp, Matcher, ValueMatch, MATCHER_KEYS,
 };
-use crate::rules::model::{Condition, ListenerSet};
+use crate::rules::model::{Condition, HostPattern, ListenerSet};
 use crate::rules::raw::{OneOrMany, RawWhen, WHEN_KEYS};
+use crate::rules::sets::{HostSet, StrSet, TableFull};
 
 /// How deep `not` and `any` may nest inside one another.
 pub const MAX_DEPTH: usize = 4;
+
+/// The most entries a `uid_in` or `host` list may hold. Such a list compiles into a compact
+/// set (about its bytes plus 10 bytes an entry, [`crate::rules::sets`]); a longer one belongs
+/// in the store, where it costs neither memory in every process nor reload time.
+pub const MAX_LIST_ENTRIES: usize = 200_000;
 
 impl Compiler {
     /// The conditions of `w`, found at `at`, for the rule or goal `what`.
@@ -50,7 +55,8 @@ impl Compiler {
             );
             return None;
         };
-        let whole = match serde_yaml::from_value::<RawWhen>(value.clone()) {
+        // Read from a reference: a `uid_in` of 100,000 uids is not copied twice.
+        let whole = match RawWhen::deserialize(&value) {
             Ok(w) => return Some(w),
             Err(e) => e,
         };
@@ -110,12 +116,18 @@ impl Compiler {
         let mut out = Vec::new();
         if let Some(hosts) = host {
             let a = at.child("host");
-            let patterns = hosts
-                .0
-                .iter()
-                .filter_map(|h| self.host_pattern(&a, &format!("{what}: host"), h))
-                .collect();
-            out.push(Condition::Host(patterns));
+            if self.list_fits(&a, what, "host", "hosts", hosts.0.len()) {
+                let label = format!("{what}: host");
+                let patterns: Vec<HostPattern> = hosts
+                    .0
+                    .iter()
+                    .filter_map(|h| self.host_pattern(&a, &label, h))
+                    .collect();
+                out.extend(
+                    self.compact(&a, what, "host", HostSet::new(&patterns))
+                        .map(|set| Condition::Host(Box::new(set))),
+                );
+            }
         }
         if let Some(prefixes) = path_prefix {
             for p in &prefixes.0 {
@@ -202,12 +214,14 @@ impl Compiler {
             ));
         }
         if let Some(uids) = uid_in {
-            out.push(Condition::UidIn(
-                uids.0
-                    .into_iter()
-                    .map(|t| t.0.into())
-                    .collect::<HashSet<_>>(),
-            ));
+            let a = at.child("uid_in");
+            if self.list_fits(&a, what, "uid_in", "uids", uids.0.len()) {
+                let set = StrSet::new(uids.0.iter().map(|t| t.0.as_str()));
+                out.extend(
+                    self.compact(&a, what, "uid_in", set)
+                        .map(|set| Condition::UidIn(Box::new(set))),
+                );
+            }
         }
         if let Some(range) = uid_range {
             match range[..] {
@@ -272,6 +286,41 @@ impl Compiler {
             }
         }
         out
+    }
+
+    /// Whether a `uid_in` or `host` list of `len` entries is short enough; an error says
+    /// where a longer one belongs otherwise.
+    fn list_fits(&mut self, at: &At, what: &str, key: &str, items: &str, len: usize) -> bool {
+        if len <= MAX_LIST_ENTRIES {
+            return true;
+        }
+        let advice = if key == "uid_in" {
+            "put the uids in a Redis set (identity.tier.redis_set or identity.internal.redis_set, then tier: paid or internal: true) or store their versions (version: $assigned)"
+        } else {
+            "serve the domains with \"*.suffix\" patterns, or give each group of tenants a service of its own"
+        };
+        self.error(
+            at,
+            format!("{what}: {key} lists {len} {items}, more than {MAX_LIST_ENTRIES}: {advice}"),
+        );
+        false
+    }
+
+    /// A compact set, or an error at `at` when it outgrew its positions.
+    fn compact<T>(
+        &mut self,
+        at: &At,
+        what: &str,
+        key: &str,
+        set: Result<T, TableFull>,
+    ) -> Option<T> {
+        match set {
+            Ok(set) => Some(set),
+            Err(TableFull) => {
+                self.error(at, format!("{what}: {key} is larger than 4 GiB"));
+                None
+            }
+        }
     }
 
     /// The conditions of one `not` or `any` item, one level deeper than `depth`.
@@ -695,6 +744,26 @@ mod tests {
 
     const MATCHERS: &str = "regex, prefix, suffix, contains, in, gt, gte, lt, lte, version_gt, version_gte, version_lt, version_lte, absent";
     const CONDITIONS: &str = "host, path_prefix, path_regex, method, header, cookie, query, client_ip, uid_tail, uid_suffix, uid_in, uid_range, has_uid, tier, internal, channel, scheme, listener, not, any";
+
+    /// A list longer than `MAX_LIST_ENTRIES` is refused at its line, saying where it belongs
+    /// (`benches/scale.rs` compiles a list of 100,000).
+    #[test]
+    fn over_long_lists_are_refused_with_advice() {
+        let list = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+        let max = super::MAX_LIST_ENTRIES;
+        assert_eq!(
+            with_when(&format!("      uid_in: [{}]\n", list(max + 1))),
+            vec![format!("rules.yaml:11: error: rule \"r\": uid_in lists {} uids, more than {max}: put the uids in a Redis set (identity.tier.redis_set or identity.internal.redis_set, then tier: paid or internal: true) or store their versions (version: $assigned)", max + 1)]
+        );
+        let hosts = (0..=max)
+            .map(|i| format!("h{i}.example.com"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert_eq!(
+            with_when(&format!("      host: [{hosts}]\n")),
+            vec![format!("rules.yaml:11: error: rule \"r\": host lists {} hosts, more than {max}: serve the domains with \"*.suffix\" patterns, or give each group of tenants a service of its own", max + 1)]
+        );
+    }
 
     /// Every malformed matcher or combinator: the exact message, at the line of the value.
     #[test]

@@ -38,12 +38,13 @@ use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 use xxhash_rust::xxh64::xxh64;
 
-use super::model::{Listeners, RoutingModel, RuleSet, SplitKey};
+use super::model::{Listeners, RoutingModel, RuleIndex, RuleSet, SplitKey};
 
 use super::raw::RawRuleFile;
 use crate::diagnostics::{Diagnostics, Severity, SourceFile};
 use crate::facts::VersionId;
 
+pub use conditions::MAX_LIST_ENTRIES;
 pub use goals::MAX_GOALS;
 
 /// One rules file's text.
@@ -423,6 +424,7 @@ impl Compiler {
             (Some(channels), Some(identity)) => Self::passing_cookies(channels, identity),
             _ => Vec::new(),
         };
+        let index = RuleIndex::build(&rules);
         Some(RoutingModel {
             rules: RuleSet {
                 versions,
@@ -437,6 +439,7 @@ impl Compiler {
                 address_api: address_api?,
                 passing_cookies,
                 listeners: self.listeners.clone(),
+                index,
             },
             services,
         })

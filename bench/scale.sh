@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# Cost at SaaS scale (issue 18), side by side in one run: the criterion curves of decide and
+# of the service lookup (benches/scale.rs), proxy throughput with 10 to 10,000 rules and 10 to
+# 2,000 tenant hosts on the same traffic, memory per rule, and p99 with reloads under load;
+# writes the scale section of docs/benchmarks.md (replaced in place, the rest untouched).
+#
+#   bench/scale.sh                        # or: make bench
+#   REPS=2 DURATION=3 bench/scale.sh      # a quicker, noisier run
+#   CRITERION=0 bench/scale.sh            # the proxy runs only
+#   GRAYGATE_BIN=... SCALE_BENCH=... bench/scale.sh   # binaries built elsewhere (the
+#                                         # graygate binary, benches/scale.rs's bench binary)
+#
+# The rules: bench/tenants.py (the shape of benches/support/tenants.rs): per tenant a host
+# rule, a tenant-header rule, a list of ten uids, a split on a host and path, a suffix host
+# rule, after two rules without a key condition. One nginx backend (bench/lib.sh) behind
+# every group. Each graygate runs one worker (`server.threads: 1`) pinned to core 0; the
+# backend and wrk to core 1. Traffic: 4,000 requests for random tenants among 2,000 (their
+# host, a `*.t.example.net` host or the shared app host with `X-Tenant`; four paths; a uid
+# cookie, a tenth of them POST), the same for every rule set.
+# Memory: VmRSS of each graygate after loading and warming up, minus that of a graygate with
+# no rules and one service, per rule. Reload under load: the 10,000-rule graygate at a fixed
+# rate (a paced wrk, as compare.sh's latency runs), once alone and once with a new variant of
+# its rules written and `POST /-/reload` every RELOAD_EVERY seconds; the difference in p99.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DURATION=${DURATION:-5}           # seconds per throughput run
+LAT_DURATION=${LAT_DURATION:-10}  # seconds per fixed-rate run (with and without reloads)
+REPS=${REPS:-3}
+CONNECTIONS=${CONNECTIONS:-32}
+RATE=${RATE:-5000}                # offered requests/s of the fixed-rate runs
+LAT_CONNECTIONS=${LAT_CONNECTIONS:-50}
+RELOAD_EVERY=${RELOAD_EVERY:-1}   # seconds between reloads during the loaded run
+OUT=${OUT:-docs/benchmarks.md}
+CRITERION=${CRITERION:-1}         # 0: skip benches/scale.rs
+NICE=${NICE:--10}                 # niceness of every measured process, as in compare.sh
+# rules:hosts per graygate; 10000:10 tells the rules' memory and cost from the hosts'
+SIZES=${SIZES:-"10:10 100:100 1000:1000 10000:10 10000:2000"}
+GG_TOKEN=scale-bench   # the admin token of every graygate (start_graygate)
+
+bash scripts/install-deps.sh bench
+if [[ -n "${GRAYGATE_BIN:-}" ]]; then
+    bin=$GRAYGATE_BIN             # a binary built elsewhere (its commit: GRAYGATE_COMMIT)
+else
+    cargo build --release --locked --quiet
+    bin=target/release/graygate
+fi
+target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' || echo target)
+
+prio=()
+if [[ -n "$NICE" ]] && nice -n "$NICE" true 2>/dev/null; then prio=(nice -n "$NICE"); fi
+wrap=()
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]+"${pids[@]}"}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+
+# --- criterion: the curves of decide and of the service lookup ---
+criterion_table="(not run: CRITERION=0)"
+loading="(not run: CRITERION=0)"
+if [[ "$CRITERION" == 1 ]]; then
+    echo "== criterion: benches/scale.rs"
+    criterion=(cargo bench --locked --bench scale --)
+    if [[ -n "${SCALE_BENCH:-}" ]]; then
+        criterion=("$SCALE_BENCH" --bench)   # a bench binary built elsewhere
+    else
+        cargo bench --locked --bench scale --no-run --quiet
+    fi
+    "${prio[@]}" "${criterion[@]}" --warm-up-time 1 --measurement-time 2 --noplot 2>&1 | tee "$work/criterion.log" |
+        grep -E '^(decide|gather|service|==|  *[0-9]+ rules|uid_in)|time:' || true
+    loading=$(grep -E '^ *[0-9]+ rules:|^uid_in' "$work/criterion.log" | sed 's/^ */- /' || true)
+    criterion_table=$(python3 - "$target_dir/criterion" <<'PY'
+import json, os, sys
+root = sys.argv[1]
+sizes = ["10", "100", "1000", "10000"]
+rows = ["| benchmark | 10 | 100 | 1,000 | 10,000 | 10,000 / 10 |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+for group in ["decide-worst", "decide-linear-worst", "decide-mixed", "gather+decide", "service-find"]:
+    ns = []
+    for n in sizes:
+        try:
+            ns.append(json.load(open(os.path.join(root, group, n, "new", "estimates.json")))["median"]["point_estimate"])
+        except OSError:
+            ns.append(None)
+    cells = [f"{v:.1f}" if v is not None else "-" for v in ns]
+    ratio = f"{ns[-1] / ns[0]:.2f}x" if ns[0] and ns[-1] else "-"
+    rows.append(f"| `{group}` | " + " | ".join(cells) + f" | {ratio} |")
+print("\n".join(rows))
+PY
+)
+fi
+
+# --- processes ---
+backend=$(free_port)
+start_backend "$backend"
+declare -A port admin proxy_pid rules_of
+names=(empty)
+rules_of[empty]="0:0"
+for size in $SIZES; do names+=("r${size%%:*}h${size##*:}"); rules_of["r${size%%:*}h${size##*:}"]=$size; done
+for name in "${names[@]}"; do
+    port[$name]=$(free_port); admin[$name]=$(free_port)
+    IFS=: read -r n h <<<"${rules_of[$name]}"
+    start_graygate "$name" "${port[$name]}" "${admin[$name]}" "$(python3 bench/tenants.py "$n" "$h" "127.0.0.1:$backend")" ""
+done
+smallest=${names[1]}; largest=${names[-1]}
+
+# --- the traffic ---
+cat > "$work/tenants.lua" <<'LUA'
+-- 4,000 requests for random tenants among 2,000 (a fixed seed): the same for every rule set.
+local reqs, n = {}, 0
+init = function(args)
+    math.randomseed(18)
+    local paths = { "/", "/api/orders", "/new/home", "/static/app.js" }
+    for i = 1, 4000 do
+        local t = math.random(0, 1999)
+        local kind = math.random(0, 2)
+        local host = (kind == 0 and ("t" .. t .. ".example.com")) or (kind == 1 and ("www.t" .. t .. ".example.net")) or "app.example.com"
+        local uid = (math.random(0, 1) == 0) and (t .. "0000" .. math.random(0, 9)) or tostring(math.random(0, 999999))
+        local method = (math.random(0, 9) == 0) and "POST" or "GET"
+        reqs[i] = wrk.format(method, paths[math.random(1, 4)], {
+            ["Host"] = host, ["X-Tenant"] = "t" .. t,
+            ["Cookie"] = "_ga=GA1.2.1234567890.1700000000; sid=0f3a9c2e7b1d4e5f; uid=" .. uid .. "; tier=trial; theme=dark" })
+    end
+end
+request = function()
+    n = n % 4000 + 1
+    return reqs[n]
+end
+LUA
+wrk_scripts tenants.lua "$LAT_CONNECTIONS" "$RATE"
+
+# The decisions differ by rule set, never the answers: every request is served (wrk counts
+# non-2xx as errors). A spot check that the large set routes by its rules:
+got=$(curl -sf --max-time 5 -H "Host: t7.example.com" -H "Cookie: uid=1231" "http://127.0.0.1:${port[$largest]}/")
+[[ $got == canary ]] || { echo "($largest) routed t7's uid 1231 to '$got', expected canary (rule host7)" >&2; exit 1; }
+got=$(curl -sf --max-time 5 -H "Host: app.example.com" -H "Cookie: uid=700003" "http://127.0.0.1:${port[$largest]}/")
+[[ $got == beta ]] || { echo "($largest) routed uid 700003 to '$got', expected beta (rule list7)" >&2; exit 1; }
+
+echo "warming up"
+for name in "${names[@]}"; do run_wrk throughput.lua "${port[$name]}" "$CONNECTIONS" 2; done
+
+# --- memory ---
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+declare -A rss
+for name in "${names[@]}"; do rss[$name]=$(rss_kib "${proxy_pid[$name]}"); done
+
+# --- throughput, interleaved ---
+declare -A rps
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+started=$(date +%s)
+count=${#names[@]}
+for ((r = 1; r <= REPS; r++)); do
+    rotated=("${names[@]:$((r % count))}" "${names[@]:0:$((r % count))}")
+    line="rep $r:"
+    for name in "${rotated[@]}"; do
+        run_wrk throughput.lua "${port[$name]}" "$CONNECTIONS" "$DURATION"
+        read -r rate _ <<<"$RESULT"
+        rps[$name]+="$rate "
+        line+=" ($name) ${rate%.*} req/s;"
+    done
+    echo "$line"
+done
+
+# --- reload under load ---
+reloader() { # every RELOAD_EVERY s: a new variant of the largest set, then POST /-/reload
+    local variant=1 n h
+    IFS=: read -r n h <<<"${rules_of[$largest]}"
+    while :; do
+        sleep "$RELOAD_EVERY"
+        python3 bench/tenants.py "$n" "$h" "127.0.0.1:$backend" "$variant" > "$work/$largest/rules/rules.yaml.new"
+        mv "$work/$largest/rules/rules.yaml.new" "$work/$largest/rules/rules.yaml"
+        curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -X POST -H "Authorization: Bearer $GG_TOKEN" \
+            "http://127.0.0.1:${admin[$largest]}/-/reload" >> "$work/reloads.txt"
+        variant=$((variant + 1))
+    done
+}
+declare -A p99
+for ((r = 1; r <= REPS; r++)); do
+    run_wrk paced.lua "${port[$largest]}" "$LAT_CONNECTIONS" "$LAT_DURATION"
+    read -r _ _ q99 _ <<<"$RESULT"; p99[quiet]+="$q99 "
+    reloader & reloader_pid=$!; pids+=("$reloader_pid")
+    run_wrk paced.lua "${port[$largest]}" "$LAT_CONNECTIONS" "$LAT_DURATION"
+    kill "$reloader_pid" 2>/dev/null || true; wait "$reloader_pid" 2>/dev/null || true
+    read -r _ _ l99 _ <<<"$RESULT"; p99[reloading]+="$l99 "
+    echo "rep $r: p99 $q99 ms without reloads, $l99 ms with reloads every ${RELOAD_EVERY}s"
+done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+elapsed=$(($(date +%s) - started))
+touch "$work/reloads.txt"
+reloads=$(grep -c '^200 ' "$work/reloads.txt" || true)
+generation=$(curl -s "http://127.0.0.1:${admin[$largest]}/metrics" | awk '/^graygate_rules_generation/ {print $2}')
+failed_reloads=$(grep -vc '^200 ' "$work/reloads.txt" || true)
+# shellcheck disable=SC2046
+reload_ms=$(median $(awk '/^200 / {print $2 * 1000}' "$work/reloads.txt"))
+reload_worst=$(awk '/^200 / {v = $2 * 1000; if (v > m) m = v} END {printf "%.0f", m}' "$work/reloads.txt")
+
+# --- the report ---
+# shellcheck disable=SC2086
+base_rps=$(median ${rps[$smallest]})
+table="| rules | tenant hosts | requests/s (median) | vs $smallest | requests/s min-max | RSS MiB | RSS per rule |
+| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+for name in "${names[@]}"; do
+    IFS=: read -r n h <<<"${rules_of[$name]}"
+    # shellcheck disable=SC2086
+    m=$(median ${rps[$name]})
+    per_rule="-"
+    ((n > 0)) && per_rule="$(awk -v a="${rss[$name]}" -v b="${rss[empty]}" -v n="$n" 'BEGIN { printf "%.1f KiB", (a - b) / n }')"
+    # shellcheck disable=SC2086
+    table+="
+| $n | $h | ${m%.*} | $(ratio "$m" "$base_rps")x | $(range %d ${rps[$name]}) | $(awk -v k="${rss[$name]}" 'BEGIN { printf "%.1f", k / 1024 }') | $per_rule |"
+done
+# shellcheck disable=SC2086
+quiet=$(median ${p99[quiet]}); loaded=$(median ${p99[reloading]})
+verdicts=()
+ok=1
+# shellcheck disable=SC2086
+best_large=$(printf '%s\n' ${rps[$largest]} | sort -g | tail -1); best_small=$(printf '%s\n' ${rps[$smallest]} | sort -g | tail -1)
+judge "throughput with ${rules_of[$largest]%%:*} rules and ${rules_of[$largest]##*:} hosts vs ${rules_of[$smallest]%%:*} rules, target at least 0.95x" \
+    "$(ratio "$(median ${rps[$largest]})" "$base_rps")" "$(ratio "$best_large" "$best_small")" "r >= 0.95"
+# shellcheck disable=SC2086
+best_quiet=$(printf '%s\n' ${p99[quiet]} | sort -g | head -1); best_loaded=$(printf '%s\n' ${p99[reloading]} | sort -g | head -1)
+delta=$(awk -v a="$loaded" -v b="$quiet" 'BEGIN { printf "%.2f", a - b }')
+best_delta=$(awk -v a="$best_loaded" -v b="$best_quiet" 'BEGIN { printf "%.2f", a - b }')
+judge "p99 moved by reloads under load, target below 1 ms" "$delta" "$best_delta" "r < 1.0" " ms"
+[[ "$failed_reloads" == 0 ]] || { verdicts+=("FAIL: $failed_reloads reloads did not answer 200"); ok=0; }
+
+commit=${GRAYGATE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+if [[ -z "${GRAYGATE_COMMIT:-}" ]] && [[ -n "$(git status --porcelain -- src 2>/dev/null)" ]]; then
+    commit+=" (with uncommitted changes in src/)"
+fi
+section=$(cat <<DOC
+<!-- bench/scale.sh: begin (generated, do not edit by hand) -->
+## Rules and services at SaaS scale (\`bench/scale.sh\`)
+
+Generated by \`bench/scale.sh\` (\`make bench\`) on $(date -u +%Y-%m-%d) in ${elapsed} s of measuring;
+graygate $commit. The per-tenant rule set of issue 18 (\`bench/tenants.py\`, the shape of
+\`benches/support/tenants.rs\`): per tenant a host rule (with a uid tail), a tenant-header rule
+on \`/api\`, a list of ten uids, a split on a host and \`/new\`, a \`*.suffix\` host rule with a
+method, after two rules without a key condition; one service per tenant host.
+
+### The decision and the service lookup (criterion, \`benches/scale.rs\`)
+
+Median ns per call by number of rules (\`service-find\`: by number of tenants, each an exact
+host with two prefixes and a \`*.suffix\` host, plus \`*\`).
+
+$criterion_table
+
+\`decide-worst\`: a request that fits every key of tenant 0 (host, tenant header, uid list's
+tenant) and that no rule decides: every candidate evaluated, then the default.
+\`decide-linear-worst\`: the same with every rule tried in turn (what \`decide\` cost before the
+index). \`decide-mixed\`: 1,000 requests for random tenants, hosts, paths and uids;
+\`gather+decide\`: the same with \`Facts::gather\` in the loop. Loading (compile time, heap held by
+the compiled rules, from a counting allocator):
+
+$loading
+
+### Proxy throughput and memory
+
+$table
+
+p99 at ~$RATE requests/s on the ${rules_of[$largest]%%:*}-rule graygate: ${quiet} ms without reloads, ${loaded} ms with a
+new generation written and \`POST /-/reload\` every ${RELOAD_EVERY} s (medians of $REPS runs of ${LAT_DURATION} s; $reloads reloads,
+each answered in a median of ${reload_ms:-?} ms, worst ${reload_worst} ms, compiled on a reload thread at nice +10; generation ${generation:-?} serving
+at the end).
+
+$(printf '%s\n' "${verdicts[@]}")
+
+- **Setup**: every graygate with \`server.threads: 1\`, \`access_log: off\`, pinned to core 0; the nginx
+  backend and wrk pinned to core 1; loopback; niceness ${NICE:-0}. Throughput: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s\`,
+  $REPS interleaved repetitions (order rotated), medians. The same 4,000 requests for every rule set.
+- **RSS**: VmRSS after loading and a warm-up run; per rule: minus the graygate with no rules
+  and one service (${rss[empty]} KiB), divided by the rules (a row with many hosts counts its
+  services in too: compare the rows of equal rules).
+- **Noise**: load average $load_before before, $load_after after.
+<!-- bench/scale.sh: end -->
+DOC
+)
+write_section scale "$OUT" "$section"
+
+echo
+echo "$table"
+echo
+printf '%s\n' "${verdicts[@]}"
+echo "written to $OUT (section bench/scale.sh)"
+((ok)) || exit 1

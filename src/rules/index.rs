@@ -1,0 +1,658 @@
+//! The rule index: which rules a request may match, found without trying the others.
+//!
+//! Built by `compile` once per generation, consulted by [`decide`](super::decide::decide)
+//! before any rule is evaluated. Every rule is filed under one *key condition*, or under
+//! `always`:
+//!
+//! - `host:` without `*`: its exact names (one hash lookup of the request's host) and its
+//!   `*.suffix` names (one lookup per suffix length where the host has a dot);
+//! - `uid_in:`: its uids (one lookup of the request's uid);
+//! - `header:` with an exact value list (`X-Tenant: [t1, t2]`): those values, per header name
+//!   (one lookup per indexed header name);
+//! - `path_prefix:`: its prefixes (one lookup per prefix length present);
+//! - `method:`: its methods.
+//!
+//! Of the conditions a rule has, the key is the one whose keys are shared by the fewest
+//! rules (per-tenant hosts over a host every rule names), so a request's candidates are the
+//! rules of its own host, uid, tenant header, path and method. For each key the index holds
+//! the sorted rule positions; [`RuleIndex::candidates`] merges the lists that apply to the
+//! request with `always`, in rule order and without duplicates. The lookups cost the same for
+//! 10 rules or 10,000; only the candidates are evaluated, by the very code that evaluates
+//! every rule in turn, so the first candidate that decides is the first rule that decides.
+//!
+//! Skipping a rule is sound because its key condition does not hold for the request, and
+//! linear evaluation would have stopped at that condition too: a key is only taken from the
+//! conditions before the first one that may need a store fact (`tier`, `internal`, or a `not`
+//! or `any` holding one), so a skipped rule could not have asked for a lookup either. A
+//! property test (`decide.rs`) compares indexed and linear `decide` on random rule sets.
+
+use std::fmt;
+
+use http::header::HeaderName;
+use http::Method;
+use smallvec::SmallVec;
+
+use super::model::{Condition, Rule, ValueMatch};
+use super::sets::{PrefixMap, StrTable, SuffixTable, TableFull};
+use crate::facts::Facts;
+
+/// Rule positions under one key: a span of [`RuleIndex::ids`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+/// Keys of one kind, each with the span of its rules.
+#[derive(Debug, Clone, Default)]
+struct Keyed {
+    keys: StrTable,
+    spans: Vec<Span>,
+}
+
+impl Keyed {
+    fn span(&self, key: &str) -> Option<Span> {
+        self.keys.get(key).map(|i| self.spans[i as usize])
+    }
+}
+
+/// Which rules a request may match; see the module documentation.
+#[derive(Clone, Default)]
+pub struct RuleIndex {
+    /// Every rule's position, grouped by key; each group sorted.
+    ids: Box<[u32]>,
+    /// Rules without a key condition: candidates for every request.
+    always: Span,
+    hosts: Keyed,
+    suffixes: SuffixTable,
+    suffix_spans: Vec<Span>,
+    uids: Keyed,
+    headers: Vec<(HeaderName, Keyed)>,
+    prefixes: PrefixMap<Span>,
+    methods: Vec<(Method, Span)>,
+}
+
+impl fmt::Debug for RuleIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuleIndex")
+            .field("rules", &self.ids.len())
+            .field("always", &(self.always.end - self.always.start))
+            .field("hosts", &self.hosts.keys.len())
+            .field("suffixes", &self.suffixes.table.len())
+            .field("uids", &self.uids.keys.len())
+            .field("headers", &self.headers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The kind of a key condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Host,
+    Suffix,
+    Uid,
+    Header(usize),
+    Prefix,
+    Method(usize),
+}
+
+/// The tables keys are counted and filed in while building.
+#[derive(Default)]
+struct Builder {
+    hosts: StrTable,
+    suffixes: SuffixTable,
+    uids: StrTable,
+    headers: Vec<(HeaderName, StrTable)>,
+    prefixes: PrefixMap<u32>,
+    methods: Vec<Method>,
+    /// Rules per key, by kind: `counts[kind][key]`.
+    counts: [Vec<u32>; 6],
+    header_counts: Vec<Vec<u32>>,
+}
+
+/// One way to file a rule: keys of one condition (possibly of two kinds, for a host list of
+/// exact and suffix names).
+type Option_ = Vec<(Kind, u32)>;
+
+impl Builder {
+    fn count(&mut self, kind: Kind, key: u32) -> &mut u32 {
+        let counts = match kind {
+            Kind::Header(h) => &mut self.header_counts[h],
+            other => &mut self.counts[slot(other)],
+        };
+        let key = key as usize;
+        if counts.len() <= key {
+            counts.resize(key + 1, 0);
+        }
+        &mut counts[key]
+    }
+
+    /// The ways `condition` can file a rule, its keys added to the tables.
+    fn option(&mut self, condition: &Condition) -> Result<Option<Option_>, TableFull> {
+        let mut keys = Vec::new();
+        match condition {
+            Condition::Host(set) if !set.any => {
+                for host in set.exact.keys() {
+                    keys.push((Kind::Host, self.hosts.insert(host)?));
+                }
+                for suffix in set.suffixes.table.keys() {
+                    keys.push((Kind::Suffix, self.suffixes.insert(suffix)?));
+                }
+            }
+            Condition::UidIn(set) => {
+                for uid in set.iter() {
+                    keys.push((Kind::Uid, self.uids.insert(uid)?));
+                }
+            }
+            Condition::Header(pairs) => {
+                let Some((name, values)) = pairs.iter().find_map(|(name, m)| match m {
+                    ValueMatch::AnyOf(values) => Some((name, values)),
+                    _ => None,
+                }) else {
+                    return Ok(None);
+                };
+                let h = match self.headers.iter().position(|(n, _)| n == name) {
+                    Some(h) => h,
+                    None => {
+                        self.headers.push((name.clone(), StrTable::new()));
+                        self.header_counts.push(Vec::new());
+                        self.headers.len() - 1
+                    }
+                };
+                for value in values {
+                    keys.push((Kind::Header(h), self.headers[h].1.insert(value)?));
+                }
+            }
+            Condition::PathPrefix(prefixes) => {
+                for prefix in prefixes {
+                    let next = self.prefixes.len() as u32;
+                    let id = *self.prefixes.entry(prefix, || next)?;
+                    keys.push((Kind::Prefix, id));
+                }
+            }
+            Condition::Method(methods) => {
+                for method in methods {
+                    let m = match self.methods.iter().position(|x| x == method) {
+                        Some(m) => m,
+                        None => {
+                            self.methods.push(method.clone());
+                            self.methods.len() - 1
+                        }
+                    };
+                    keys.push((Kind::Method(m), m as u32));
+                }
+            }
+            _ => return Ok(None),
+        }
+        keys.sort_unstable_by_key(|&(kind, key)| (slot(kind), kind_extra(kind), key));
+        keys.dedup();
+        Ok(Some(keys))
+    }
+}
+
+fn slot(kind: Kind) -> usize {
+    match kind {
+        Kind::Host => 0,
+        Kind::Suffix => 1,
+        Kind::Uid => 2,
+        Kind::Header(_) => 3,
+        Kind::Prefix => 4,
+        Kind::Method(_) => 5,
+    }
+}
+
+fn kind_extra(kind: Kind) -> usize {
+    match kind {
+        Kind::Header(h) => h,
+        _ => 0,
+    }
+}
+
+/// Whether a condition may ask for a store fact (as `decide`'s `needs` does): the conditions
+/// of a rule after it cannot be keys.
+fn may_need_store(condition: &Condition) -> bool {
+    match condition {
+        Condition::Tier(_) | Condition::Internal(_) => true,
+        Condition::Not(inner) => inner.iter().any(may_need_store),
+        Condition::Any(sets) => sets.iter().flatten().any(may_need_store),
+        _ => false,
+    }
+}
+
+impl RuleIndex {
+    /// The index of `rules`; if a table outgrows its positions (never below
+    /// `MAX_LIST_ENTRIES`), every rule is a candidate for every request.
+    pub fn build(rules: &[Rule]) -> RuleIndex {
+        Self::try_build(rules).unwrap_or_else(|TableFull| RuleIndex::every_rule(rules.len()))
+    }
+
+    /// An index that files every rule under `always`: linear evaluation.
+    pub fn every_rule(rules: usize) -> RuleIndex {
+        let ids: Box<[u32]> = (0..rules as u32).collect();
+        RuleIndex {
+            always: Span {
+                start: 0,
+                end: ids.len() as u32,
+            },
+            ids,
+            ..RuleIndex::default()
+        }
+    }
+
+    fn try_build(rules: &[Rule]) -> Result<RuleIndex, TableFull> {
+        u32::try_from(rules.len()).map_err(|_| TableFull)?;
+        let mut b = Builder::default();
+        // Every way each rule could be filed, and how many rules share each key.
+        let mut options: Vec<Vec<Option_>> = Vec::with_capacity(rules.len());
+        for rule in rules {
+            let mut mine = Vec::new();
+            for condition in rule.conditions.iter() {
+                if may_need_store(condition) {
+                    break;
+                }
+                if let Some(keys) = b.option(condition)? {
+                    for &(kind, key) in &keys {
+                        *b.count(kind, key) += 1;
+                    }
+                    mine.push(keys);
+                }
+            }
+            options.push(mine);
+        }
+        // Each rule under the key condition whose busiest key has the fewest rules.
+        let mut filed: Vec<(Kind, u32, u32)> = Vec::new();
+        let mut always = Vec::new();
+        for (position, mine) in options.into_iter().enumerate() {
+            let best = mine.into_iter().min_by_key(|keys| {
+                keys.iter()
+                    .map(|&(kind, key)| *b.count(kind, key))
+                    .max()
+                    .unwrap_or(0)
+            });
+            match best {
+                // A key condition with no key (`uid_in: []`) never holds: the rule is never
+                // a candidate, as it never decides.
+                Some(keys) => {
+                    filed.extend(keys.into_iter().map(|(k, key)| (k, key, position as u32)))
+                }
+                None => always.push(position as u32),
+            }
+        }
+        filed.sort_unstable_by_key(|&(kind, key, rule)| (slot(kind), kind_extra(kind), key, rule));
+        filed.dedup();
+
+        let mut ids: Vec<u32> = Vec::with_capacity(filed.len() + always.len());
+        let mut push = |list: &mut dyn Iterator<Item = u32>| {
+            let start = ids.len() as u32;
+            ids.extend(list);
+            Span {
+                start,
+                end: ids.len() as u32,
+            }
+        };
+        let always = push(&mut always.into_iter());
+        let mut index = RuleIndex {
+            always,
+            ..RuleIndex::default()
+        };
+        index.suffixes = SuffixTable::new();
+        index.hosts.keys = StrTable::caseless();
+        let mut prefix_spans: Vec<Option<Span>> = vec![None; b.prefixes.len()];
+        let mut method_spans: Vec<(usize, Span)> = Vec::new();
+        let mut header_keyed: Vec<Keyed> = b.headers.iter().map(|_| Keyed::default()).collect();
+        for group in filed.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
+            let (kind, key, _) = group[0];
+            let span = push(&mut group.iter().map(|&(_, _, rule)| rule));
+            match kind {
+                Kind::Host => {
+                    index.hosts.keys.insert(b.hosts.key(key))?;
+                    index.hosts.spans.push(span);
+                }
+                Kind::Suffix => {
+                    index.suffixes.insert(b.suffixes.table.key(key))?;
+                    index.suffix_spans.push(span);
+                }
+                Kind::Uid => {
+                    index.uids.keys.insert(b.uids.key(key))?;
+                    index.uids.spans.push(span);
+                }
+                Kind::Header(h) => {
+                    header_keyed[h].keys.insert(b.headers[h].1.key(key))?;
+                    header_keyed[h].spans.push(span);
+                }
+                Kind::Prefix => prefix_spans[key as usize] = Some(span),
+                Kind::Method(m) => method_spans.push((m, span)),
+            }
+        }
+        for (prefix, id) in b.prefixes.iter() {
+            if let Some(span) = prefix_spans[*id as usize] {
+                *index.prefixes.entry(prefix, Span::default)? = span;
+            }
+        }
+        index.methods = method_spans
+            .into_iter()
+            .map(|(m, span)| (b.methods[m].clone(), span))
+            .collect();
+        index.headers = b
+            .headers
+            .into_iter()
+            .zip(header_keyed)
+            .filter(|(_, keyed)| !keyed.spans.is_empty())
+            .map(|((name, _), keyed)| (name, keyed))
+            .collect();
+        for keyed in index
+            .headers
+            .iter_mut()
+            .map(|(_, k)| k)
+            .chain([&mut index.hosts, &mut index.uids])
+        {
+            keyed.keys.shrink();
+            keyed.spans.shrink_to_fit();
+        }
+        index.suffixes.shrink();
+        index.prefixes.shrink();
+        index.ids = ids.into();
+        Ok(index)
+    }
+
+    fn list(&self, span: Span) -> &[u32] {
+        self.ids
+            .get(span.start as usize..span.end as usize)
+            .unwrap_or_default()
+    }
+
+    /// The positions of the rules `facts` may match, in rule order: every rule whose key
+    /// condition holds, and every rule without one.
+    pub fn candidates(&self, facts: &Facts) -> Candidates<'_> {
+        let req = &facts.req;
+        let mut lists: SmallVec<[&[u32]; 8]> = SmallVec::new();
+        let mut add = |span: Span| {
+            let list = self.list(span);
+            if !list.is_empty() {
+                lists.push(list);
+            }
+        };
+        add(self.always);
+        if let Some(span) = self.hosts.span(req.host) {
+            add(span);
+        }
+        for (i, _) in self.suffixes.matching(req.host) {
+            add(self.suffix_spans[i as usize]);
+        }
+        if let Some(uid) = &facts.uid {
+            if let Some(span) = self.uids.span(&uid.text) {
+                add(span);
+            }
+        }
+        for (name, keyed) in &self.headers {
+            if let Some(span) = req.header(name).and_then(|v| keyed.span(v)) {
+                add(span);
+            }
+        }
+        for (_, &span) in self.prefixes.prefixes_of(req.path) {
+            add(span);
+        }
+        for (method, span) in &self.methods {
+            if method == req.method {
+                add(*span);
+            }
+        }
+        Candidates { lists }
+    }
+}
+
+/// The candidate rules of one request, in rule order: a merge of sorted lists.
+pub struct Candidates<'a> {
+    lists: SmallVec<[&'a [u32]; 8]>,
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let next = self.lists.iter().filter_map(|l| l.first()).min().copied()?;
+        for list in self.lists.iter_mut() {
+            if list.first() == Some(&next) {
+                *list = &list[1..];
+            }
+        }
+        Some(next as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use http::{HeaderMap, HeaderValue};
+    use proptest::prelude::*;
+
+    use crate::facts::{Assigned, Facts, RequestView, Uid, VersionId};
+    use crate::rules::decide::{decide, decide_linear, explain};
+    use crate::rules::testing::model;
+
+    const HEAD: &str = "versions: { stable: {}, canary: {}, dev: { restricted: true } }\ndefault: stable\nservices:\n  web:\n    hosts: [\"*\"]\n    groups: { stable: { peers: [\"127.0.0.1:1\"] } }\nrules:\n";
+
+    /// A list of 0 to `max` items drawn from `pool`, as YAML.
+    fn list(pool: &'static [&'static str], max: usize) -> impl Strategy<Value = String> {
+        list_of(pool, 0, max)
+    }
+
+    /// A list of `min` to `max` items drawn from `pool`, as YAML.
+    fn list_of(
+        pool: &'static [&'static str],
+        min: usize,
+        max: usize,
+    ) -> impl Strategy<Value = String> {
+        proptest::sample::subsequence(pool, min..=max).prop_map(|items| {
+            format!(
+                "[{}]",
+                items
+                    .iter()
+                    .map(|i| format!("\"{i}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
+    /// A `when` map: each condition present or not, from small pools so that requests
+    /// match often.
+    fn when() -> impl Strategy<Value = String> {
+        let host = list(
+            &["a.com", "B.com", "x.a.com", "*.a.com", "*.x.a.com", "*"],
+            3,
+        );
+        let prefix = list(&["/", "/api", "/api/v2", "/b", "/é"], 2);
+        let method = list(&["GET", "POST", "PUT"], 2);
+        let tenant = prop_oneof![
+            list_of(&["t1", "t2", "t3"], 1, 2),
+            Just("{ prefix: t }".to_string()),
+            Just("\"*\"".to_string()),
+        ];
+        let uid_in = list(&["1", "2", "3", "u4"], 3);
+        let store = prop_oneof![
+            Just("tier: paid"),
+            Just("tier: trial"),
+            Just("internal: true"),
+            Just("not: { tier: paid }"),
+            Just("any: [ { uid_in: [\"1\"] }, { internal: true } ]"),
+            Just("not: { host: a.com }"),
+            Just("uid_tail: [1, 2]"),
+        ];
+        let w = 0.3;
+        (
+            proptest::option::weighted(w, host),
+            proptest::option::weighted(w, prefix),
+            proptest::option::weighted(w, method),
+            proptest::option::weighted(w, tenant),
+            proptest::option::weighted(w, uid_in),
+            proptest::option::weighted(w, store),
+        )
+            .prop_map(|(host, prefix, method, tenant, uid_in, store)| {
+                let mut parts = Vec::new();
+                parts.extend(host.map(|h| format!("host: {h}")));
+                parts.extend(prefix.map(|p| format!("path_prefix: {p}")));
+                parts.extend(method.map(|m| format!("method: {m}")));
+                parts.extend(tenant.map(|t| format!("header: {{ X-Tenant: {t} }}")));
+                parts.extend(uid_in.map(|u| format!("uid_in: {u}")));
+                parts.extend(store.map(str::to_string));
+                format!("{{ {} }}", parts.join(", "))
+            })
+    }
+
+    fn action() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            Just("version: canary"),
+            Just("version: stable"),
+            Just("version: dev"),
+            Just("version: $assigned"),
+            Just("version: $channel"),
+            Just("split: { by: uid, weights: { canary: 1, stable: 1 } }"),
+        ]
+    }
+
+    /// A request and the state of its facts.
+    #[derive(Debug, Clone)]
+    struct Request {
+        host: &'static str,
+        path: &'static str,
+        method: &'static str,
+        tenant: Option<&'static str>,
+        uid: Option<&'static str>,
+        paid: bool,
+        tier_unresolved: bool,
+        internal: bool,
+        internal_unresolved: bool,
+        assigned: u8,
+        channel: Option<u16>,
+    }
+
+    fn request() -> impl Strategy<Value = Request> {
+        (
+            proptest::sample::select(
+                &[
+                    "a.com",
+                    "A.COM",
+                    "x.a.com",
+                    "y.X.a.com",
+                    "b.com",
+                    "c.org",
+                    "",
+                ][..],
+            ),
+            proptest::sample::select(&["/", "/api", "/api/v2/x", "/b", "/é", ""][..]),
+            proptest::sample::select(&["GET", "POST", "DELETE"][..]),
+            proptest::option::of(proptest::sample::select(&["t1", "t2", "t3", "t10"][..])),
+            proptest::option::of(proptest::sample::select(
+                &["1", "2", "3", "u4", "5", "12"][..],
+            )),
+            any::<(bool, bool, bool, bool)>(),
+            0u8..4,
+            proptest::option::of(0u16..3),
+        )
+            .prop_map(
+                |(host, path, method, tenant, uid, (paid, tu, internal, iu), assigned, channel)| {
+                    Request {
+                        host,
+                        path,
+                        method,
+                        tenant,
+                        uid,
+                        paid,
+                        tier_unresolved: tu,
+                        internal,
+                        internal_unresolved: iu,
+                        assigned,
+                        channel,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// On random rule sets and requests, the indexed `decide` answers as trying every
+        /// rule in turn does (store facts asked for included), and `explain` agrees.
+        #[test]
+        fn indexed_decide_agrees_with_linear_decide(
+            rules in proptest::collection::vec((when(), action()), 0..24),
+            requests in proptest::collection::vec(request(), 1..24),
+        ) {
+            let mut yaml = String::from(HEAD);
+            for (i, (when, action)) in rules.iter().enumerate() {
+                yaml.push_str(&format!("  - {{ name: r{i}, when: {when}, {action} }}\n"));
+            }
+            let model = model(&yaml);
+            let rules = &model.rules;
+            for r in &requests {
+                let mut headers = HeaderMap::new();
+                if let Some(t) = r.tenant {
+                    headers.insert("x-tenant", HeaderValue::from_static(t));
+                }
+                let method = http::Method::from_bytes(r.method.as_bytes()).unwrap();
+                let facts = Facts {
+                    req: RequestView {
+                        method: &method,
+                        host: r.host,
+                        path: r.path,
+                        query: None,
+                        headers: &headers,
+                        client_ip: None,
+                        arrival: Default::default(),
+                    },
+                    uid: r.uid.and_then(|u| Uid::parse(Cow::Borrowed(u))),
+                    tier: if r.paid { crate::facts::identity::Tier::Paid } else { crate::facts::identity::Tier::Trial },
+                    tier_unresolved: r.tier_unresolved,
+                    internal: r.internal,
+                    internal_unresolved: r.internal_unresolved,
+                    assigned: match (r.uid, r.assigned) {
+                        (None, _) => Assigned::NoUid,
+                        (_, 0) => Assigned::Unresolved,
+                        (_, 1) => Assigned::Known(None),
+                        (_, n) => Assigned::Known(Some(VersionId(u16::from(n) - 2))),
+                    },
+                    channel: r.channel.map(VersionId),
+                    rollouts: &[],
+                };
+                let linear = decide_linear(rules, &facts);
+                prop_assert_eq!(decide(rules, &facts), linear, "{:?}\n{}", r, yaml);
+                if let Ok(decision) = linear {
+                    let explained = explain(rules, &facts).unwrap();
+                    prop_assert_eq!(explained.decision, decision);
+                    prop_assert_eq!(explained.steps.len(), rules.rules.len());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn per_tenant_rules_leave_few_candidates() {
+        let mut yaml = String::from(HEAD);
+        for t in 0..1000 {
+            yaml.push_str(&format!(
+                "  - {{ name: host{t}, when: {{ host: t{t}.example.com }}, version: canary }}\n"
+            ));
+            yaml.push_str(&format!("  - {{ name: hdr{t}, when: {{ host: app.example.com, header: {{ X-Tenant: [\"t{t}\"] }} }}, version: canary }}\n"));
+        }
+        yaml.push_str("  - { name: last, when: { tier: paid }, version: canary }\n");
+        let model = model(&yaml);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-tenant", HeaderValue::from_static("t7"));
+        let method = http::Method::GET;
+        let view = RequestView {
+            method: &method,
+            host: "app.example.com",
+            path: "/",
+            query: None,
+            headers: &headers,
+            client_ip: None,
+            arrival: Default::default(),
+        };
+        let facts = Facts::gather(&model.rules.identity, view);
+        let candidates: Vec<usize> = model.rules.index.candidates(&facts).collect();
+        // hdr7 (position 15) by its tenant header, `last` (position 2000) without a key.
+        assert_eq!(candidates, vec![15, 2000]);
+    }
+}

@@ -1,0 +1,426 @@
+//! Compact string sets and maps, built once per generation and read on the request path
+//! without allocating: `uid_in` and `host` lists, the keys of the rule index
+//! ([`super::index`]) and the service table's hosts and path prefixes.
+//!
+//! A [`StrTable`] keeps every key in one string buffer and finds it through a
+//! [`hashbrown::HashTable`] of positions: about the key's bytes plus 10 bytes an entry,
+//! where a `HashSet<Box<str>>` costs a 16-byte slot and an allocation of its own per key.
+//! Host tables compare without regard to ASCII case (hashing lowercases a copy on the stack),
+//! so a request's host needs no lowercase copy. [`HostSet`] answers `host:` lists (exact names
+//! by one lookup, `*.suffix` names by one lookup per suffix length present where the host has
+//! a dot, `*` by a flag), [`PrefixMap`] the keys that are a prefix of a path (one lookup per
+//! key length present).
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+use super::model::HostPattern;
+
+/// Strings in one buffer, each found by a hash lookup; the position of a key (its order of
+/// insertion) indexes side tables.
+#[derive(Clone, Default)]
+pub struct StrTable {
+    text: String,
+    /// Where key `i` ends in `text` (it starts where key `i - 1` ends).
+    ends: Vec<u32>,
+    table: HashTable<u32>,
+    state: DefaultHashBuilder,
+    caseless: bool,
+}
+
+impl fmt::Debug for StrTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StrTable")
+            .field("keys", &self.ends.len())
+            .field("bytes", &self.text.len())
+            .field("caseless", &self.caseless)
+            .finish()
+    }
+}
+
+fn key_at<'t>(text: &'t str, ends: &[u32], i: u32) -> &'t str {
+    let i = i as usize;
+    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+    &text[start..ends[i] as usize]
+}
+
+fn hash_of(state: &DefaultHashBuilder, caseless: bool, key: &str) -> u64 {
+    let mut h = state.build_hasher();
+    if caseless {
+        // The same chunks for a key and its lowercase twin: the same hash.
+        let mut buf = [0u8; 64];
+        for chunk in key.as_bytes().chunks(buf.len()) {
+            let lower = &mut buf[..chunk.len()];
+            lower.copy_from_slice(chunk);
+            lower.make_ascii_lowercase();
+            h.write(lower);
+        }
+    } else {
+        h.write(key.as_bytes());
+    }
+    h.write_usize(key.len());
+    h.finish()
+}
+
+fn same(caseless: bool, a: &str, b: &str) -> bool {
+    if caseless {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        a == b
+    }
+}
+
+/// A table this large no longer fits the `u32` positions: the compiler refuses such lists
+/// long before (see `MAX_LIST_ENTRIES` in `compile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableFull;
+
+impl StrTable {
+    /// An empty table comparing keys exactly.
+    pub fn new() -> StrTable {
+        StrTable::default()
+    }
+
+    /// An empty table comparing keys without regard to ASCII case (host names).
+    pub fn caseless() -> StrTable {
+        StrTable {
+            caseless: true,
+            ..StrTable::default()
+        }
+    }
+
+    /// The position of `key`, added if new.
+    pub fn insert(&mut self, key: &str) -> Result<u32, TableFull> {
+        if let Some(i) = self.get(key) {
+            return Ok(i);
+        }
+        let end = u32::try_from(self.text.len() + key.len()).map_err(|_| TableFull)?;
+        let i = u32::try_from(self.ends.len()).map_err(|_| TableFull)?;
+        self.text.push_str(key);
+        self.ends.push(end);
+        let (text, ends, state, caseless) = (&self.text, &self.ends, &self.state, self.caseless);
+        let hash = hash_of(state, caseless, key);
+        self.table.insert_unique(hash, i, |&j| {
+            hash_of(state, caseless, key_at(text, ends, j))
+        });
+        Ok(i)
+    }
+
+    /// The position of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<u32> {
+        if self.ends.is_empty() {
+            return None;
+        }
+        let hash = hash_of(&self.state, self.caseless, key);
+        self.table
+            .find(hash, |&j| {
+                same(self.caseless, key_at(&self.text, &self.ends, j), key)
+            })
+            .copied()
+    }
+
+    /// The key at position `i`.
+    pub fn key(&self, i: u32) -> &str {
+        key_at(&self.text, &self.ends, i)
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there is no key.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Every key, in insertion order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        (0..self.ends.len() as u32).map(|i| self.key(i))
+    }
+
+    /// Gives back the spare capacity of the building phase.
+    pub fn shrink(&mut self) {
+        self.text.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        let (text, ends, state, caseless) = (&self.text, &self.ends, &self.state, self.caseless);
+        self.table
+            .shrink_to_fit(|&j| hash_of(state, caseless, key_at(text, ends, j)));
+    }
+}
+
+/// A set of exact strings: a `uid_in` list.
+#[derive(Debug, Clone, Default)]
+pub struct StrSet(StrTable);
+
+impl StrSet {
+    /// The set of `items` (duplicates kept once).
+    pub fn new<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<StrSet, TableFull> {
+        let mut table = StrTable::new();
+        for item in items {
+            table.insert(item)?;
+        }
+        table.shrink();
+        Ok(StrSet(table))
+    }
+
+    /// Whether `item` is in the set.
+    pub fn contains(&self, item: &str) -> bool {
+        self.0.get(item).is_some()
+    }
+
+    /// How many distinct items.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every item, in the order first written.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.keys()
+    }
+}
+
+/// `*.suffix` host patterns, stored as `.suffix`, with the lengths present so that a host is
+/// looked up only at those lengths (and only where it has a dot there).
+#[derive(Debug, Clone, Default)]
+pub struct SuffixTable {
+    /// The suffixes, `.example.com`, without regard to case.
+    pub table: StrTable,
+    /// The distinct suffix lengths, longest first.
+    lens: Vec<usize>,
+}
+
+impl SuffixTable {
+    /// An empty table.
+    pub fn new() -> SuffixTable {
+        SuffixTable {
+            table: StrTable::caseless(),
+            lens: Vec::new(),
+        }
+    }
+
+    /// The position of `suffix` (`.example.com`), added if new.
+    pub fn insert(&mut self, suffix: &str) -> Result<u32, TableFull> {
+        if let Err(at) = self.lens.binary_search_by(|l| suffix.len().cmp(l)) {
+            self.lens.insert(at, suffix.len());
+        }
+        self.table.insert(suffix)
+    }
+
+    /// The positions of the suffixes `host` ends with (the host longer than the suffix, as
+    /// [`HostPattern::matches`] has it), longest suffix first, with each suffix's length.
+    pub fn matching<'a>(&'a self, host: &'a str) -> impl Iterator<Item = (u32, usize)> + 'a {
+        let bytes = host.as_bytes();
+        self.lens
+            .iter()
+            .filter(move |&&len| len < bytes.len() && bytes[bytes.len() - len] == b'.')
+            // A '.' byte starts a character: the slice is on a boundary.
+            .filter_map(move |&len| self.table.get(&host[host.len() - len..]).map(|i| (i, len)))
+    }
+
+    /// Whether no suffix is stored.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Gives back the spare capacity of the building phase.
+    pub fn shrink(&mut self) {
+        self.table.shrink();
+        self.lens.shrink_to_fit();
+    }
+}
+
+/// A `host:` list: exact names, `*.suffix` names and `*`, each kind found in one step.
+#[derive(Debug, Clone, Default)]
+pub struct HostSet {
+    /// Exact names, without regard to case.
+    pub exact: StrTable,
+    /// `*.suffix` names.
+    pub suffixes: SuffixTable,
+    /// `*` was listed.
+    pub any: bool,
+}
+
+impl HostSet {
+    /// The set of `patterns`.
+    pub fn new<'a>(
+        patterns: impl IntoIterator<Item = &'a HostPattern>,
+    ) -> Result<HostSet, TableFull> {
+        let mut set = HostSet {
+            exact: StrTable::caseless(),
+            suffixes: SuffixTable::new(),
+            any: false,
+        };
+        for pattern in patterns {
+            match pattern {
+                HostPattern::Exact(host) => {
+                    set.exact.insert(host)?;
+                }
+                HostPattern::Suffix(suffix) => {
+                    set.suffixes.insert(suffix)?;
+                }
+                HostPattern::Any => set.any = true,
+            }
+        }
+        set.exact.shrink();
+        set.suffixes.shrink();
+        Ok(set)
+    }
+
+    /// Whether `host` (without port, any case) matches one of the patterns.
+    pub fn matches(&self, host: &str) -> bool {
+        self.any || self.exact.get(host).is_some() || self.suffixes.matching(host).next().is_some()
+    }
+
+    /// How many patterns.
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.suffixes.table.len() + usize::from(self.any)
+    }
+
+    /// Whether no pattern is listed (no host matches).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Values keyed by path prefixes: which keys a path starts with.
+#[derive(Debug, Clone)]
+pub struct PrefixMap<V> {
+    keys: StrTable,
+    values: Vec<V>,
+    /// The distinct key lengths, shortest first.
+    lens: Vec<usize>,
+}
+
+impl<V> Default for PrefixMap<V> {
+    fn default() -> Self {
+        PrefixMap {
+            keys: StrTable::new(),
+            values: Vec::new(),
+            lens: Vec::new(),
+        }
+    }
+}
+
+impl<V> PrefixMap<V> {
+    /// The value of `prefix`, made by `new` when the prefix is new.
+    pub fn entry(&mut self, prefix: &str, new: impl FnOnce() -> V) -> Result<&mut V, TableFull> {
+        let i = self.keys.insert(prefix)? as usize;
+        if i == self.values.len() {
+            self.values.push(new());
+            if let Err(at) = self.lens.binary_search(&prefix.len()) {
+                self.lens.insert(at, prefix.len());
+            }
+        }
+        Ok(&mut self.values[i])
+    }
+
+    /// The values of the keys `path` starts with, shortest key first, with each key's length.
+    pub fn prefixes_of<'a>(&'a self, path: &'a str) -> impl Iterator<Item = (usize, &'a V)> + 'a {
+        self.lens
+            .iter()
+            .take_while(move |&&len| len <= path.len())
+            .filter_map(move |&len| {
+                let i = self.keys.get(path.get(..len)?)?;
+                Some((len, &self.values[i as usize]))
+            })
+    }
+
+    /// The value of the longest key `path` starts with, with that key's length.
+    pub fn longest(&self, path: &str) -> Option<(usize, &V)> {
+        self.lens
+            .iter()
+            .rev()
+            .filter(|&&len| len <= path.len())
+            .find_map(|&len| {
+                let i = self.keys.get(path.get(..len)?)?;
+                Some((len, &self.values[i as usize]))
+            })
+    }
+
+    /// Every key with its value, in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.keys.keys().zip(self.values.iter())
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether no key is stored.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Gives back the spare capacity of the building phase.
+    pub fn shrink(&mut self) {
+        self.keys.shrink();
+        self.values.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn tables_find_what_was_inserted_and_hosts_ignore_case() {
+        let mut exact = StrTable::new();
+        assert_eq!(exact.insert("a"), Ok(0));
+        assert_eq!(exact.insert("bc"), Ok(1));
+        assert_eq!(exact.insert("a"), Ok(0));
+        assert_eq!(
+            (exact.get("bc"), exact.get("BC"), exact.get("")),
+            (Some(1), None, None)
+        );
+        let mut hosts = StrTable::caseless();
+        hosts.insert("www.example.com").unwrap();
+        assert_eq!(hosts.get("WWW.Example.COM"), Some(0));
+        let long = "x".repeat(200);
+        hosts.insert(&long).unwrap();
+        assert_eq!(hosts.get(&long.to_ascii_uppercase()), Some(1));
+    }
+
+    #[test]
+    fn prefix_maps_walk_the_prefixes_of_a_path() {
+        let mut map = PrefixMap::default();
+        for (p, v) in [("/", 1), ("/api", 2), ("/api/v2", 3), ("/b", 4)] {
+            *map.entry(p, || 0).unwrap() = v;
+        }
+        let found: Vec<_> = map.prefixes_of("/api/v2/x").map(|(l, v)| (l, *v)).collect();
+        assert_eq!(found, vec![(1, 1), (4, 2), (7, 3)]);
+        assert_eq!(map.longest("/api/v1"), Some((4, &2)));
+        assert_eq!(map.longest("é"), None);
+    }
+
+    fn pattern() -> impl Strategy<Value = HostPattern> {
+        prop_oneof![
+            "[a-c]{1,2}(\\.[a-c]{1,2}){0,2}".prop_map(|h| HostPattern::Exact(h.into())),
+            "(\\.[a-c]{1,2}){1,2}".prop_map(|s| HostPattern::Suffix(s.into())),
+            Just(HostPattern::Any),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A host set answers as the list of patterns it was built from.
+        #[test]
+        fn host_sets_agree_with_the_patterns(
+            patterns in proptest::collection::vec(pattern(), 0..6),
+            host in "[a-cA-C.]{0,8}",
+        ) {
+            let set = HostSet::new(&patterns).unwrap();
+            prop_assert_eq!(set.matches(&host), patterns.iter().any(|p| p.matches(&host)));
+        }
+    }
+}
