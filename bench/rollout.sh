@@ -6,6 +6,7 @@
 #
 #   bench/rollout.sh            # or: make bench
 #   DURATION=5 REPS=5 bench/rollout.sh
+#   GRAYGATE_BIN=path/to/graygate bench/rollout.sh   # a binary built elsewhere
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -15,8 +16,12 @@ CONNECTIONS=${CONNECTIONS:-32}
 UIDS=10000
 
 bash scripts/install-deps.sh bench
-cargo build --release --locked --quiet
-bin=target/release/graygate
+if [[ -n "${GRAYGATE_BIN:-}" ]]; then
+    bin=$GRAYGATE_BIN
+else
+    cargo build --release --locked --quiet
+    bin=target/release/graygate
+fi
 
 work=$(mktemp -d)
 pids=()
