@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::channels::ChannelKey;
 use crate::facts::identity::Source;
 use crate::facts::{Facts, ListenerId, RequestView};
-use crate::rules::decide::Step;
+use crate::rules::decide::{Missing, Step};
 use crate::state::Snapshot;
 use crate::store::Lookups;
 use crate::upstream::balance_key;
@@ -71,7 +71,7 @@ pub struct Report {
     /// The version whose group serves (the default after a fallback), by the same policy as
     /// the proxy (`Service::serving_group`).
     pub group: Option<String>,
-    /// Why the group is not the decided version's: `no_group`, `unhealthy`.
+    /// Why the group is not the decided version's: `no_group`, `unhealthy`, `withdrawn`.
     pub fallback: Option<&'static str>,
     /// The peer the request would be sent to, when one is healthy.
     pub peer: Option<String>,
@@ -173,7 +173,14 @@ pub async fn explain_request(
         .find(&desc.host, &path)
         .map(|id| &snapshot.services.services[id]);
     let key = balance_key(facts.uid.as_ref().map(|u| &*u.text), desc.ip);
-    let serving = service.and_then(|s| s.serving_group(decision.version, rules.default, &key, &[]));
+    // A withdrawn version is served by its baseline, for users who are not internal.
+    let mut withdrawn_to = snapshot.runtime.withdrawn_to(decision.version);
+    if withdrawn_to.is_some() && facts.internal_unresolved {
+        lookups.resolve(rules, &mut facts, Missing::Internal).await;
+    }
+    withdrawn_to = withdrawn_to.filter(|_| !facts.internal);
+    let serving = service
+        .and_then(|s| s.serving_group(decision.version, withdrawn_to, rules.default, &key, &[]));
     let group = serving.map(|s| s.group);
     Ok(Report {
         generation: snapshot.generation,

@@ -450,20 +450,18 @@ impl ProxyHttp for Gateway {
         };
         let service = &snapshot.services.services[route.service];
         let serving = service.serving_group(
-            route.withdrawn_to.unwrap_or(route.decision.version),
+            route.decision.version,
+            route.withdrawn_to,
             snapshot.rules.default,
             &route.balance_key,
             &route.failed_peers,
         );
-        let Some(mut serving) = serving else {
+        let Some(serving) = serving else {
             return Error::e_explain(
                 ErrorType::HTTPStatus(503),
                 format!("service {}: no group serves it", service.name),
             );
         };
-        if route.withdrawn_to.is_some() && serving.fallback.is_none() {
-            serving.fallback = Some(upstream::FallbackReason::Withdrawn);
-        }
         self.note_serving(&snapshot, route, serving);
         let Some(addr) = serving.peer else {
             // Peers that answered with a TLS handshake that failed are there but wrong (a

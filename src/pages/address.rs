@@ -34,9 +34,13 @@ pub fn address_api(
     };
     let decision = visitor.decision;
     let rules = &snapshot.rules;
-    let Some(serving) =
-        service.serving_group(decision.version, rules.default, &visitor.balance_key, &[])
-    else {
+    let Some(serving) = service.serving_group(
+        decision.version,
+        None,
+        rules.default,
+        &visitor.balance_key,
+        &[],
+    ) else {
         return Reply::error(503, "no group serves this service");
     };
     let ttl = settings.ttl.as_secs();

@@ -119,7 +119,9 @@ impl Service {
 
     /// Which group serves a request decided for `decided`, and with which peer.
     ///
-    /// The decided version's group serves when it has a healthy peer not in `failed` (the
+    /// A withdrawn version (`withdrawn_to`: its rollout rolled back, the user not internal) is
+    /// served by that baseline's group, with the reason `withdrawn`. Otherwise the decided
+    /// version's group serves when it has a healthy peer not in `failed` (the
     /// peers that refused this request's connection). Otherwise `fallback` (the default
     /// version) serves, and the reason says why: the service has no group for the version
     /// (`no_group`), the group has no healthy peer (`unhealthy`), or every healthy peer was
@@ -127,6 +129,23 @@ impl Service {
     /// group serves with no reason, with `peer: None` if nothing is left. `None` only for a
     /// service with neither group (compile rejects a service without the default's group).
     pub fn serving_group(
+        &self,
+        decided: VersionId,
+        withdrawn_to: Option<VersionId>,
+        fallback: VersionId,
+        key: &[u8],
+        failed: &[SocketAddr],
+    ) -> Option<Serving<'_>> {
+        let mut serving =
+            self.healthy_group(withdrawn_to.unwrap_or(decided), fallback, key, failed)?;
+        if withdrawn_to.is_some() && serving.fallback.is_none() {
+            serving.fallback = Some(FallbackReason::Withdrawn);
+        }
+        Some(serving)
+    }
+
+    /// `decided`'s group if it can serve, else `fallback`'s, with the reason.
+    fn healthy_group(
         &self,
         decided: VersionId,
         fallback: VersionId,
