@@ -138,9 +138,7 @@ impl App {
                 Arc::clone(&self.metrics),
                 Arc::clone(&self.lookups),
                 self.channel_key.clone(),
-                &self.config.listeners,
-                self.config.access_log,
-                TrustedProxies::new(self.config.trusted_proxies.iter().copied()),
+                &self.config,
             )
         };
         // Pingora's h2c switch is per application: listeners with `h2c: true` are served by a
@@ -154,6 +152,7 @@ impl App {
             &self.config.listeners,
             &self.tls,
             TrustedProxies::new(self.config.trusted_proxies.iter().copied()),
+            &self.config.limits,
             http,
             h2c,
             &self.metrics,

@@ -46,7 +46,32 @@ impl Compiler {
                 hosts,
                 path_prefix,
                 groups: raw_groups,
+                max_body_size,
             } = s;
+            let max_body_size = max_body_size.and_then(|value| {
+                let text = match value {
+                    serde_yaml::Value::Number(n) => n.to_string(),
+                    serde_yaml::Value::String(s) => s,
+                    _ => String::from("?"),
+                };
+                match crate::config::parse_size(&text) {
+                    Ok(0) => {
+                        self.error(
+                            &at.child("max_body_size"),
+                            format!("{what}: max_body_size must be above 0"),
+                        );
+                        None
+                    }
+                    Ok(n) => Some(n),
+                    Err(why) => {
+                        self.error(
+                            &at.child("max_body_size"),
+                            format!("{what}: max_body_size {why}"),
+                        );
+                        None
+                    }
+                }
+            });
             let hosts_at = at.child("hosts");
             if hosts.0.is_empty() {
                 self.error(&hosts_at, format!("{what}: hosts is empty"));
@@ -107,6 +132,7 @@ impl Compiler {
                 hosts,
                 path_prefix: prefix.into(),
                 groups,
+                max_body_size,
             });
         }
         services
