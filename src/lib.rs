@@ -17,8 +17,10 @@
 //! itself, as a `web::Reply`; `admin` is the admin listener; `server` assembles the Pingora
 //! server that `main` (and the integration tests) run. `stats` keeps windowed per-version
 //! figures (requests, 5xx, latency quantiles, goals) for rollout verdicts and `GET /-/stats`.
+//! `access_log` writes the request lines from a thread of its own, off the request path.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod channels;
 pub mod config;

@@ -11,6 +11,7 @@
 //! (`cookies`); `logging` hands the outcome to metrics, the windowed stats and the access
 //! log. No policy lives here.
 
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
+use crate::access_log::AccessLog;
 use crate::channels::ChannelKey;
 use crate::config::{self, AccessLogFormat, Config, Listener, ListenerKind, TlsListener};
 use crate::cookies;
@@ -55,8 +57,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// How long an idle downstream keep-alive connection is kept.
 const DOWNSTREAM_KEEPALIVE_SECS: u64 = 60;
 
-/// The log target of the access log (`RUST_LOG=graygate::access=off` silences it).
-pub const ACCESS_TARGET: &str = "graygate::access";
+pub use crate::access_log::ACCESS_TARGET;
 
 /// The proxy service.
 pub struct Gateway {
@@ -67,7 +68,7 @@ pub struct Gateway {
     listeners: Arc<[Listener]>,
     /// Per listener: the `Strict-Transport-Security` value of a TLS listener with `hsts`.
     hsts: Box<[Option<HeaderValue>]>,
-    access_log: AccessLogFormat,
+    access_log: Arc<AccessLog>,
     trusted_proxies: TrustedProxies,
     /// `limits.max_body_size`, where a service sets none.
     max_body_size: u64,
@@ -76,13 +77,15 @@ pub struct Gateway {
 
 impl Gateway {
     /// A gateway serving whatever snapshot `store` holds on the listeners of `config`, with
-    /// store facts from `lookups`; its `trusted_proxies` may say who the client is.
+    /// store facts from `lookups`; its `trusted_proxies` may say who the client is. Request
+    /// lines go to `access_log`.
     pub fn new(
         store: Arc<SnapshotStore>,
         metrics: Arc<Metrics>,
         lookups: Arc<Lookups>,
         channel_key: ChannelKey,
         config: &Config,
+        access_log: Arc<AccessLog>,
     ) -> Self {
         let listeners = &config.listeners;
         let hsts = listeners
@@ -102,7 +105,7 @@ impl Gateway {
             channel_key,
             hsts,
             listeners: listeners.as_slice().into(),
-            access_log: config.access_log,
+            access_log,
             trusted_proxies: TrustedProxies::new(config.trusted_proxies.iter().copied()),
             max_body_size: config.limits.max_body_size,
             fallback_log: LogThrottle::new(Duration::from_secs(1)),
@@ -746,11 +749,9 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
-    /// One line per request on the `graygate::access` log target, text or JSON.
+    /// One line per request in the buffered access log (`access_log`), text or JSON.
     fn access_log(&self, session: &Session, ctx: &RequestCtx, answered: &Answered) {
-        if self.access_log == AccessLogFormat::Off
-            || !log::log_enabled!(target: ACCESS_TARGET, log::Level::Info)
-        {
+        if !self.access_log.enabled() {
             return;
         }
         let req = session.req_header();
@@ -779,7 +780,7 @@ impl Gateway {
             .or_else(|| self.client_ip(session))
             .map(|ip| ip.to_string());
         let millis = elapsed.as_secs_f64() * 1e3;
-        match self.access_log {
+        match self.access_log.format() {
             AccessLogFormat::Json => {
                 let line = serde_json::json!({
                     "client": client,
@@ -797,17 +798,21 @@ impl Gateway {
                     "listener": listener,
                     "scheme": ctx.arrival.scheme.as_str(),
                 });
-                log::info!(target: ACCESS_TARGET, "{line}");
+                self.access_log.line(|buf| {
+                    let _ = serde_json::to_writer(buf, &line);
+                });
             }
-            _ => log::info!(
-                target: ACCESS_TARGET,
-                "{} {} {}{} {status} {millis:.3}ms service={service} version={version} decided={decided} rule={rule} upstream={}",
-                client.as_deref().unwrap_or("-"),
-                req.method,
-                request_host(req),
-                req.uri.path(),
-                upstream.as_deref().unwrap_or("-")
-            ),
+            _ => self.access_log.line(|buf| {
+                let _ = write!(
+                    buf,
+                    "{} {} {}{} {status} {millis:.3}ms service={service} version={version} decided={decided} rule={rule} upstream={}",
+                    client.as_deref().unwrap_or("-"),
+                    req.method,
+                    request_host(req),
+                    req.uri.path(),
+                    upstream.as_deref().unwrap_or("-")
+                );
+            }),
         }
     }
 }

@@ -12,6 +12,7 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
+use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::channels::ChannelKey;
 use crate::config::{Config, ListenerKind};
@@ -55,6 +56,8 @@ pub struct App {
     pub channel_key: ChannelKey,
     /// The TLS endpoint of each listener (`None` for plain ones), in the config's order.
     pub tls: tls::ListenerEndpoints,
+    /// The buffered access log; `flush` it after the server stops.
+    pub access_log: Arc<AccessLog>,
     /// The Redis store, when configured, for its background connection service.
     redis: Option<Arc<RedisStore>>,
 }
@@ -96,7 +99,9 @@ impl App {
                 matches!(listener.kind, ListenerKind::Tls(_)),
             );
         }
+        let access_log = AccessLog::stderr(config.access_log);
         Ok(App {
+            access_log,
             config,
             store,
             metrics,
@@ -139,6 +144,7 @@ impl App {
                 Arc::clone(&self.lookups),
                 self.channel_key.clone(),
                 &self.config,
+                Arc::clone(&self.access_log),
             )
         };
         // Pingora's h2c switch is per application: listeners with `h2c: true` are served by a
