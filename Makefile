@@ -5,8 +5,8 @@
 #   make test    fmt check, clippy, unit + integration + doc tests, config check, deploy/ checks
 #   make check   validate conf/graygate.yaml with the release binary
 #   make bench   graygate vs nginx (bench/compare.sh -> docs/benchmarks.md), the same over
-#                HTTPS (bench/https.sh), cached lookups (bench/assignments.sh), reload of
-#                1,000 rules (benches/reload.rs)
+#                HTTPS (bench/https.sh), cached lookups (bench/assignments.sh), the access
+#                log's cost (bench/access_log.sh), reload of 1,000 rules (benches/reload.rs)
 #   make faults  fault suite (bench/faults.sh): Redis, peers, reloads, slowloris, bad requests
 #   make fmt | lint | clean
 
@@ -60,6 +60,7 @@ bench: deps-run
 	bash bench/compare.sh || status=1; \
 	bash bench/https.sh || status=1; \
 	bash bench/assignments.sh || status=1; \
+	bash bench/access_log.sh || status=1; \
 	$(CARGO) bench --locked --bench reload || status=1; \
 	exit $$status
 
