@@ -7,7 +7,8 @@
 #   make bench   graygate vs nginx (bench/compare.sh -> docs/benchmarks.md), the same over
 #                HTTPS (bench/https.sh), cached lookups (bench/assignments.sh), the access
 #                log's cost (bench/access_log.sh), reload of 1,000 rules (benches/reload.rs)
-#   make faults  fault suite (bench/faults.sh): Redis, peers, reloads, slowloris, bad requests
+#   make faults  fault suite (bench/faults.sh): Redis, peers, reloads, slow clients, limits, bad requests
+#   make soak    10 minutes of load and recurring faults (bench/soak.sh; CI only with SOAK=1)
 #   make fmt | lint | clean
 
 SHELL := /bin/bash
@@ -17,10 +18,10 @@ SHELL := /bin/bash
 CARGO  ?= cargo
 CONFIG ?= conf/graygate.yaml
 
-.PHONY: help deps-run deps-test build run test check check-deploy bench faults fmt lint clean
+.PHONY: help deps-run deps-test build run test check check-deploy bench faults soak fmt lint clean
 
 help:
-	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
 
 deps-run:
 	@bash scripts/install-deps.sh run
@@ -66,6 +67,9 @@ bench: deps-run
 
 faults: deps-run
 	bash bench/faults.sh
+
+soak: deps-run
+	bash bench/soak.sh
 
 fmt:
 	$(CARGO) fmt --all
