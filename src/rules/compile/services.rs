@@ -445,6 +445,23 @@ mod tests {
             vec!["rules.yaml:8: error: service \"b\": host \"www.example.com\" with path_prefix \"/\" is already served by service \"a\""]
         );
     }
+
+    #[test]
+    fn a_service_body_limit_is_a_size() {
+        let yaml = |limit: &str| {
+            format!("versions: {{ stable: {{}} }}\ndefault: stable\nservices:\n  up:\n    hosts: [\"*\"]\n    max_body_size: {limit}\n    groups: {{ stable: {{ peers: [\"127.0.0.1:1\"] }} }}\n")
+        };
+        assert!(diagnostics(&yaml("2GB")).is_empty());
+        assert!(diagnostics(&yaml("4096")).is_empty());
+        assert_eq!(
+            diagnostics(&yaml("huge")),
+            vec!["rules.yaml:6: error: service \"up\": max_body_size \"huge\" is not a size like 512KB, 100MB or 1GB"]
+        );
+        assert_eq!(
+            diagnostics(&yaml("0")),
+            vec!["rules.yaml:6: error: service \"up\": max_body_size must be above 0"]
+        );
+    }
 }
 
 #[cfg(test)]
