@@ -68,7 +68,8 @@ pub struct Metrics {
     /// `graygate_tls_sni_unmatched_total{listener}`: names no certificate covers.
     pub tls_sni_unmatched: IntCounterVec,
     /// `graygate_retries_total{service,version,reason}`: attempts sent again (`connect`: a
-    /// refused connection; `reused_connection`: a pooled connection that was dead).
+    /// refused connection; `reused_connection`: a pooled connection that was dead; `reset`: a
+    /// fresh connection reset before any answer).
     pub retries: IntCounterVec,
     /// `graygate_connections_total{listener,result}`: accepted connections, those closed
     /// before HTTP (`proxy_protocol_error`, `proxy_protocol_timeout`, `client_limit`), and
@@ -145,7 +146,7 @@ impl Metrics {
         );
         let retries = counter(
             "graygate_retries_total",
-            "Upstream attempts sent again, per service, version of the failed attempt and reason (connect, reused_connection).",
+            "Upstream attempts sent again, per service, version of the failed attempt and reason (connect, reused_connection, reset).",
             &["service", "version", "reason"],
         );
         let connections = counter(
@@ -262,7 +263,7 @@ impl Metrics {
         for class in ["2xx", "3xx", "4xx", "5xx"] {
             self.requests.with_label_values(&[service, version, class]);
         }
-        for reason in ["connect", "reused_connection"] {
+        for reason in ["connect", "reused_connection", "reset"] {
             self.retries.with_label_values(&[service, version, reason]);
         }
     }

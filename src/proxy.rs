@@ -511,8 +511,8 @@ impl ProxyHttp for Gateway {
             body_replayable: !session.as_ref().retry_buffer_truncated(),
         };
         let retry = route.reuse_retry.decide(&attempt, &e);
-        e.set_retry(retry);
-        if retry {
+        e.set_retry(retry.is_some());
+        if let Some(reason) = retry {
             let service = &ctx.snapshot.services.services[route.service].name;
             let version = &ctx.snapshot.rules.version(route.serving).name;
             self.metrics.record_upstream_error(
@@ -520,8 +520,7 @@ impl ProxyHttp for Gateway {
                 version,
                 upstream::error_kind(&e).unwrap_or("other"),
             );
-            self.metrics
-                .record_retry(service, version, "reused_connection");
+            self.metrics.record_retry(service, version, reason);
         }
         e
     }
