@@ -7,9 +7,10 @@
 #   make bench   graygate vs nginx (bench/compare.sh -> docs/benchmarks.md), the same over
 #                HTTPS (bench/https.sh), cached lookups (bench/assignments.sh), the cost of
 #                a rollout rule against a plain split (bench/rollout.sh), 10 to 10,000
-#                rules and hosts (bench/scale.sh), reload of 1,000 and 10,000 rules
-#                (benches/reload.rs)
-#   make faults  fault suite (bench/faults.sh): Redis, peers, reloads, slowloris, bad requests
+#                rules and hosts (bench/scale.sh), the access log's cost
+#                (bench/access_log.sh), reload of 1,000 and 10,000 rules (benches/reload.rs)
+#   make faults  fault suite (bench/faults.sh): Redis, peers, reloads, slow clients, limits, bad requests
+#   make soak    10 minutes of load and recurring faults (bench/soak.sh; CI only with SOAK=1)
 #   make fmt | lint | clean
 
 SHELL := /bin/bash
@@ -19,10 +20,10 @@ SHELL := /bin/bash
 CARGO  ?= cargo
 CONFIG ?= conf/graygate.yaml
 
-.PHONY: help deps-run deps-test build run test check check-deploy bench faults fmt lint clean
+.PHONY: help deps-run deps-test build run test check check-deploy bench faults soak fmt lint clean
 
 help:
-	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
 
 deps-run:
 	@bash scripts/install-deps.sh run
@@ -64,11 +65,15 @@ bench: deps-run
 	bash bench/assignments.sh || status=1; \
 	bash bench/rollout.sh || status=1; \
 	bash bench/scale.sh || status=1; \
+	bash bench/access_log.sh || status=1; \
 	$(CARGO) bench --locked --bench reload || status=1; \
 	exit $$status
 
 faults: deps-run
 	bash bench/faults.sh
+
+soak: deps-run
+	bash bench/soak.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -15,8 +15,21 @@ Rows (each starts its own graygate, backends and load on free loopback ports):
                   new generation, routing follows at once, no request fails.
   invalid-rules   broken rules files under load (POST /-/reload and the file watcher): each is
                   refused with 422, the last good generation keeps serving, no request fails.
-  slowloris       many connections sending one header byte a second: normal clients keep their
-                  latency (p99 against a baseline without them), no request fails.
+  slowloris       many connections (from four loopback addresses) sending one header byte a
+                  second: normal clients keep their latency (p99 against a baseline without
+                  them), no request fails, graygate closes the slow ones (limits.header_timeout).
+  slow-headers    500 slow-header clients under limits.header_timeout 2s: each closed within
+                  header_timeout + 1 s of its connect, also on a keep-alive connection after a
+                  first request; normal load meanwhile loses nothing.
+  client-cap      limits.max_connections_per_client 50: one address's 51st connection onwards
+                  is refused (counted), other addresses are served, a slot comes back on close.
+  body-limit      limits.max_body_size 1KB and a service's 4KB: 413 with a JSON body, and the
+                  upstream (a recording TCP backend) never sees the refused request.
+  pooled-peer     the only canary peer killed (SIGKILL) while graygate holds pooled keep-alive
+                  connections to it, under canary-only load: 0 failed of at least 2,000
+                  requests (retried on a fresh connection, then the default group).
+  sighup-burst    SIGHUP during a burst of file events (a write every 50 ms for 3 s): the new
+                  rules serve within 1 s of the signal, not after the debounce.
   corpus          malformed and smuggling-style requests against a raw TCP backend that records
                   every byte: per client request the backend sees at most one well-formed
                   request (carrying graygate's X-Graygate-Version, never the client's), graygate
@@ -171,8 +184,8 @@ http {{
         subprocess.run(["redis-cli", "-p", str(port)], input="\n".join(commands) + "\n",
                        text=True, capture_output=True, timeout=30, check=True)
 
-    def graygate(self, name, rules, redis_url=None):
-        return Graygate(self, name, rules, redis_url)
+    def graygate(self, name, rules, redis_url=None, extra_conf=""):
+        return Graygate(self, name, rules, redis_url, extra_conf)
 
 
 class Backend:
@@ -188,7 +201,7 @@ class Backend:
 
 
 class Graygate:
-    def __init__(self, env, name, rules, redis_url):
+    def __init__(self, env, name, rules, redis_url, extra_conf=""):
         self.env, self.name = env, name
         self.port, self.admin_port = free_port(), free_port()
         self.rules_path = env.path(name, "rules", "rules.yaml")
@@ -202,6 +215,7 @@ rules: rules
 access_log: off
 server: {{ threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: gg.pid, upgrade_sock: gg.sock }}
 {redis}
+{extra_conf}
 """)
         self.log_path = env.path(name, "graygate.log")
         self.proc = env.procs.start([env.binary, "run", "-c", conf], self.log_path,
@@ -547,22 +561,40 @@ def row_invalid_rules(env, row):
              f"generation held at {generation}, then the repaired file loaded; {Load.describe(r)}")
 
 
-class Slowloris:
-    """`count` connections that send a request line, then one header byte a second."""
+SLOW_SOURCES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
 
-    def __init__(self, port, count, seconds):
-        self.port, self.count, self.seconds = port, count, seconds
+
+class Slowloris:
+    """`count` connections that send a request line, then one header byte a second, spread
+    over `sources` (loopback addresses, so one address's connection cap is not what closes
+    them); `lifetimes` holds, per connection graygate closed, seconds from connect to close.
+    With `first_request`, each connection first sends a complete request and reads its
+    answer (the slow header is then a keep-alive request)."""
+
+    def __init__(self, port, count, seconds, sources=SLOW_SOURCES, first_request=False):
+        self.port, self.count, self.seconds, self.sources = port, count, seconds, sources
+        self.first_request = first_request
         self.opened = self.closed_by_peer = 0
+        self.lifetimes = []
         self.thread = threading.Thread(target=lambda: asyncio.run(self.main()), daemon=True)
         self.thread.start()
 
-    async def one(self, stop_at):
+    async def one(self, i, stop_at):
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", self.port, local_addr=(self.sources[i % len(self.sources)], 0))
         except OSError:
             return
         self.opened += 1
+        started = None
         try:
+            if self.first_request:
+                writer.write(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+                await writer.drain()
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                await asyncio.wait_for(reader.readexactly(length), timeout=10)
+            started = time.monotonic()
             writer.write(b"GET / HTTP/1.1\r\nHost: example.com\r\nX-Slow: ")
             await writer.drain()
             while time.monotonic() < stop_at:
@@ -574,8 +606,12 @@ class Slowloris:
                     pass
                 writer.write(b"a")
                 await writer.drain()
-        except (OSError, ConnectionError):
+        except (OSError, ConnectionError, asyncio.IncompleteReadError):
             self.closed_by_peer += 1
+            if started is not None:
+                self.lifetimes.append(time.monotonic() - started)
+        except (asyncio.TimeoutError, AttributeError):
+            pass  # the first request was not answered: not a slow-header case
         finally:
             writer.close()
 
@@ -583,7 +619,7 @@ class Slowloris:
         stop_at = time.monotonic() + self.seconds
         tasks = []
         for i in range(self.count):
-            tasks.append(asyncio.create_task(self.one(stop_at)))
+            tasks.append(asyncio.create_task(self.one(i, stop_at)))
             if i % 100 == 99:
                 await asyncio.sleep(0.05)
         await asyncio.gather(*tasks)
@@ -608,9 +644,199 @@ def row_slowloris(env, row, count=1000):
     row.check(during["errors"] == 0, f"normal requests failed during the attack: {Load.describe(during)}")
     row.check(during["p99"] <= bound, f"p99 went from {base['p99']:.2f} ms to {during['p99']:.2f} ms (bound {bound:.2f} ms)")
     row.check(gg.alive() and gg.healthz(), "graygate died or its health check fails")
+    row.check(slow.closed_by_peer >= slow.opened * 0.95,
+              f"only {slow.closed_by_peer} of {slow.opened} slow connections closed within 16 s (header_timeout 10 s)")
     row.fact(f"{slow.opened} slow connections: normal p99 {base['p99']:.2f} ms -> {during['p99']:.2f} ms "
              f"(bound 2x + 5 ms), p50 {base['p50']:.2f} -> {during['p50']:.2f} ms, 0 of {during['requests']} failed; "
              f"{slow.closed_by_peer} slow connections closed by graygate within 16 s, {open_after} still open")
+
+
+def row_slow_headers(env, row, count=500, header_timeout=2.0):
+    stable, canary = env.nginx_backend("stable"), env.nginx_backend("canary")
+    gg = env.graygate("gg-slow-headers", tail_rules([stable.port], [canary.port]),
+                      extra_conf=f"limits: {{ header_timeout: {header_timeout:g}s }}")
+    load = Load(env, gg.port, 10, connections=20, paced_ms=10)
+    fresh = Slowloris(gg.port, count, 8)
+    kept = Slowloris(gg.port, 50, 8, first_request=True)
+    fresh.join()
+    kept.join()
+    r = load.result()
+    bound = header_timeout + 1
+    for name, slow, n in (("new", fresh, count), ("keep-alive", kept, 50)):
+        row.check(slow.opened >= n * 0.95, f"only {slow.opened} of {n} {name} slow connections opened")
+        row.check(len(slow.lifetimes) == slow.opened,
+                  f"{slow.opened - len(slow.lifetimes)} {name} slow connections were not closed within 8 s")
+        late = [t for t in slow.lifetimes if t > bound]
+        row.check(not late, f"{len(late)} {name} slow connections lived past header_timeout + 1 s (max {max(late or [0]):.2f} s)")
+    closed = gg.metric("graygate_connections_total", result="header_timeout")
+    row.check(closed >= (fresh.opened + kept.opened) * 0.95, f"only {closed:.0f} closes counted as header_timeout")
+    check_load_survived(row, gg, r)
+    every = sorted(fresh.lifetimes + kept.lifetimes) or [0]
+    row.fact(f"{fresh.opened} new + {kept.opened} keep-alive slow connections, header_timeout {header_timeout:g} s: "
+             f"closed after {every[0]:.2f}-{every[-1]:.2f} s (median {every[len(every) // 2]:.2f} s), "
+             f"{closed:.0f} counted; normal load {Load.describe(r)}")
+
+
+def row_client_cap(env, row, cap=50):
+    stable, canary = env.nginx_backend("stable"), env.nginx_backend("canary")
+    gg = env.graygate("gg-cap", tail_rules([stable.port], [canary.port]),
+                      extra_conf=f"limits: {{ max_connections_per_client: {cap} }}")
+    held, refused = [], 0
+    for _ in range(cap + 20):
+        s = socket.create_connection(("127.0.0.1", gg.port), timeout=5, source_address=("127.0.0.7", 0))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        try:
+            answer = s.recv(1024)
+        except OSError:
+            answer = b""
+        if answer.startswith(b"HTTP/1.1 200"):
+            held.append(s)
+        else:
+            refused += 1
+            s.close()
+    row.check(len(held) == cap, f"{len(held)} connections of one address admitted (cap {cap})")
+    row.check(refused == 20, f"{refused} connections refused (expected 20)")
+    counted = gg.metric("graygate_connections_total", result="client_limit")
+    row.check(counted == refused, f"{counted:.0f} refusals counted for {refused}")
+    other = gg.request("/", {"X-User-Id": "1"})
+    row.check(other[0] == 200, f"another address answered {other[0]} while 127.0.0.7 is at its cap")
+    held.pop().close()
+    def admitted():
+        s = socket.create_connection(("127.0.0.1", gg.port), timeout=5, source_address=("127.0.0.7", 0))
+        try:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            return s.recv(1024).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+        finally:
+            s.close()
+    row.check(wait_until(admitted, 5), "no slot came back after a connection closed")
+    for s in held:
+        s.close()
+    row.fact(f"cap {cap}: {len(held) + 1} admitted from 127.0.0.7, {refused} refused and counted, other addresses served, "
+             "a closed connection's slot reused")
+
+
+def row_body_limit(env, row):
+    backend = RawBackend()
+    try:
+        rules = f"""versions: {{ stable: {{}} }}
+default: stable
+services:
+  web: {{ hosts: ["*"], groups: {{ stable: {{ peers: ["127.0.0.1:{backend.port}"] }} }} }}
+  upload: {{ hosts: [upload.test], max_body_size: 4KB, groups: {{ stable: {{ peers: ["127.0.0.1:{backend.port}"] }} }} }}
+rules: []
+"""
+        gg = env.graygate("gg-body", rules, extra_conf="limits: { max_body_size: 1KB }")
+        def post(host, n):
+            conn = http.client.HTTPConnection("127.0.0.1", gg.port, timeout=5)
+            try:
+                conn.request("POST", "/up", body=b"x" * n, headers={"Host": host})
+                r = conn.getresponse()
+                return r.status, r.getheader("content-type"), r.read().decode(errors="replace")
+            except (OSError, http.client.HTTPException) as e:
+                return 0, None, str(e)
+            finally:
+                conn.close()
+        backend.take()
+        cases = [("a.test", 2000, 413), ("a.test", 1000, 200), ("upload.test", 3000, 200), ("upload.test", 5000, 413)]
+        for host, n, want in cases:
+            status, ctype, body = post(host, n)
+            row.check(status == want, f"POST {n} bytes to {host}: {status} (expected {want})")
+            if want == 413:
+                try:
+                    error = json.loads(body)
+                except ValueError:
+                    error = {}
+                row.check(ctype == "application/json" and error.get("status") == 413,
+                          f"the 413 is not JSON: {ctype} {body[:80]!r}")
+        # A 10 MB upload announced by its Content-Length: the answer comes after the first
+        # 64 KB, before the rest is sent (graygate closes without reading it: a client that
+        # keeps sending regardless may see a reset instead, as with any server that does
+        # not linger).
+        with socket.create_connection(("127.0.0.1", gg.port), timeout=5) as s:
+            s.sendall(b"POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10000000\r\n\r\n" + b"x" * 65536)
+            answer = b""
+            try:
+                while b"\r\n\r\n" not in answer:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    answer += chunk
+            except OSError:
+                pass
+        row.check(answer.startswith(b"HTTP/1.1 413"), f"a 10 MB upload answered {answer[:40]!r}")
+        backend.settle()
+        seen = [e for e in backend.take() if e[0] == "ok"]
+        row.check(len(seen) == 2, f"the upstream saw {len(seen)} requests (expected the 2 under the limits)")
+        row.fact(f"{len(cases)} POSTs and a 10 MB upload: 413 JSON for 2,000 B and 10 MB (limit 1 KB) and 5,000 B (service limit 4 KB), "
+                 f"the upstream saw only the {len(seen)} under the limits")
+    finally:
+        backend.close()
+
+
+def row_pooled_peer(env, row):
+    stable, canary = env.nginx_backend("stable"), env.nginx_backend("canary")
+    # Every uid of the load ends in 3: all canary, one peer; no health check catches it first.
+    rules = f"""versions: {{ stable: {{}}, canary: {{}} }}
+default: stable
+identity: {{ uid: [header:X-User-Id] }}
+services:
+  web:
+    hosts: ["*"]
+    groups:
+      stable: {{ peers: ["127.0.0.1:{stable.port}"] }}
+      canary: {{ peers: ["127.0.0.1:{canary.port}"] }}
+rules:
+  - {{ name: all, when: {{ uid_tail: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] }}, version: canary }}
+"""
+    gg = env.graygate("gg-pooled", rules)
+    row.check(wait_until(lambda: gg.version_for(3) == "canary", 5), "uid 3 is not served by canary before the kill")
+    load = Load(env, gg.port, 8, connections=16)
+    time.sleep(3)
+    canary.kill()
+    r = load.result()
+    retried = gg.metric("graygate_retries_total", reason="reused_connection") + gg.metric("graygate_retries_total", reason="reset")
+    connect = gg.metric("graygate_retries_total", reason="connect")
+    row.check(r["requests"] >= 2000, f"the load ran only {r['requests']} requests")
+    if not row.check(r["errors"] == 0, f"requests failed: {Load.describe(r)}"):
+        row.fact("graygate's log: " + " | ".join(l for l in gg.log_tail(40).splitlines() if "ERROR" in l)[-1500:])
+    row.check(gg.version_for(3) == "stable", "after the kill uid 3 is not served by the default group")
+    row.check(gg.alive(), "graygate died")
+    row.fact(f"{Load.describe(r)}; after SIGKILL of the only canary peer: {retried:.0f} dead connections retried "
+             f"fresh, {connect:.0f} refused connects moved on (to the default group)")
+
+
+def row_sighup_burst(env, row):
+    stable, canary = env.nginx_backend("stable"), env.nginx_backend("canary")
+    v1 = tail_rules([stable.port], [canary.port], "[1]")
+    v2 = tail_rules([stable.port], [canary.port], "[1, 9]")
+    gg = env.graygate("gg-sighup", v1)
+    row.check(gg.version_for(19) == "stable", "uid 19 is not stable before the change")
+    first = gg.generation()
+    stop = threading.Event()
+    other = gg.rules_path.replace("rules.yaml", "notes.txt")
+    def burst():
+        while not stop.is_set():
+            with open(other, "w") as f:
+                f.write(str(time.monotonic()))   # a file event in the rules directory
+            time.sleep(0.05)
+    t = threading.Thread(target=burst, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    gg.write_rules(v2)
+    gg.proc.send_signal(signal.SIGHUP)
+    sent = time.monotonic()
+    served = wait_until(lambda: gg.version_for(19) == "canary", 1.0, 0.02)
+    took = time.monotonic() - sent
+    time.sleep(2.5)
+    stop.set()
+    t.join(2)
+    row.check(served, f"the new rules did not serve within 1 s of SIGHUP during the burst ({took:.2f} s)")
+    row.check(gg.generation() > first, "no new generation")
+    row.check(gg.alive(), "graygate died")
+    row.fact(f"file events every 50 ms for 3 s; SIGHUP 0.5 s in: new rules serving {took * 1000:.0f} ms after the signal "
+             f"(generation {first} -> {gg.generation()})")
 
 
 # --- the malformed-request corpus --------------------------------------------------------------
@@ -971,6 +1197,11 @@ ROWS = [
     ("reloads", "50 reloads under load", row_reloads),
     ("invalid-rules", "invalid rules under load", row_invalid_rules),
     ("slowloris", "slow-header clients, normal clients keep their latency", row_slowloris),
+    ("slow-headers", "slow headers closed within header_timeout + 1 s", row_slow_headers),
+    ("client-cap", "connections per client address capped", row_client_cap),
+    ("body-limit", "bodies over max_body_size refused before the upstream", row_body_limit),
+    ("pooled-peer", "the only canary peer killed with pooled connections", row_pooled_peer),
+    ("sighup-burst", "SIGHUP during a burst of file events", row_sighup_burst),
     ("corpus", "malformed and smuggling-style requests", row_corpus),
 ]
 

@@ -18,8 +18,10 @@
 //! server that `main` (and the integration tests) run. `stats` keeps windowed per-version
 //! figures (requests, 5xx, latency quantiles, goals) for rollout verdicts and `GET /-/stats`;
 //! `rollout` judges each rollout's arms on them and moves its steps through the runtime state.
+//! `access_log` writes the request lines from a thread of its own, off the request path.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod channels;
 pub mod config;

@@ -292,7 +292,12 @@ fn main() -> anyhow::Result<ExitCode> {
                 listeners.join(", "),
                 app.config.admin.listen
             );
-            app.server(RunOptions { daemon, upgrade }).run_forever();
+            // `run` returns after a graceful (SIGTERM) or fast (SIGINT) shutdown; the access
+            // log's last lines are written before the process exits.
+            app.server(RunOptions { daemon, upgrade })
+                .run(pingora::server::RunArgs::default());
+            app.access_log.flush();
+            std::process::exit(0);
         }
         Command::Check { conf } => Ok(check(&conf)),
         Command::Rollout {

@@ -67,8 +67,13 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     /// `graygate_tls_sni_unmatched_total{listener}`: names no certificate covers.
     pub tls_sni_unmatched: IntCounterVec,
-    /// `graygate_connections_total{listener,result}`: accepted connections, and those closed
-    /// before HTTP (`proxy_protocol_error`, `proxy_protocol_timeout`).
+    /// `graygate_retries_total{service,version,reason}`: attempts sent again (`connect`: a
+    /// refused connection; `reused_connection`: a pooled connection that was dead; `reset`: a
+    /// fresh connection reset before any answer).
+    pub retries: IntCounterVec,
+    /// `graygate_connections_total{listener,result}`: accepted connections, those closed
+    /// before HTTP (`proxy_protocol_error`, `proxy_protocol_timeout`, `client_limit`), and
+    /// those closed because a request header was too slow (`header_timeout`).
     pub connections: IntCounterVec,
     /// `graygate_rollout_weight{rollout}`: percent of the rollout rule's traffic on its version.
     pub rollout_weight: IntGaugeVec,
@@ -145,9 +150,14 @@ impl Metrics {
             "Handshakes whose server name no certificate covers (they get the listener's first certificate).",
             &["listener"],
         );
+        let retries = counter(
+            "graygate_retries_total",
+            "Upstream attempts sent again, per service, version of the failed attempt and reason (connect, reused_connection, reset).",
+            &["service", "version", "reason"],
+        );
         let connections = counter(
             "graygate_connections_total",
-            "Connections accepted, per listener and result (ok, proxy_protocol_error, proxy_protocol_timeout).",
+            "Connections accepted (ok), refused (proxy_protocol_error, proxy_protocol_timeout, client_limit) and closed for a slow request header (header_timeout), per listener.",
             &["listener", "result"],
         );
         let rollout_checks = counter(
@@ -248,6 +258,7 @@ impl Metrics {
             tls_certificate_expiry,
             tls_handshakes,
             tls_sni_unmatched,
+            retries,
             connections,
             rollout_weight,
             rollout_state,
@@ -258,7 +269,13 @@ impl Metrics {
     /// Creates at 0 the connection series of one listener, and its handshake series if it
     /// speaks TLS.
     pub fn prepare_listener(&self, listener: &str, tls: bool) {
-        for result in ["ok", "proxy_protocol_error", "proxy_protocol_timeout"] {
+        for result in [
+            "ok",
+            "proxy_protocol_error",
+            "proxy_protocol_timeout",
+            "client_limit",
+            "header_timeout",
+        ] {
             self.connections.with_label_values(&[listener, result]);
         }
         if tls {
@@ -277,6 +294,9 @@ impl Metrics {
     pub fn prepare_requests(&self, service: &str, version: &str) {
         for class in ["2xx", "3xx", "4xx", "5xx"] {
             self.requests.with_label_values(&[service, version, class]);
+        }
+        for reason in ["connect", "reused_connection", "reset"] {
+            self.retries.with_label_values(&[service, version, reason]);
         }
     }
 
@@ -325,6 +345,13 @@ impl Metrics {
     pub fn record_upstream_error(&self, service: &str, version: &str, kind: &str) {
         self.upstream_errors
             .with_label_values(&[service, version, kind])
+            .inc();
+    }
+
+    /// Counts an upstream attempt of `version` sent again, for `reason` (a fixed word).
+    pub fn record_retry(&self, service: &str, version: &str, reason: &str) {
+        self.retries
+            .with_label_values(&[service, version, reason])
             .inc();
     }
 

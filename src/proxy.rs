@@ -4,18 +4,23 @@
 //! page, a refusal) or keeps a [`Route`] in the context; `upstream_peer` asks
 //! `Service::serving_group` for the group and peer (the fallback policy lives there);
 //! `fail_to_connect` marks the peer and asks for a retry, which lands in `upstream_peer`
-//! again; `upstream_request_filter` (once per attempt, on Pingora's fresh copy of the
+//! again; `error_while_proxy` asks for one on a fresh connection when a reused one failed
+//! before any response byte (`upstream::retry`); `request_filter` and
+//! `request_body_filter` hold a body to `max_body_size`; `upstream_request_filter` (once per attempt, on Pingora's fresh copy of the
 //! request) and `response_filter` give the serving version the cookies it may see
 //! (`cookies`); `logging` hands the outcome to metrics, the windowed stats and the access
 //! log. No policy lives here.
 
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::header::{
-    HeaderName, HeaderValue, CONTENT_LENGTH, HOST, LOCATION, SET_COOKIE, STRICT_TRANSPORT_SECURITY,
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, LOCATION, SET_COOKIE,
+    STRICT_TRANSPORT_SECURITY,
 };
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
@@ -23,8 +28,9 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
+use crate::access_log::AccessLog;
 use crate::channels::ChannelKey;
-use crate::config::{self, AccessLogFormat, Listener, ListenerKind, TlsListener};
+use crate::config::{self, AccessLogFormat, Config, Listener, ListenerKind, TlsListener};
 use crate::cookies;
 use crate::facts::bucket::ip_text;
 use crate::facts::client::{client_address, TrustedProxies};
@@ -51,8 +57,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// How long an idle downstream keep-alive connection is kept.
 const DOWNSTREAM_KEEPALIVE_SECS: u64 = 60;
 
-/// The log target of the access log (`RUST_LOG=graygate::access=off` silences it).
-pub const ACCESS_TARGET: &str = "graygate::access";
+pub use crate::access_log::ACCESS_TARGET;
 
 /// The proxy service.
 pub struct Gateway {
@@ -63,23 +68,26 @@ pub struct Gateway {
     listeners: Arc<[Listener]>,
     /// Per listener: the `Strict-Transport-Security` value of a TLS listener with `hsts`.
     hsts: Box<[Option<HeaderValue>]>,
-    access_log: AccessLogFormat,
+    access_log: Arc<AccessLog>,
     trusted_proxies: TrustedProxies,
+    /// `limits.max_body_size`, where a service sets none.
+    max_body_size: u64,
     fallback_log: LogThrottle,
 }
 
 impl Gateway {
-    /// A gateway serving whatever snapshot `store` holds on `listeners`, with store facts
-    /// from `lookups`; peers in `trusted_proxies` may say who the client is.
+    /// A gateway serving whatever snapshot `store` holds on the listeners of `config`, with
+    /// store facts from `lookups`; its `trusted_proxies` may say who the client is. Request
+    /// lines go to `access_log`.
     pub fn new(
         store: Arc<SnapshotStore>,
         metrics: Arc<Metrics>,
         lookups: Arc<Lookups>,
         channel_key: ChannelKey,
-        listeners: &[Listener],
-        access_log: AccessLogFormat,
-        trusted_proxies: TrustedProxies,
+        config: &Config,
+        access_log: Arc<AccessLog>,
     ) -> Self {
+        let listeners = &config.listeners;
         let hsts = listeners
             .iter()
             .map(|l| match &l.kind {
@@ -96,9 +104,10 @@ impl Gateway {
             lookups,
             channel_key,
             hsts,
-            listeners: listeners.into(),
+            listeners: listeners.as_slice().into(),
             access_log,
-            trusted_proxies,
+            trusted_proxies: TrustedProxies::new(config.trusted_proxies.iter().copied()),
+            max_body_size: config.limits.max_body_size,
             fallback_log: LogThrottle::new(Duration::from_secs(1)),
         }
     }
@@ -127,6 +136,13 @@ pub struct Route {
     pub goal_attempts: u64,
     /// A channel cookie to set on the response (a sticky split's first decision).
     pub set_cookie: Option<String>,
+    /// The largest body accepted (the service's `max_body_size`, or the global one).
+    pub body_limit: u64,
+    /// Body bytes read from the client so far.
+    pub body_read: u64,
+    /// Retries of failed reused connections so far, and whether the next attempt must
+    /// open a fresh connection (`upstream::retry`).
+    pub reuse_retry: upstream::retry::ReuseRetry,
 }
 
 /// What a request is for: a page graygate answers itself, or a service it proxies to.
@@ -180,6 +196,17 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
+}
+
+/// The body length a request declares; `None` without a (readable) Content-Length.
+fn declared_length(req: &RequestHeader) -> Option<u64> {
+    let value = req.headers.get(CONTENT_LENGTH)?.to_str().ok()?;
+    value.split(',').next()?.trim().parse().ok()
+}
+
+/// The 413 of a body over `max_body_size`.
+fn body_too_large() -> Reply {
+    Reply::error(413, "the request body is larger than max_body_size")
 }
 
 /// RFC 9112 section 3.2: an HTTP/1.1 request without a Host is answered 400.
@@ -396,6 +423,9 @@ impl ProxyHttp for Gateway {
         match target {
             Target::Service(service) => {
                 let uid = facts.uid.as_ref().map(|u| &*u.text);
+                let body_limit = snapshot.services.services[service]
+                    .max_body_size
+                    .unwrap_or(self.max_body_size);
                 ctx.route = Some(Route {
                     service,
                     decision,
@@ -407,7 +437,16 @@ impl ProxyHttp for Gateway {
                     tls_failed: false,
                     goal_attempts: goal_attempts(rules, &facts),
                     set_cookie: self.channel_key.sticky_cookie(rules, &decision, &facts),
+                    body_limit,
+                    body_read: 0,
+                    reuse_retry: Default::default(),
                 });
+                if declared_length(session.req_header()).is_some_and(|n| n > body_limit) {
+                    // Refused before any upstream connection; the body is not drained.
+                    session.set_keepalive(None);
+                    self.reply(session, arrival, body_too_large()).await?;
+                    return Ok(true);
+                }
                 session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
                 Ok(false)
             }
@@ -473,7 +512,71 @@ impl ProxyHttp for Gateway {
             );
         };
         route.peer = Some(addr);
-        Ok(serving.group.pool.peer(addr))
+        let mut peer = serving.group.pool.peer(addr);
+        route.reuse_retry.prepare(&mut peer);
+        Ok(peer)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let Some(route) = ctx.route.as_mut() else {
+            e.set_retry(false);
+            return e;
+        };
+        let req = session.req_header();
+        let attempt = upstream::retry::Attempt {
+            reused: client_reused,
+            idempotent: upstream::retry::is_idempotent(&req.method),
+            response_started: session.response_written().is_some(),
+            body_replayable: !session.as_ref().retry_buffer_truncated(),
+        };
+        let retry = route.reuse_retry.decide(&attempt, &e);
+        e.set_retry(retry.is_some());
+        if let Some(reason) = retry {
+            let service = &ctx.snapshot.services.services[route.service].name;
+            let version = &ctx.snapshot.rules.version(route.serving).name;
+            self.metrics.record_upstream_error(
+                service,
+                version,
+                upstream::error_kind(&e).unwrap_or("other"),
+            );
+            self.metrics.record_retry(service, version, reason);
+        }
+        e
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let (Some(route), Some(chunk)) = (ctx.route.as_mut(), body.as_ref()) else {
+            return Ok(());
+        };
+        if session.was_upgraded() {
+            // WebSocket frames are not a request body.
+            return Ok(());
+        }
+        route.body_read += chunk.len() as u64;
+        if route.body_read > route.body_limit {
+            // A body without a Content-Length (chunked, HTTP/2) is cut here: the upstream
+            // has seen at most `body_limit` bytes of it; fail_to_proxy answers 413.
+            *body = None;
+            return Error::e_explain(
+                ErrorType::HTTPStatus(413),
+                "the request body is larger than max_body_size",
+            );
+        }
+        Ok(())
     }
 
     fn fail_to_connect(
@@ -496,6 +599,11 @@ impl ProxyHttp for Gateway {
             }
             // A refused connection never reached the upstream: safe to retry any method.
             e.set_retry(true);
+            self.metrics.record_retry(
+                &ctx.snapshot.services.services[route.service].name,
+                &ctx.snapshot.rules.version(route.serving).name,
+                "connect",
+            );
         }
         e
     }
@@ -564,6 +672,9 @@ impl ProxyHttp for Gateway {
         // A static value: no copy of the scheme's text per request.
         let proto = HeaderValue::from_static(ctx.arrival.scheme.as_str());
         upstream.insert_header(FORWARDED_PROTO, proto)?;
+        if route.reuse_retry.close_connection() {
+            upstream.insert_header(CONNECTION, HeaderValue::from_static("close"))?;
+        }
         // The cookies the serving version may see (SPEC section 15), from the browser's:
         // after a fallback, the default version's share.
         cookies::apply_to_request(
@@ -676,11 +787,9 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
-    /// One line per request on the `graygate::access` log target, text or JSON.
+    /// One line per request in the buffered access log (`access_log`), text or JSON.
     fn access_log(&self, session: &Session, ctx: &RequestCtx, answered: &Answered) {
-        if self.access_log == AccessLogFormat::Off
-            || !log::log_enabled!(target: ACCESS_TARGET, log::Level::Info)
-        {
+        if !self.access_log.enabled() {
             return;
         }
         let req = session.req_header();
@@ -709,7 +818,7 @@ impl Gateway {
             .or_else(|| self.client_ip(session))
             .map(|ip| ip.to_string());
         let millis = elapsed.as_secs_f64() * 1e3;
-        match self.access_log {
+        match self.access_log.format() {
             AccessLogFormat::Json => {
                 let line = serde_json::json!({
                     "client": client,
@@ -727,17 +836,21 @@ impl Gateway {
                     "listener": listener,
                     "scheme": ctx.arrival.scheme.as_str(),
                 });
-                log::info!(target: ACCESS_TARGET, "{line}");
+                self.access_log.line(|buf| {
+                    let _ = serde_json::to_writer(buf, &line);
+                });
             }
-            _ => log::info!(
-                target: ACCESS_TARGET,
-                "{} {} {}{} {status} {millis:.3}ms service={service} version={version} decided={decided} rule={rule} upstream={}",
-                client.as_deref().unwrap_or("-"),
-                req.method,
-                request_host(req),
-                req.uri.path(),
-                upstream.as_deref().unwrap_or("-")
-            ),
+            _ => self.access_log.line(|buf| {
+                let _ = write!(
+                    buf,
+                    "{} {} {}{} {status} {millis:.3}ms service={service} version={version} decided={decided} rule={rule} upstream={}",
+                    client.as_deref().unwrap_or("-"),
+                    req.method,
+                    request_host(req),
+                    req.uri.path(),
+                    upstream.as_deref().unwrap_or("-")
+                );
+            }),
         }
     }
 }

@@ -12,6 +12,7 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
+use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::channels::ChannelKey;
 use crate::config::{Config, ListenerKind};
@@ -58,6 +59,8 @@ pub struct App {
     pub tls: tls::ListenerEndpoints,
     /// The rollouts' records and their checks.
     pub rollouts: Arc<Rollouts>,
+    /// The buffered access log; `flush` it after the server stops.
+    pub access_log: Arc<AccessLog>,
     /// The Redis store, when configured, for its background connection service.
     redis: Option<Arc<RedisStore>>,
 }
@@ -108,7 +111,9 @@ impl App {
                 matches!(listener.kind, ListenerKind::Tls(_)),
             );
         }
+        let access_log = AccessLog::stderr(config.access_log);
         Ok(App {
+            access_log,
             config,
             store,
             metrics,
@@ -151,9 +156,8 @@ impl App {
                 Arc::clone(&self.metrics),
                 Arc::clone(&self.lookups),
                 self.channel_key.clone(),
-                &self.config.listeners,
-                self.config.access_log,
-                TrustedProxies::new(self.config.trusted_proxies.iter().copied()),
+                &self.config,
+                Arc::clone(&self.access_log),
             )
         };
         // Pingora's h2c switch is per application: listeners with `h2c: true` are served by a
@@ -167,6 +171,7 @@ impl App {
             &self.config.listeners,
             &self.tls,
             TrustedProxies::new(self.config.trusted_proxies.iter().copied()),
+            &self.config.limits,
             http,
             h2c,
             &self.metrics,

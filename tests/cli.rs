@@ -72,7 +72,7 @@ fn check_reports_a_config_file_error_with_its_line() {
     assert_eq!(code, 1);
     let first = stderr.lines().next().unwrap_or_default();
     assert!(
-        first.ends_with(":3: error: unknown field `threads`, expected one of `listen`, `listeners`, `admin`, `rules`, `redis`, `cookie_secret_env`, `server`, `access_log`, `trusted_proxies`, `state`"),
+        first.ends_with(":3: error: unknown field `threads`, expected one of `listen`, `listeners`, `admin`, `rules`, `redis`, `cookie_secret_env`, `server`, `access_log`, `trusted_proxies`, `state`, `limits`"),
         "{stderr}"
     );
 }

@@ -640,3 +640,33 @@ fn sigterm_lets_in_flight_requests_finish() {
     eprintln!("sigterm: request took {took:?}; exit {status} {exited_after:?} after SIGTERM");
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+#[test]
+fn sigterm_loses_no_access_log_line() {
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    let mut site = Site::new(&rules("stable", &stable, &canary), 0, 1);
+    let mut gg = site.start("graygate");
+    // The access log writes at least every second; lines of the last second before SIGTERM
+    // are written by the flush after Pingora's shutdown.
+    let count = 300;
+    for i in 0..count {
+        let r = get(site.proxy, "www.example.com", &format!("/line-{i}"), &[]);
+        assert_eq!(r.status, 200);
+    }
+    gg.signal("TERM");
+    let status = gg
+        .wait_exit(Duration::from_secs(10))
+        .expect("graygate still running 10 s after SIGTERM");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let log = gg.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains(" INFO  graygate::access] ") && l.contains("/line-"))
+        .count();
+    assert_eq!(lines, count, "access log lines after SIGTERM\n{log}");
+    assert!(
+        log.contains(&format!("GET www.example.com/line-{} 200 ", count - 1)),
+        "the last line, in the text format"
+    );
+}

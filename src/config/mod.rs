@@ -5,8 +5,10 @@
 //! where they are and how the server runs.
 
 mod duration;
+mod size;
 
 pub use duration::{parse_duration, Duration};
+pub use size::{parse_size, Size};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -42,6 +44,29 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// `state.dir`: where runtime state that must survive a restart is written (rollouts).
     pub state_dir: PathBuf,
+    /// `limits:`: slow clients, connections per client, request bodies (SPEC section 14).
+    pub limits: Limits,
+}
+
+/// Validated `limits:` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A request header must arrive complete within this, on new and keep-alive connections.
+    pub header_timeout: std::time::Duration,
+    /// Connections one client address may hold open (after `trusted_proxies`).
+    pub max_connections_per_client: u32,
+    /// The largest request body accepted (413 beyond it); services may override it.
+    pub max_body_size: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: std::time::Duration::from_secs(10),
+            max_connections_per_client: 512,
+            max_body_size: 100 << 20,
+        }
+    }
 }
 
 /// `state.dir` when the config says nothing.
@@ -233,12 +258,22 @@ struct RawConf {
     trusted_proxies: Vec<String>,
     #[serde(default)]
     state: RawState,
+    #[serde(default)]
+    limits: RawLimits,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawState {
     dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    header_timeout: Option<Duration>,
+    max_connections_per_client: Option<u32>,
+    max_body_size: Option<Size>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -491,6 +526,7 @@ impl Config {
             access_log,
             trusted_proxies: raw_trusted,
             state,
+            limits: raw_limits,
         } = raw;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| -> PathBuf {
@@ -629,6 +665,7 @@ impl Config {
                 "server.threads: must be at least 1".into(),
             );
         }
+        let limits = limits(raw_limits, &mut error);
         let run_dir = std::env::temp_dir();
         Config {
             path: path.to_path_buf(),
@@ -662,8 +699,45 @@ impl Config {
                 .dir
                 .map(|p| resolve(&p))
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            limits,
         }
     }
+}
+
+/// The `limits:` section, defaults filled in; a zero is an error (leave a key out for its
+/// default).
+fn limits(raw: RawLimits, error: &mut dyn FnMut(&str, String)) -> Limits {
+    let RawLimits {
+        header_timeout,
+        max_connections_per_client,
+        max_body_size,
+    } = raw;
+    let defaults = Limits::default();
+    let limits = Limits {
+        header_timeout: header_timeout.map_or(defaults.header_timeout, |d| d.0),
+        max_connections_per_client: max_connections_per_client
+            .unwrap_or(defaults.max_connections_per_client),
+        max_body_size: max_body_size.map_or(defaults.max_body_size, |s| s.0),
+    };
+    if limits.header_timeout.is_zero() {
+        error(
+            "limits.header_timeout",
+            "limits.header_timeout: must be above 0".into(),
+        );
+    }
+    if limits.max_connections_per_client == 0 {
+        error(
+            "limits.max_connections_per_client",
+            "limits.max_connections_per_client: must be at least 1".into(),
+        );
+    }
+    if limits.max_body_size == 0 {
+        error(
+            "limits.max_body_size",
+            "limits.max_body_size: must be above 0".into(),
+        );
+    }
+    limits
 }
 
 #[cfg(test)]
@@ -770,6 +844,54 @@ mod tests {
                 ":4: error: trusted_proxies: \"lb.internal\" is not a CIDR like 10.0.0.0/8"
             ),
             "{messages:?}"
+        );
+    }
+
+    #[test]
+    fn limits_defaults_values_and_errors() {
+        let config = load_text("rules: ../rules\n").unwrap();
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(
+            config.limits.header_timeout,
+            std::time::Duration::from_secs(10)
+        );
+        let config = load_text(
+            "limits: { header_timeout: 2s, max_connections_per_client: 8, max_body_size: 1MB }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.limits,
+            Limits {
+                header_timeout: std::time::Duration::from_secs(2),
+                max_connections_per_client: 8,
+                max_body_size: 1 << 20,
+            }
+        );
+        let config = load_text("limits:\n  max_body_size: 4096\n").unwrap();
+        assert_eq!(config.limits.max_body_size, 4096);
+        let err = load_text(
+            "limits:\n  header_timeout: 0s\n  max_connections_per_client: 0\n  max_body_size: 0\n",
+        )
+        .unwrap_err();
+        let messages: Vec<String> = err.items().iter().map(|d| d.to_string()).collect();
+        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert!(messages[0].ends_with(":2: error: limits.header_timeout: must be above 0"));
+        assert!(messages[1]
+            .ends_with(":3: error: limits.max_connections_per_client: must be at least 1"));
+        assert!(messages[2].ends_with(":4: error: limits.max_body_size: must be above 0"));
+        let err = load_text("limits:\n  max_body_size: lots\n").unwrap_err();
+        assert!(
+            err.items()[0]
+                .to_string()
+                .contains(":2: error: limits: \"lots\" is not a size like 512KB, 100MB or 1GB"),
+            "{err}"
+        );
+        let err = load_text("limits:\n  header_timeuot: 1s\n").unwrap_err();
+        assert!(
+            err.items()[0]
+                .message
+                .contains("unknown field `header_timeuot`"),
+            "{err}"
         );
     }
 

@@ -1,6 +1,7 @@
 //! The connection stage in front of HTTP: which listener a connection reached, the PROXY
-//! protocol header of a trusted load balancer, the TLS handshake, and which HTTP
-//! application (HTTP/1.1 only, or also h2c) then serves it.
+//! protocol header of a trusted load balancer, the per-client connection cap, the TLS
+//! handshake, which HTTP application (HTTP/1.1 only, or also h2c) then serves it, and the
+//! request-header deadline it gets ([`crate::edge::limits`]).
 //!
 //! Pingora accepts every listener as plain TCP; [`EdgeApp`] does the rest, so one place
 //! owns the per-connection policy, its timeouts and its counters. It costs one boxed future
@@ -14,11 +15,12 @@ use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::tls::server::handshake;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use prometheus::IntCounter;
 
-use crate::config::{self, Listener, ListenerKind, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::config::{self, Limits, Listener, ListenerKind, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::edge::limits::{client_of, ClientLimit, Guarded};
 use crate::edge::proxy_protocol::{declare_peer, read_proxy_header, ProxyHeader, ProxyHeaderError};
 use crate::edge::tls::TlsEndpoint;
 use crate::facts::client::TrustedProxies;
@@ -32,6 +34,8 @@ struct EdgeListener {
     accepted: IntCounter,
     proxy_header_error: IntCounter,
     proxy_header_timeout: IntCounter,
+    client_limit: IntCounter,
+    header_timeout: IntCounter,
 }
 
 /// A trusted peer's PROXY header must be complete by then.
@@ -62,16 +66,21 @@ pub struct EdgeApp<A> {
     h2c: Arc<A>,
     /// Peers whose PROXY header is believed.
     trusted: TrustedProxies,
+    /// Open connections per client address, capped by `limits.max_connections_per_client`.
+    clients: Arc<ClientLimit>,
+    /// `limits.header_timeout`.
+    header_timeout: Duration,
     handshake_log: LogThrottle,
 }
 
 impl<A> EdgeApp<A> {
     /// The stage for `listeners` (in config order), with `tls[i]` the endpoint of listener
-    /// `i` when it speaks TLS.
+    /// `i` when it speaks TLS, applying the connection `limits`.
     pub fn new(
         listeners: &[Listener],
         tls: &[Option<Arc<TlsEndpoint>>],
         trusted: TrustedProxies,
+        limits: &Limits,
         http: A,
         h2c: A,
         metrics: &Metrics,
@@ -81,6 +90,12 @@ impl<A> EdgeApp<A> {
             .zip(tls)
             .map(|(listener, tls)| {
                 let name = &*listener.name;
+                let connections = |result: &str| {
+                    metrics
+                        .connections
+                        .with_label_values(&[name, result])
+                        .clone()
+                };
                 let handshakes = |result: &str| {
                     metrics
                         .tls_handshakes
@@ -99,15 +114,11 @@ impl<A> EdgeApp<A> {
                         timeout: handshakes("timeout"),
                     }),
                     h2c: matches!(listener.kind, ListenerKind::Plain { h2c: true, .. }),
-                    accepted: metrics.connections.with_label_values(&[name, "ok"]).clone(),
-                    proxy_header_error: metrics
-                        .connections
-                        .with_label_values(&[name, "proxy_protocol_error"])
-                        .clone(),
-                    proxy_header_timeout: metrics
-                        .connections
-                        .with_label_values(&[name, "proxy_protocol_timeout"])
-                        .clone(),
+                    accepted: connections("ok"),
+                    proxy_header_error: connections("proxy_protocol_error"),
+                    proxy_header_timeout: connections("proxy_protocol_timeout"),
+                    client_limit: connections("client_limit"),
+                    header_timeout: connections("header_timeout"),
                 }
             })
             .collect();
@@ -117,6 +128,8 @@ impl<A> EdgeApp<A> {
             http: Arc::new(http),
             h2c: Arc::new(h2c),
             trusted,
+            clients: ClientLimit::new(limits.max_connections_per_client),
+            header_timeout: limits.header_timeout,
             handshake_log: LogThrottle::new(Duration::from_secs(10)),
         }
     }
@@ -230,16 +243,37 @@ where
         if !self.proxy_header(stage, &mut stream).await {
             return None;
         }
+        // Counted under the client the PROXY header declared, before any TLS work.
+        let slot = match client_of(&stream) {
+            Some(ip) => match self.clients.admit(ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    stage.client_limit.inc();
+                    if let Some(held_back) = self.handshake_log.admit() {
+                        log::info!(
+                            "connection from {ip} refused: it holds limits.max_connections_per_client already; {held_back} similar line(s) held back"
+                        );
+                    }
+                    return None;
+                }
+            },
+            None => None,
+        };
         stage.accepted.inc();
         let mut stream = match &stage.tls {
             Some(tls) => self.handshake(tls, stream).await?,
             None => stream,
         };
-        let app = if stage.h2c && speaks_h2c(&mut stream).await? {
-            &self.h2c
-        } else {
-            &self.http
-        };
+        let h2c = stage.h2c && speaks_h2c(&mut stream).await?;
+        let http1 = !h2c && stream.selected_alpn_proto() != Some(ALPN::H2);
+        let stream: Stream = Box::new(Guarded::new(
+            stream,
+            self.header_timeout,
+            http1,
+            slot,
+            stage.header_timeout.clone(),
+        ));
+        let app = if h2c { &self.h2c } else { &self.http };
         app.process_new(stream, shutdown).await
     }
 

@@ -725,6 +725,8 @@ pub struct ServiceSpec {
     pub path_prefix: Box<str>,
     /// Groups per version.
     pub groups: Vec<GroupConfig>,
+    /// Overrides `limits.max_body_size`.
+    pub max_body_size: Option<u64>,
 }
 
 /// One version's group inside a service.

@@ -129,6 +129,8 @@ pub struct RawService {
     pub hosts: OneOrMany<String>,
     pub path_prefix: Option<String>,
     pub groups: IndexMap<String, serde_yaml::Value>,
+    /// Overrides `limits.max_body_size` (a size like `10MB`, or bytes).
+    pub max_body_size: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -55,8 +55,9 @@ pub fn error_status(e: &Error) -> Option<(u16, &'static str)> {
             ErrorSource::Internal | ErrorSource::Unset => 500,
         },
     };
-    let message = match status {
+    let message: &'static str = match status {
         503 => "no healthy upstream",
+        413 => "the request body is larger than max_body_size",
         502 => "bad gateway: the upstream failed",
         504 => "gateway timeout: the upstream did not answer in time",
         400 => "bad request",

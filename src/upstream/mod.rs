@@ -10,11 +10,13 @@
 //! [`Service::serving_group`] is the serving policy: the decided version's group when it has a
 //! usable peer, else the fallback version's group with a [`FallbackReason`]. The proxy, the
 //! address API and `explain` all ask it, so they never disagree. `failure.rs` classifies
-//! upstream errors (metric labels, the status sent to the client).
+//! upstream errors (metric labels, the status sent to the client); `retry.rs` decides when a
+//! request whose reused connection failed is sent again.
 
 mod failure;
 mod health;
 mod pool;
+pub mod retry;
 mod routes;
 
 pub use failure::{connect_error_kind, error_kind, error_status};
@@ -103,6 +105,8 @@ pub struct Service {
     pub hosts: Vec<HostPattern>,
     /// Its path prefix.
     pub path_prefix: Box<str>,
+    /// Overrides `limits.max_body_size`.
+    pub max_body_size: Option<u64>,
     groups: Vec<Option<Group>>,
 }
 
@@ -237,6 +241,7 @@ impl ServiceTable {
                 name: Arc::clone(&spec.name),
                 hosts: spec.hosts.clone(),
                 path_prefix: spec.path_prefix.clone(),
+                max_body_size: spec.max_body_size,
                 groups,
             });
         }

@@ -46,7 +46,32 @@ impl Compiler {
                 hosts,
                 path_prefix,
                 groups: raw_groups,
+                max_body_size,
             } = s;
+            let max_body_size = max_body_size.and_then(|value| {
+                let text = match value {
+                    serde_yaml::Value::Number(n) => n.to_string(),
+                    serde_yaml::Value::String(s) => s,
+                    _ => String::from("?"),
+                };
+                match crate::config::parse_size(&text) {
+                    Ok(0) => {
+                        self.error(
+                            &at.child("max_body_size"),
+                            format!("{what}: max_body_size must be above 0"),
+                        );
+                        None
+                    }
+                    Ok(n) => Some(n),
+                    Err(why) => {
+                        self.error(
+                            &at.child("max_body_size"),
+                            format!("{what}: max_body_size {why}"),
+                        );
+                        None
+                    }
+                }
+            });
             let hosts_at = at.child("hosts");
             if hosts.0.is_empty() {
                 self.error(&hosts_at, format!("{what}: hosts is empty"));
@@ -107,6 +132,7 @@ impl Compiler {
                 hosts,
                 path_prefix: prefix.into(),
                 groups,
+                max_body_size,
             });
         }
         services
@@ -417,6 +443,23 @@ mod tests {
         assert_eq!(
             diagnostics(yaml),
             vec!["rules.yaml:8: error: service \"b\": host \"www.example.com\" with path_prefix \"/\" is already served by service \"a\""]
+        );
+    }
+
+    #[test]
+    fn a_service_body_limit_is_a_size() {
+        let yaml = |limit: &str| {
+            format!("versions: {{ stable: {{}} }}\ndefault: stable\nservices:\n  up:\n    hosts: [\"*\"]\n    max_body_size: {limit}\n    groups: {{ stable: {{ peers: [\"127.0.0.1:1\"] }} }}\n")
+        };
+        assert!(diagnostics(&yaml("2GB")).is_empty());
+        assert!(diagnostics(&yaml("4096")).is_empty());
+        assert_eq!(
+            diagnostics(&yaml("huge")),
+            vec!["rules.yaml:6: error: service \"up\": max_body_size \"huge\" is not a size like 512KB, 100MB or 1GB"]
+        );
+        assert_eq!(
+            diagnostics(&yaml("0")),
+            vec!["rules.yaml:6: error: service \"up\": max_body_size must be above 0"]
         );
     }
 }
