@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::channels::ChannelKey;
 use crate::facts::identity::Source;
 use crate::facts::{Facts, ListenerId, RequestView};
-use crate::rules::decide::{Missing, Step};
+use crate::rules::decide::Step;
 use crate::state::Snapshot;
 use crate::store::Lookups;
 use crate::upstream::balance_key;
@@ -173,12 +173,8 @@ pub async fn explain_request(
         .find(&desc.host, &path)
         .map(|id| &snapshot.services.services[id]);
     let key = balance_key(facts.uid.as_ref().map(|u| &*u.text), desc.ip);
-    // A withdrawn version is served by its baseline, for users who are not internal.
-    let mut withdrawn_to = snapshot.runtime.withdrawn_to(decision.version);
-    if withdrawn_to.is_some() && facts.internal_unresolved {
-        lookups.resolve(rules, &mut facts, Missing::Internal).await;
-    }
-    withdrawn_to = withdrawn_to.filter(|_| !facts.internal);
+    let withdrawn = snapshot.runtime.withdrawn_to(decision.version);
+    let withdrawn_to = lookups.withdrawn_to(rules, withdrawn, &mut facts).await;
     let serving = service
         .and_then(|s| s.serving_group(decision.version, withdrawn_to, rules.default, &key, &[]));
     let group = serving.map(|s| s.group);

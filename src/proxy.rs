@@ -311,23 +311,6 @@ impl Gateway {
         }
     }
 
-    /// The baseline that serves the decided version's users when that version is withdrawn
-    /// (its rollout rolled back); internal users keep the version.
-    async fn withdrawn_to(
-        &self,
-        snapshot: &Snapshot,
-        decision: &Decision,
-        facts: &mut Facts<'_>,
-    ) -> Option<VersionId> {
-        let baseline = snapshot.runtime.withdrawn_to(decision.version)?;
-        if facts.internal_unresolved {
-            self.lookups
-                .resolve(&snapshot.rules, facts, Missing::Internal)
-                .await;
-        }
-        (!facts.internal).then_some(baseline)
-    }
-
     /// Moves `route` to the group that serves it now, counting and logging a fallback.
     fn note_serving(&self, snapshot: &Snapshot, route: &mut Route, serving: upstream::Serving) {
         let to = serving.group.version;
@@ -419,7 +402,11 @@ impl ProxyHttp for Gateway {
                 .channel_of(rules, view.cookie(&rules.channels.cookie), uid);
         facts.rollouts = &snapshot.runtime.rollouts;
         let mut decision = self.lookups.decide(rules, &mut facts).await;
-        let withdrawn_to = self.withdrawn_to(&snapshot, &decision, &mut facts).await;
+        let withdrawn = snapshot.runtime.withdrawn_to(decision.version);
+        let withdrawn_to = self
+            .lookups
+            .withdrawn_to(rules, withdrawn, &mut facts)
+            .await;
         match target {
             Target::Service(service) => {
                 let uid = facts.uid.as_ref().map(|u| &*u.text);

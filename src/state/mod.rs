@@ -338,12 +338,18 @@ impl SnapshotStore {
 mod tests {
     use super::*;
 
-    const BASE: &str = "versions: { stable: {}, canary: {} }\ndefault: stable\n\
-        services:\n  web:\n    hosts: [\"*\"]\n    groups:\n      stable: { peers: [\"127.0.0.1:1\"] }\n      canary: { peers: [\"127.0.0.1:2\"] }\n";
+    /// The versions and the service, shared by the rule sets below.
+    macro_rules! base {
+        () => {
+            "versions: { stable: {}, canary: {} }\ndefault: stable\n\
+        services:\n  web:\n    hosts: [\"*\"]\n    groups:\n      stable: { peers: [\"127.0.0.1:1\"] }\n      canary: { peers: [\"127.0.0.1:2\"] }\n"
+        };
+    }
+
+    const BASE: &str = base!();
 
     const RULES: &str = concat!(
-        "versions: { stable: {}, canary: {} }\ndefault: stable\n",
-        "services:\n  web:\n    hosts: [\"*\"]\n    groups:\n      stable: { peers: [\"127.0.0.1:1\"] }\n      canary: { peers: [\"127.0.0.1:2\"] }\n",
+        base!(),
         "rollouts:\n  ramp: { version: canary, steps: [10, 50], step_duration: 1m }\n",
         "rules:\n  - { name: ramp, rollout: ramp }\n"
     );

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::facts::identity::Tier;
-use crate::facts::{Assigned, Facts};
+use crate::facts::{Assigned, Facts, VersionId};
 use crate::metrics::Metrics;
 use crate::rules::decide::{decide, explain, Decision, Explanation, Missing};
 use crate::rules::model::RuleSet;
@@ -109,6 +109,21 @@ impl Lookups {
                 Err(missing) => self.resolve(rules, facts, missing).await,
             }
         }
+    }
+
+    /// `baseline` (the baseline of a withdrawn decided version) unless the user is internal:
+    /// internal users keep a withdrawn version. The internal flag is looked up only then.
+    pub async fn withdrawn_to(
+        &self,
+        rules: &RuleSet,
+        baseline: Option<VersionId>,
+        facts: &mut Facts<'_>,
+    ) -> Option<VersionId> {
+        let baseline = baseline?;
+        if facts.internal_unresolved {
+            self.resolve(rules, facts, Missing::Internal).await;
+        }
+        (!facts.internal).then_some(baseline)
     }
 
     fn record<T>(
