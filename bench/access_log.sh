@@ -15,27 +15,11 @@ REPS=${REPS:-5}
 CONNECTIONS=${CONNECTIONS:-32}
 NICE=${NICE:--10}
 
-bash scripts/install-deps.sh bench
-if [[ -n "${GRAYGATE_BIN:-}" ]]; then
-    bin=$GRAYGATE_BIN
-else
-    cargo build --release --locked --quiet
-    bin=target/release/graygate
-fi
-prio=()
-if [[ -n "$NICE" ]] && nice -n "$NICE" true 2>/dev/null; then prio=(nice -n "$NICE"); fi
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]+"${pids[@]}"}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
+bench_setup
+prio=()
+if [[ -n "$NICE" ]] && nice -n "$NICE" true 2>/dev/null; then prio=(nice -n "$NICE"); fi
 
 backend=$(free_port)
 start_backend "$backend"

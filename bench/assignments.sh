@@ -5,6 +5,7 @@
 #
 #   bench/assignments.sh            # or: make bench
 #   DURATION=5 REPS=5 bench/assignments.sh
+#   GRAYGATE_BIN=path/to/graygate bench/assignments.sh   # a binary built elsewhere
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -13,21 +14,9 @@ REPS=${REPS:-5}
 CONNECTIONS=${CONNECTIONS:-32}
 UIDS=10000
 
-bash scripts/install-deps.sh bench
-cargo build --release --locked --quiet
-bin=target/release/graygate
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
 # shellcheck source=bench/lib.sh
 source bench/lib.sh   # the scripts run from the repository root
+bench_setup
 
 backend=$(free_port); redis=$(free_port)
 with_lookup=$(free_port); without_lookup=$(free_port)
@@ -55,22 +44,11 @@ rules:
 $1
 RULES
 }
-start_graygate() { # $1 name, $2 port, $3 rule, $4 extra conf
-    mkdir -p "$work/$1/rules"
-    rules "$3" > "$work/$1/rules/rules.yaml"
-    cat > "$work/$1/graygate.yaml" <<CONF
-listen: ["127.0.0.1:$2"]
-admin: { listen: "127.0.0.1:$(free_port)" }
-rules: rules
-server: { threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: gg.pid, upgrade_sock: gg.sock }
-$4
-CONF
-    RUST_LOG=warn taskset -c 0 "$bin" run -c "$work/$1/graygate.yaml" 2>"$work/$1.log" & pids+=($!)
-    wait_port "$2"
-}
-start_graygate lookup "$with_lookup" '  - { name: assigned, version: $assigned }' \
+wrap=()
+declare -A proxy_pid
+start_graygate lookup "$with_lookup" "$(free_port)" "$(rules '  - { name: assigned, version: $assigned }')" \
     "redis: { url: \"redis://127.0.0.1:$redis/0\", lookup_timeout: 20ms, cache_ttl: 1h }"
-start_graygate plain "$without_lookup" '  - { name: tail, when: { uid_tail: [0, 2, 4, 6, 8] }, version: canary }' ""
+start_graygate plain "$without_lookup" "$(free_port)" "$(rules '  - { name: tail, when: { uid_tail: [0, 2, 4, 6, 8] }, version: canary }')" ""
 
 write_uid_script "$UIDS"
 run() { uid_rate "$@"; }

@@ -1,5 +1,28 @@
 # Shared helpers of the bench/ scripts (sourced, not run).
 
+# The start of a bench script: the packages it needs, the graygate binary in $bin
+# ($GRAYGATE_BIN, a binary built elsewhere, or a release build), a scratch directory $work,
+# and on exit the end of every process in "${pids[@]}" and of $work.
+bench_setup() {
+    bash scripts/install-deps.sh bench
+    if [[ -n "${GRAYGATE_BIN:-}" ]]; then
+        bin=$GRAYGATE_BIN
+    else
+        cargo build --release --locked --quiet
+        bin=target/release/graygate
+    fi
+    work=$(mktemp -d)
+    pids=()
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+bench_cleanup() {
+    for pid in "${pids[@]+"${pids[@]}"}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+
 # A free TCP port on loopback.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

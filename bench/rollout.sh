@@ -15,33 +15,18 @@ REPS=${REPS:-5}
 CONNECTIONS=${CONNECTIONS:-32}
 UIDS=10000
 
-bash scripts/install-deps.sh bench
-if [[ -n "${GRAYGATE_BIN:-}" ]]; then
-    bin=$GRAYGATE_BIN
-else
-    cargo build --release --locked --quiet
-    bin=target/release/graygate
-fi
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
 # shellcheck source=bench/lib.sh
 source bench/lib.sh   # the scripts run from the repository root
+bench_setup
 
 backend=$(free_port); split_port=$(free_port); rollout_port=$(free_port)
 prio=()
 start_backend "$backend"
 
-start_graygate() { # $1 name, $2 port, $3 the deciding rule and any rollouts section
-    mkdir -p "$work/$1/rules"
-    cat > "$work/$1/rules/rules.yaml" <<RULES
+wrap=()
+declare -A proxy_pid
+rules() { # $1: the deciding rule and any rollouts section
+    cat <<RULES
 versions: { stable: {}, canary: {} }
 default: stable
 identity: { uid: [header:X-User-Id] }
@@ -51,26 +36,17 @@ services:
     groups:
       stable: { peers: ["127.0.0.1:$backend"] }
       canary: { peers: ["127.0.0.1:$backend"] }
-$3
+$1
 RULES
-    cat > "$work/$1/graygate.yaml" <<CONF
-listen: ["127.0.0.1:$2"]
-admin: { listen: "127.0.0.1:$(free_port)" }
-rules: rules
-state: { dir: state }
-server: { threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: gg.pid, upgrade_sock: gg.sock }
-CONF
-    RUST_LOG=warn taskset -c 0 "$bin" run -c "$work/$1/graygate.yaml" 2>"$work/$1.log" & pids+=($!)
-    wait_port "$2"
 }
-start_graygate split "$split_port" 'rules:
-  - { name: ramp, split: { by: uid, weights: { canary: 20, stable: 80 } } }'
+start_graygate split "$split_port" "$(free_port)" "$(rules 'rules:
+  - { name: ramp, split: { by: uid, weights: { canary: 20, stable: 80 } } }')" "state: { dir: state }"
 # min_requests out of reach: the rollout is judged every second but never moves, so both
 # proxies split 20/80 for the whole run.
-start_graygate rollout "$rollout_port" 'rollouts:
+start_graygate rollout "$rollout_port" "$(free_port)" "$(rules 'rollouts:
   ramp: { version: canary, steps: [20, 100], step_duration: 1h, analysis: { interval: 1s, window: 10s, min_requests: 100000000 } }
 rules:
-  - { name: ramp, rollout: ramp }'
+  - { name: ramp, rollout: ramp }')" "state: { dir: state }"
 
 write_uid_script "$UIDS"
 run() { uid_rate "$@"; }
