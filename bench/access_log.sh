@@ -27,19 +27,8 @@ declare -A port log_file
 for f in off text json; do
     port[$f]=$(free_port); admin=$(free_port)
     mkdir -p "$work/$f/rules"
-    cat > "$work/$f/rules/rules.yaml" <<RULES
-versions: { stable: {}, canary: {} }
-default: stable
-identity: { uid: [header:X-User-Id] }
-services:
-  web:
-    hosts: ["*"]
-    groups:
-      stable: { peers: ["127.0.0.1:$backend"] }
-      canary: { peers: ["127.0.0.1:$backend"] }
-rules:
-  - { name: tail, when: { uid_tail: [1, 2, 3] }, version: canary }
-RULES
+    two_version_rules "$backend" 'rules:
+  - { name: tail, when: { uid_tail: [1, 2, 3] }, version: canary }' > "$work/$f/rules/rules.yaml"
     cat > "$work/$f/graygate.yaml" <<CONF
 listen: ["127.0.0.1:${port[$f]}"]
 admin: { listen: "127.0.0.1:$admin" }

@@ -29,20 +29,9 @@ start_redis "$redis"
 for ((i = 0; i < UIDS; i += 2)); do echo "SET gray:version:$i canary"; done | redis-cli -p "$redis" >/dev/null
 
 rules() { # $1: the rule that decides
-    cat <<RULES
-versions: { stable: {}, canary: {} }
-default: stable
-identity: { uid: [header:X-User-Id] }
-services:
-  web:
-    hosts: ["*"]
-    groups:
-      stable: { peers: ["127.0.0.1:$backend"] }
-      canary: { peers: ["127.0.0.1:$backend"] }
-rules:
-  - { name: shield-header, when: { header: { X-Shield: "1" } }, version: stable }
-$1
-RULES
+    two_version_rules "$backend" "rules:
+  - { name: shield-header, when: { header: { X-Shield: \"1\" } }, version: stable }
+$1"
 }
 wrap=()
 declare -A proxy_pid

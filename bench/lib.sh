@@ -23,6 +23,23 @@ bench_cleanup() {
     rm -rf "$work"
 }
 
+# Rules with the versions stable and canary, both served by the backend on port $1, uids
+# from X-User-Id, followed by $2 (the rules section and any other).
+two_version_rules() { # $1 backend port, $2 the rest
+    cat <<RULES
+versions: { stable: {}, canary: {} }
+default: stable
+identity: { uid: [header:X-User-Id] }
+services:
+  web:
+    hosts: ["*"]
+    groups:
+      stable: { peers: ["127.0.0.1:$1"] }
+      canary: { peers: ["127.0.0.1:$1"] }
+$2
+RULES
+}
+
 # A free TCP port on loopback.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -25,20 +25,7 @@ start_backend "$backend"
 
 wrap=()
 declare -A proxy_pid
-rules() { # $1: the deciding rule and any rollouts section
-    cat <<RULES
-versions: { stable: {}, canary: {} }
-default: stable
-identity: { uid: [header:X-User-Id] }
-services:
-  web:
-    hosts: ["*"]
-    groups:
-      stable: { peers: ["127.0.0.1:$backend"] }
-      canary: { peers: ["127.0.0.1:$backend"] }
-$1
-RULES
-}
+rules() { two_version_rules "$backend" "$1"; }   # $1: the deciding rule, any rollouts
 start_graygate split "$split_port" "$(free_port)" "$(rules 'rules:
   - { name: ramp, split: { by: uid, weights: { canary: 20, stable: 80 } } }')" "state: { dir: state }"
 # min_requests out of reach: the rollout is judged every second but never moves, so both
