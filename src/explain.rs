@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::channels::ChannelKey;
 use crate::facts::identity::Source;
 use crate::facts::{Facts, ListenerId, RequestView};
-use crate::rules::decide::Step;
+use crate::rules::decide::{Reason, Step};
 use crate::state::Snapshot;
 use crate::store::Lookups;
 use crate::upstream::balance_key;
@@ -64,8 +64,11 @@ pub struct Report {
     pub steps: Vec<Step>,
     /// The decided version.
     pub version: String,
-    /// The deciding rule, or `default`.
+    /// The deciding rule, `override` or `default`.
     pub rule: String,
+    /// The emergency override's reason, when the override decided.
+    #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
+    pub override_reason: Option<String>,
     /// The service matched, if any.
     pub service: Option<String>,
     /// The version whose group serves (the default after a fallback), by the same policy as
@@ -166,6 +169,7 @@ pub async fn explain_request(
     let uid = facts.uid.as_ref().map(|u| &*u.text);
     facts.channel = channel_key.channel_of(rules, view.cookie(&rules.channels.cookie), uid);
     facts.rollouts = &snapshot.runtime.rollouts;
+    facts.override_version = snapshot.runtime.override_version;
     let explanation = lookups.explain(rules, &mut facts).await;
     let decision = explanation.decision;
     let service = snapshot
@@ -173,7 +177,7 @@ pub async fn explain_request(
         .find(&desc.host, &path)
         .map(|id| &snapshot.services.services[id]);
     let key = balance_key(facts.uid.as_ref().map(|u| &*u.text), desc.ip);
-    let withdrawn = snapshot.runtime.withdrawn_to(decision.version);
+    let withdrawn = snapshot.runtime.withdrawal(&decision);
     let withdrawn_to = lookups.withdrawn_to(rules, withdrawn, &mut facts).await;
     let serving = service
         .and_then(|s| s.serving_group(decision.version, withdrawn_to, rules.default, &key, &[]));
@@ -186,6 +190,8 @@ pub async fn explain_request(
         steps: explanation.steps,
         version: rules.version(decision.version).name.to_string(),
         rule: decision.rule_name(rules).to_string(),
+        override_reason: (decision.reason == Reason::Override)
+            .then(|| snapshot.runtime.override_reason.clone().unwrap_or_default()),
         service: service.map(|s| s.name.to_string()),
         group: group.map(|g| g.version_name.to_string()),
         fallback: serving.and_then(|s| s.fallback).map(|r| r.as_str()),
@@ -215,6 +221,13 @@ impl fmt::Display for Report {
             self.tier,
             self.internal
         )?;
+        if let Some(reason) = &self.override_reason {
+            writeln!(
+                f,
+                "override: every request goes to {} (reason: {reason}); no rule is evaluated",
+                self.version
+            )?;
+        }
         writeln!(f, "rules (generation {}):", self.generation)?;
         crate::rules::decide::write_steps(f, &self.steps)?;
         writeln!(f, "decision: {} (rule {})", self.version, self.rule)?;

@@ -81,6 +81,14 @@ pub struct Metrics {
     pub rollout_state: IntGaugeVec,
     /// `graygate_rollout_checks_total{rollout,result}`: pass, fail, inconclusive.
     pub rollout_checks: IntCounterVec,
+    /// `graygate_override{version}`: 1 for the version the emergency override sends every
+    /// request to, 0 for the others.
+    pub override_version: IntGaugeVec,
+    /// `graygate_fleet_instances{state}`: live instances of the fleet as this one last saw
+    /// them (`in_sync`, `drifted`: serving rules whose content differs from the most common).
+    pub fleet_instances: IntGaugeVec,
+    /// `graygate_fleet_judge`: 1 while this instance holds the lease that judges rollouts.
+    pub fleet_judge: IntGauge,
 }
 
 impl Metrics {
@@ -232,6 +240,27 @@ impl Metrics {
             "1 for the rollout's current state (progressing, paused, completed, rolled_back).",
             &["rollout", "state"],
         );
+        let override_version = gauge(
+            "graygate_override",
+            "1 for the version the emergency override sends every request to.",
+            &["version"],
+        );
+        let fleet_instances = gauge(
+            "graygate_fleet_instances",
+            "Live instances of the fleet, in_sync or drifted (other rules content).",
+            &["state"],
+        );
+        for state in ["in_sync", "drifted"] {
+            fleet_instances.with_label_values(&[state]);
+        }
+        let fleet_judge = IntGauge::new(
+            "graygate_fleet_judge",
+            "1 while this instance holds the lease that judges the fleet's rollouts.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(fleet_judge.clone()))
+            .expect("unique metric name");
         for result in ["ok", "error"] {
             rules_reloads.with_label_values(&[result]);
         }
@@ -263,6 +292,9 @@ impl Metrics {
             rollout_weight,
             rollout_state,
             rollout_checks,
+            override_version,
+            fleet_instances,
+            fleet_judge,
         }
     }
 

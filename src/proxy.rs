@@ -401,8 +401,9 @@ impl ProxyHttp for Gateway {
             self.channel_key
                 .channel_of(rules, view.cookie(&rules.channels.cookie), uid);
         facts.rollouts = &snapshot.runtime.rollouts;
+        facts.override_version = snapshot.runtime.override_version;
         let mut decision = self.lookups.decide(rules, &mut facts).await;
-        let withdrawn = snapshot.runtime.withdrawn_to(decision.version);
+        let withdrawn = snapshot.runtime.withdrawal(&decision);
         let withdrawn_to = self
             .lookups
             .withdrawn_to(rules, withdrawn, &mut facts)

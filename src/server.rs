@@ -19,7 +19,9 @@ use crate::config::{Config, ListenerKind};
 use crate::diagnostics::{Diagnostics, Severity};
 use crate::edge::app::EdgeApp;
 use crate::edge::tls::{self, TlsEndpoint};
+use crate::emergency::Emergency;
 use crate::facts::client::TrustedProxies;
+use crate::fleet::{Fleet, FleetService};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadTriggers, Reloader};
@@ -59,6 +61,10 @@ pub struct App {
     pub tls: tls::ListenerEndpoints,
     /// The rollouts' records and their checks.
     pub rollouts: Arc<Rollouts>,
+    /// The emergency override.
+    pub emergency: Arc<Emergency>,
+    /// This instance's part in the fleet, when Redis is configured.
+    pub fleet: Option<Arc<Fleet>>,
     /// The buffered access log; `flush` it after the server stops.
     pub access_log: Arc<AccessLog>,
     /// The Redis store, when configured, for its background connection service.
@@ -91,14 +97,45 @@ impl App {
             }
             None => (Arc::new(EmbeddedStore::default()), None),
         };
-        // Before serving: the saved steps apply to the first request.
-        let mirror = redis.clone().map(|r| r as Arc<dyn Store>);
+        // Before serving: the saved steps and override apply to the first request.
         let rollouts = Arc::new(Rollouts::open(
             Arc::clone(&store),
             Arc::clone(&metrics),
             &config.state_dir,
-            mirror,
+            config.redis.is_some(),
         ));
+        let instance = instance_id(&config);
+        let emergency = Arc::new(Emergency::open(
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            &config.state_dir,
+            &instance,
+        ));
+        let fleet = match &config.redis {
+            Some(settings) => {
+                let mut address = format!("admin {}", config.admin.listen);
+                for listener in &config.listeners {
+                    address.push_str(&format!(", {} {}", listener.name, listener.addr));
+                }
+                let fleet = Fleet::new(
+                    &settings.url,
+                    instance,
+                    address,
+                    Arc::clone(&store),
+                    Arc::clone(&metrics),
+                    Arc::clone(&rollouts),
+                    Arc::clone(&emergency),
+                )
+                .map_err(|why| {
+                    let mut diags = Diagnostics::default();
+                    let file: Arc<std::path::Path> = Arc::from(config.path.as_path());
+                    diags.push(Severity::Error, &file, None, format!("redis: {why}"));
+                    diags
+                })?;
+                Some(Arc::new(fleet))
+            }
+            None => None,
+        };
         let lookups = Arc::new(Lookups::new(store_impl, Arc::clone(&metrics)));
         let channel_key = ChannelKey::from_env(&config.cookie_secret_env);
         let (tls, expiring) = tls::endpoints(&config.listeners, &metrics)?;
@@ -122,6 +159,8 @@ impl App {
             channel_key,
             tls,
             rollouts,
+            emergency,
+            fleet,
             redis,
         })
     }
@@ -198,6 +237,8 @@ impl App {
             Arc::clone(&self.lookups),
             self.channel_key.clone(),
             Arc::clone(&self.rollouts),
+            Arc::clone(&self.emergency),
+            self.fleet.clone(),
             token,
             &self.config.admin.token_env,
         );
@@ -224,10 +265,18 @@ impl App {
             StatsTicker::new(Arc::clone(self.store.stats())),
         ));
         server.add_service(triggers);
-        server.add_service(background_service(
-            "graygate rollouts",
-            RolloutTicker::new(Arc::clone(&self.rollouts)),
-        ));
+        // In a fleet the fleet ticks the rollouts (one judge); alone, the rollout ticker does.
+        if let Some(fleet) = &self.fleet {
+            server.add_service(background_service(
+                "graygate fleet",
+                FleetService::new(Arc::clone(fleet)),
+            ));
+        } else {
+            server.add_service(background_service(
+                "graygate rollouts",
+                RolloutTicker::new(Arc::clone(&self.rollouts)),
+            ));
+        }
         if let Some(redis) = &self.redis {
             server.add_service(background_service(
                 "graygate redis",
@@ -236,4 +285,15 @@ impl App {
         }
         server
     }
+}
+
+/// This instance's id in the fleet: the host's name and the admin port (unique per host, and
+/// across the instances a test runs in one process).
+fn instance_id(config: &Config) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "graygate".to_string());
+    format!("{host}:{}", config.admin.listen.port())
 }

@@ -15,6 +15,11 @@
 //!   `GET /-/rollouts/NAME/events`: its last 100 transitions;
 //!   `POST /-/rollouts/NAME/{pause,resume,promote,rollback,retry}`: an operator's action (200
 //!   with the rollout after it, 404 for an unknown rollout, 409 when its state forbids it).
+//! - `GET|PUT|DELETE /-/override`: the emergency override (SPEC section 13); `PUT` takes
+//!   `{"version": "stable", "reason": "..."}` (400 for an unknown version or no reason); with
+//!   Redis it is written there and published before the answer (`"shared": true`).
+//! - `GET /-/fleet`: the fleet's live instances, each `in_sync` or `drifted`, and the judge
+//!   (404 without `redis:`, 503 when Redis cannot be read).
 //! - `GET|PUT|DELETE /-/assignments/{uid}`: the uid's stored version (Redis when configured,
 //!   else the embedded store); `PUT` takes the version name, bare or as `{"version": ...}`.
 
@@ -32,7 +37,9 @@ use subtle::ConstantTimeEq;
 use crate::channels::ChannelKey;
 use crate::config::parse_duration;
 use crate::edge::tls::CertificatesReloaded;
+use crate::emergency::Emergency;
 use crate::explain::{explain_request, RequestDescription};
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::rollout::{Action, Rollouts};
@@ -53,6 +60,8 @@ pub struct AdminApp {
     lookups: Arc<Lookups>,
     channel_key: ChannelKey,
     rollouts: Arc<Rollouts>,
+    emergency: Arc<Emergency>,
+    fleet: Option<Arc<Fleet>>,
     token: Option<String>,
     token_env: String,
 }
@@ -65,6 +74,8 @@ impl AdminApp {
         lookups: Arc<Lookups>,
         channel_key: ChannelKey,
         rollouts: Arc<Rollouts>,
+        emergency: Arc<Emergency>,
+        fleet: Option<Arc<Fleet>>,
         token: Option<String>,
         token_env: &str,
     ) -> Self {
@@ -74,6 +85,8 @@ impl AdminApp {
             lookups,
             channel_key,
             rollouts,
+            emergency,
+            fleet,
             token: token.filter(|t| !t.is_empty()),
             token_env: token_env.to_string(),
         }
@@ -226,6 +239,66 @@ impl AdminApp {
         }
     }
 
+    /// `GET|PUT|DELETE /-/override`.
+    async fn emergency_override(&self, session: &mut ServerSession) -> Reply {
+        let method = session.req_header().method.clone();
+        let emergency = Arc::clone(&self.emergency);
+        // Off the admin thread's runtime: a change saves the state file.
+        let done = match method.as_str() {
+            "GET" => return Reply::json(200, &self.emergency.status()),
+            "PUT" => {
+                let body = match read_body(session, MAX_BODY).await {
+                    Ok(body) => body,
+                    Err(e) => return e.reply(),
+                };
+                let asked: serde_json::Value = match serde_json::from_slice(&body) {
+                    Ok(value) => value,
+                    Err(e) => {
+                        let message = format!(
+                            "the body must be {{\"version\": \"...\", \"reason\": \"...\"}}: {e}"
+                        );
+                        return Reply::error(400, &message);
+                    }
+                };
+                let field = |name: &str| {
+                    asked
+                        .get(name)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let (version, reason) = (field("version"), field("reason"));
+                tokio::task::spawn_blocking(move || emergency.set(&version, &reason)).await
+            }
+            "DELETE" => tokio::task::spawn_blocking(move || emergency.clear()).await,
+            _ => return method_not_allowed(),
+        };
+        let mut status = match done {
+            Ok(Ok(status)) => status,
+            Ok(Err(refused)) => return Reply::error(refused.status, &refused.message),
+            Err(e) => return Reply::error(500, &format!("the change did not complete: {e}")),
+        };
+        if let Some(fleet) = &self.fleet {
+            let shared = fleet.share_override().await;
+            status["shared"] = shared.into();
+            if !shared {
+                status["warning"] = "Redis could not be reached: the override applies to this instance now, and is written to Redis for the others once it answers".into();
+            }
+        }
+        Reply::json(200, &status)
+    }
+
+    /// `GET /-/fleet`.
+    async fn fleet(&self) -> Reply {
+        let Some(fleet) = &self.fleet else {
+            return Reply::error(404, "no fleet: the fleet view needs redis: in the config");
+        };
+        match fleet.status().await {
+            Ok(status) => Reply::json(200, &status),
+            Err(e) => Reply::error(503, &format!("cannot read the fleet from Redis: {e}")),
+        }
+    }
+
     /// `POST /-/reload`. Compiling reads files and may resolve peer names: it runs on a
     /// thread of its own at a lower priority ([`Reloader::spawn`]), as the file-watch path
     /// does, never on an async worker.
@@ -356,6 +429,8 @@ impl AdminApp {
             Endpoint::Stats => self.stats(query.as_deref()),
             Endpoint::Assignment(uid) => self.assignment(session, &uid).await,
             Endpoint::Rollouts => Reply::json(200, &self.rollouts.status()),
+            Endpoint::Override => self.emergency_override(session).await,
+            Endpoint::Fleet => self.fleet().await,
             Endpoint::RolloutEvents(name) => rollout_reply(self.rollouts.events(&name)),
             Endpoint::RolloutAction(name, action) => {
                 // Off the admin thread's runtime: an action saves the state file.
@@ -385,6 +460,10 @@ enum Endpoint {
     Assignment(String),
     /// `GET /-/rollouts`.
     Rollouts,
+    /// `/-/override`, any method (the handler answers 405 for the others).
+    Override,
+    /// `GET /-/fleet`.
+    Fleet,
     /// `GET /-/rollouts/NAME/events`.
     RolloutEvents(String),
     /// `POST /-/rollouts/NAME/ACTION`.
@@ -420,9 +499,12 @@ impl Endpoint {
             ("GET", "/-/explain") => Endpoint::Explain,
             ("GET", "/-/stats") => Endpoint::Stats,
             ("GET", "/-/rollouts") => Endpoint::Rollouts,
-            (_, "/-/rules" | "/-/reload" | "/-/explain" | "/-/stats" | "/-/rollouts") => {
-                Endpoint::WrongMethod
-            }
+            (_, "/-/override") => Endpoint::Override,
+            ("GET", "/-/fleet") => Endpoint::Fleet,
+            (
+                _,
+                "/-/rules" | "/-/reload" | "/-/explain" | "/-/stats" | "/-/rollouts" | "/-/fleet",
+            ) => Endpoint::WrongMethod,
             _ => Endpoint::NotFound,
         }
     }

@@ -241,6 +241,9 @@ pub struct Facts<'a> {
     /// Where each rollout stands, by rollout index (set by the caller from the runtime
     /// state); a rollout missing here stands at its start.
     pub rollouts: &'a [RolloutNow],
+    /// The emergency override's version (set by the caller from the runtime state): every
+    /// request goes there, no rule is evaluated.
+    pub override_version: Option<VersionId>,
 }
 
 impl<'a> Facts<'a> {
@@ -277,6 +280,7 @@ impl<'a> Facts<'a> {
             },
             channel: None,
             rollouts: &[],
+            override_version: None,
             uid,
             tier,
             internal,

@@ -22,10 +22,12 @@
 //!   shutdown, with the time the current step has run, so a restart resumes the step where it
 //!   was. An unreadable or foreign-format file is logged and every rollout starts paused at step
 //!   1 (never at 100%). A write that fails is logged and retried on the next tick; serving goes on.
-//! - **Redis, when configured**: every saved document is also written to Redis (from the
-//!   ticker's async side, bounded by the lookup timeout, retried while it fails), and before
-//!   its first check an instance reads Redis's copy and takes it up when it is newer than its
-//!   file, so a fresh disk resumes the fleet's last state. Redis down: the file serves.
+//! - **A fleet, when Redis is configured** (SPEC section 13, `crate::fleet`): one instance at a
+//!   time judges, on the fleet's summed counts ([`ArmSource::Fleet`]), and its documents
+//!   (checks, transitions) and every instance's operator actions are shared through Redis
+//!   ([`Rollouts::take_share`]); the others take them up ([`Rollouts::adopt`]) and never judge.
+//!   A document taken up is saved to the file but not shared again. Redis down: the file
+//!   serves, and no check is made on partial figures.
 
 pub mod machine;
 pub mod persist;
@@ -43,18 +45,18 @@ use serde_json::{json, Value};
 use crate::metrics::Metrics;
 use crate::rules::model::{Phase, Rollout, RuleSet};
 use crate::state::SnapshotStore;
-use crate::stats::{Clock, MonotonicClock, Scope};
-use crate::store::Store;
+use crate::stats::{Clock, Figures, MonotonicClock, Scope};
 use crate::throttle::LogThrottle;
 pub use machine::{Action, Event, Record};
-use persist::{document, Loaded, StateDir, REDIS_KEY};
-use verdict::{judge, ArmFigures};
+pub use persist::REDIS_KEY;
+use persist::{document, Loaded, StateDir};
+use verdict::{judge, ArmFigures, CheckResult, Verdict};
 
 /// The log target of transitions.
 pub const LOG_TARGET: &str = "graygate::rollout";
 
 /// How often the ticker looks for due checks (checks run every `interval`, at least 1 s).
-const TICK: Duration = Duration::from_millis(250);
+pub const TICK: Duration = Duration::from_millis(250);
 
 /// Why an operator's request was refused: the HTTP status and the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,14 +67,40 @@ pub struct Refused {
     pub message: String,
 }
 
+/// Where a check reads its arms' figures.
+pub enum ArmSource<'a> {
+    /// This instance's own stats.
+    Local,
+    /// The fleet's summed window (version, baseline), by rollout name: a rollout absent here
+    /// is not checked this tick; an `Err` makes its check inconclusive, and says why.
+    Fleet(&'a BTreeMap<String, Result<(Figures, Figures), String>>),
+}
+
+/// A check that is due: what the fleet must read for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueCheck {
+    /// The rollout.
+    pub rollout: Arc<str>,
+    /// Its fingerprint (the fleet's counts are kept per fingerprint).
+    pub fingerprint: u64,
+    /// The analysis window.
+    pub window: Duration,
+    /// The rollout's version.
+    pub version: Arc<str>,
+    /// Its baseline.
+    pub baseline: Arc<str>,
+    /// The goals its analysis bounds, in order.
+    pub goals: Vec<Arc<str>>,
+}
+
 /// Every rollout's record, the clock that moves them, and where they are saved.
 pub struct Rollouts {
     store: Arc<SnapshotStore>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     dir: StateDir,
-    /// Redis, when configured: the saved document's mirror.
-    mirror: Option<Arc<dyn Store>>,
+    /// Part of a fleet: this instance's own changes are shared ([`Rollouts::take_share`]).
+    fleet: bool,
     inner: Mutex<Inner>,
     /// Held while the file is written, so two writes never interleave.
     writer: Mutex<()>,
@@ -92,28 +120,29 @@ struct Inner {
     file_pending: Option<String>,
     /// When the records held were last saved (or the file read was), Unix milliseconds.
     saved_at: u64,
-    /// When the file read at start was saved (0: none), or the mirror's copy taken up was.
+    /// When the file read at start was saved (0: none), or the fleet's copy taken up was.
     loaded_at: u64,
     /// When this instance last changed a rollout (a check's transition, an operator's
-    /// action), Unix milliseconds. The mirror's copy is taken up only when newer than both.
+    /// action), Unix milliseconds. The fleet's copy is taken up only when newer than both.
     changed_at: u64,
-    /// The newest document the mirror has not taken yet.
-    mirror_pending: Option<String>,
+    /// The newest document of this instance's own changes the fleet has not taken yet.
+    share_pending: Option<String>,
+    /// When the last document shared was saved: reading it back from Redis is no news.
+    shared_at: u64,
     save_errors: LogThrottle,
-    mirror_errors: LogThrottle,
 }
 
 impl Rollouts {
     /// Reads the records saved in `state_dir`, reconciles them with the rules serving, and
-    /// publishes where each rollout stands (call before serving); `mirror` is Redis, when
-    /// configured.
+    /// publishes where each rollout stands (call before serving); `fleet`: Redis is
+    /// configured, and the fleet judges and shares (SPEC section 13).
     pub fn open(
         store: Arc<SnapshotStore>,
         metrics: Arc<Metrics>,
         state_dir: &std::path::Path,
-        mirror: Option<Arc<dyn Store>>,
+        fleet: bool,
     ) -> Rollouts {
-        Rollouts::with_clock(store, metrics, state_dir, mirror, Arc::new(MonotonicClock))
+        Rollouts::with_clock(store, metrics, state_dir, fleet, Arc::new(MonotonicClock))
     }
 
     /// As [`Rollouts::open`] with another clock (a manual one in tests).
@@ -121,7 +150,7 @@ impl Rollouts {
         store: Arc<SnapshotStore>,
         metrics: Arc<Metrics>,
         state_dir: &std::path::Path,
-        mirror: Option<Arc<dyn Store>>,
+        fleet: bool,
         clock: Arc<dyn Clock>,
     ) -> Rollouts {
         let dir = StateDir::new(state_dir);
@@ -141,7 +170,7 @@ impl Rollouts {
             metrics,
             clock,
             dir,
-            mirror,
+            fleet,
             writer: Mutex::new(()),
             inner: Mutex::new(Inner {
                 records: BTreeMap::new(),
@@ -153,9 +182,9 @@ impl Rollouts {
                 saved_at,
                 loaded_at: saved_at,
                 changed_at: 0,
-                mirror_pending: None,
+                share_pending: None,
+                shared_at: 0,
                 save_errors: LogThrottle::new(Duration::from_secs(30)),
-                mirror_errors: LogThrottle::new(Duration::from_secs(30)),
             }),
         };
         let now = rollouts.clock.now();
@@ -163,7 +192,7 @@ impl Rollouts {
         let rules = Arc::clone(&rollouts.store.current().rules);
         rollouts.reconcile(&mut inner, &rules, now);
         rollouts.publish(&inner, &rules);
-        rollouts.stage(&mut inner, now);
+        rollouts.stage(&mut inner, now, false);
         drop(inner);
         rollouts.write_file();
         rollouts
@@ -173,18 +202,49 @@ impl Rollouts {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs the checks that are due, makes their transitions, publishes and saves.
+    /// Runs the checks that are due on this instance's figures, makes their transitions,
+    /// publishes and saves.
     pub fn tick(&self) {
-        self.check_due();
+        self.check_due(&ArmSource::Local);
         self.write_file();
     }
 
+    /// The checks that are due now, for the fleet to read their figures.
+    pub fn due(&self) -> Vec<DueCheck> {
+        let now = self.clock.now();
+        let rules = Arc::clone(&self.store.current().rules);
+        let inner = self.lock();
+        rules
+            .rollouts
+            .iter()
+            .filter(|rollout| {
+                inner.records.get(&*rollout.name).is_some_and(|record| {
+                    record.phase == Phase::Progressing && now >= record.next_check
+                })
+            })
+            .map(|rollout| DueCheck {
+                rollout: Arc::clone(&rollout.name),
+                fingerprint: rollout.fingerprint,
+                window: rollout.analysis.window,
+                version: Arc::clone(&rules.version(rollout.version).name),
+                baseline: Arc::clone(&rules.version(rollout.baseline).name),
+                goals: rollout
+                    .analysis
+                    .goals
+                    .iter()
+                    .map(|bound| Arc::clone(&bound.goal))
+                    .collect(),
+            })
+            .collect()
+    }
+
     /// The checks that are due and their transitions, published and staged (no I/O).
-    fn check_due(&self) {
+    pub fn check_due(&self, source: &ArmSource<'_>) {
         let now = self.clock.now();
         let rules = Arc::clone(&self.store.current().rules);
         let mut inner = self.lock();
         let mut changed = self.reconcile(&mut inner, &rules, now);
+        let mut checked = false;
         for rollout in &rules.rollouts {
             let Some(record) = inner.records.get_mut(&*rollout.name) else {
                 continue;
@@ -192,7 +252,24 @@ impl Rollouts {
             if record.phase != Phase::Progressing || now < record.next_check {
                 continue;
             }
-            let verdict = self.judge(&rules, rollout);
+            let verdict = match source {
+                ArmSource::Local => self.judge(&rules, rollout),
+                ArmSource::Fleet(figures) => match figures.get(&*rollout.name) {
+                    None => continue,
+                    Some(Ok((version, baseline))) => judge(
+                        &rollout.analysis,
+                        ArmFigures::of(Some(version), &rollout.analysis),
+                        ArmFigures::of(Some(baseline), &rollout.analysis),
+                    ),
+                    Some(Err(why)) => Verdict {
+                        result: CheckResult::Inconclusive,
+                        why: why.clone(),
+                        version: ArmFigures::of(None, &rollout.analysis),
+                        baseline: ArmFigures::of(None, &rollout.analysis),
+                    },
+                },
+            };
+            checked = true;
             self.metrics
                 .rollout_checks
                 .with_label_values(&[&rollout.name, verdict.result.as_str()])
@@ -208,7 +285,9 @@ impl Rollouts {
             self.publish(&inner, &rules);
         }
         if inner.dirty {
-            self.stage(&mut inner, now);
+            // The judge's checks are the fleet's: shared; a reconcile alone is every
+            // instance's own and is not.
+            self.stage(&mut inner, now, checked);
         }
     }
 
@@ -216,7 +295,7 @@ impl Rollouts {
     pub fn flush(&self) {
         let now = self.clock.now();
         let mut inner = self.lock();
-        self.stage(&mut inner, now);
+        self.stage(&mut inner, now, false);
         drop(inner);
         self.write_file();
     }
@@ -245,7 +324,7 @@ impl Rollouts {
         let status = status_of(rollout, record, &rules, now);
         inner.changed_at = machine::unix_ms();
         self.publish(&inner, &rules);
-        self.stage(&mut inner, now);
+        self.stage(&mut inner, now, true);
         drop(inner);
         // Durable before the operator hears it is done.
         self.write_file();
@@ -384,8 +463,9 @@ impl Rollouts {
             .update_runtime(move |state| state.rollouts = positions);
     }
 
-    /// Takes up the mirror's document `text` when it was saved after the file read at start
-    /// (a fresh disk, or another instance saved since); whether it was taken up.
+    /// Takes up the fleet's document `text` (from Redis) when it was saved after the file read
+    /// at start and after this instance's last change (a fresh disk, or another instance saved
+    /// since); whether it was taken up. It is saved to the file, not shared again.
     pub fn adopt(&self, text: &str) -> bool {
         let saved = match persist::parse(text) {
             Ok(saved) => saved,
@@ -396,11 +476,11 @@ impl Rollouts {
         };
         let now = self.clock.now();
         let mut inner = self.lock();
-        if saved.at_unix_ms <= inner.loaded_at.max(inner.changed_at) {
+        if saved.at_unix_ms <= inner.loaded_at.max(inner.changed_at).max(inner.shared_at) {
             return false;
         }
         inner.loaded_at = saved.at_unix_ms;
-        log::info!(target: LOG_TARGET, "the rollout state in Redis is newer than {}: taken up", self.dir.file().display());
+        log::debug!(target: LOG_TARGET, "the rollout state in Redis is newer than {}: taken up", self.dir.file().display());
         inner.records.clear();
         inner.stored = saved.records;
         inner.start_paused = false;
@@ -408,53 +488,30 @@ impl Rollouts {
         let rules = Arc::clone(&self.store.current().rules);
         self.reconcile(&mut inner, &rules, now);
         self.publish(&inner, &rules);
-        self.stage(&mut inner, now);
+        self.stage(&mut inner, now, false);
+        // Superseded: this instance's older document is not written over the newer one.
+        inner.share_pending = None;
         drop(inner);
         self.write_file();
         true
     }
 
-    /// Reads the mirror once and takes its document up if newer; `false` when Redis could
-    /// not be read (try again later).
-    async fn adopt_mirror(&self) -> bool {
-        let Some(mirror) = &self.mirror else {
-            return true;
-        };
-        match mirror.get(REDIS_KEY).await {
-            Ok(answer) => {
-                if let Some(text) = answer.value {
-                    self.adopt(&text);
-                }
-                true
-            }
-            Err(e) => {
-                if let Some(held_back) = self.lock().mirror_errors.admit() {
-                    log::warn!(target: LOG_TARGET, "cannot read the rollout state from Redis ({e}): the local state serves; retrying ({held_back} similar failure(s) not logged)");
-                }
-                false
-            }
-        }
+    /// The newest document of this instance's own changes (its checks as the judge, its
+    /// operators' actions) that the fleet has not taken yet; hand it back with
+    /// [`Rollouts::unshared`] if it could not be written.
+    pub fn take_share(&self) -> Option<String> {
+        self.lock().share_pending.take()
     }
 
-    /// Writes the newest saved document to the mirror; kept for the next tick if it fails.
-    async fn push_mirror(&self) {
-        let Some(mirror) = &self.mirror else { return };
-        let Some(doc) = self.lock().mirror_pending.take() else {
-            return;
-        };
-        if let Err(e) = mirror.set(REDIS_KEY, &doc).await {
-            let mut inner = self.lock();
-            if let Some(held_back) = inner.mirror_errors.admit() {
-                log::warn!(target: LOG_TARGET, "cannot write the rollout state to Redis ({e}); retrying ({held_back} similar failure(s) not logged)");
-            }
-            // A newer document saved meanwhile supersedes this one.
-            inner.mirror_pending.get_or_insert(doc);
-        }
+    /// `doc` (from [`Rollouts::take_share`]) did not reach Redis: kept for the next try,
+    /// unless a newer document superseded it meanwhile.
+    pub fn unshared(&self, doc: String) {
+        self.lock().share_pending.get_or_insert(doc);
     }
 
-    /// Makes the document of the records as they stand, for the file and the mirror (no I/O:
-    /// the lock is held).
-    fn stage(&self, inner: &mut Inner, now: Instant) {
+    /// Makes the document of the records as they stand, for the file and, when `share`d, the
+    /// fleet (no I/O: the lock is held).
+    fn stage(&self, inner: &mut Inner, now: Instant, share: bool) {
         let stored = inner
             .records
             .iter()
@@ -464,15 +521,16 @@ impl Rollouts {
         let doc = document(at, stored);
         inner.saved_at = at;
         inner.dirty = false;
-        if self.mirror.is_some() {
-            inner.mirror_pending = Some(doc.clone());
+        if self.fleet && share {
+            inner.share_pending = Some(doc.clone());
+            inner.shared_at = at;
         }
         inner.file_pending = Some(doc);
     }
 
     /// Writes the newest staged document to the file, outside the records' lock (an `fsync`
     /// on a busy disk takes long); kept for the next tick if the disk refuses it.
-    fn write_file(&self) {
+    pub fn write_file(&self) {
         let _one_writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(doc) = self.lock().file_pending.take() else {
             return;
@@ -565,7 +623,8 @@ fn log_event(rollout: &Rollout, event: &Event) {
     log::info!(target: LOG_TARGET, "{line}");
 }
 
-/// Runs [`Rollouts::tick`] four times a second until shutdown, then saves.
+/// Runs [`Rollouts::tick`] four times a second until shutdown, then saves (an instance alone;
+/// in a fleet `crate::fleet` ticks the rollouts).
 pub struct RolloutTicker {
     rollouts: Arc<Rollouts>,
 }
@@ -582,33 +641,17 @@ impl BackgroundService for RolloutTicker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut adopted = false;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = interval.tick() => {
-                    // Redis's copy first: a fresh disk resumes the last state before judging.
-                    if !adopted {
-                        adopted = self.rollouts.adopt_mirror().await;
-                    }
                     // Checks read the stats, the file is fsynced: off the runtime's workers.
-                    // Redis first, so a slow disk does not delay the fleet's copy.
                     let rollouts = Arc::clone(&self.rollouts);
-                    let _ = tokio::task::spawn_blocking(move || rollouts.check_due()).await;
-                    // Not before Redis's copy was read: this instance's own early documents
-                    // must not come back to it as "newer".
-                    if adopted {
-                        self.rollouts.push_mirror().await;
-                    }
-                    let rollouts = Arc::clone(&self.rollouts);
-                    let _ = tokio::task::spawn_blocking(move || rollouts.write_file()).await;
+                    let _ = tokio::task::spawn_blocking(move || rollouts.tick()).await;
                 }
             }
         }
         self.rollouts.flush();
-        if adopted {
-            self.rollouts.push_mirror().await;
-        }
     }
 }
 
@@ -638,7 +681,7 @@ mod tests {
             Arc::clone(&store),
             Arc::new(Metrics::new()),
             &blocker,
-            None,
+            false,
             clock.clone(),
         );
         // Saved at open; then a file takes the directory's place and every write fails.

@@ -1,24 +1,23 @@
-//! Where rollout records survive a restart: `rollouts.json` in `state.dir`, written atomically
-//! (a temporary file, `fsync`, `rename`, `fsync` of the directory), so a crash leaves the old
-//! file or the new one, never half of one. With `redis:` configured the same document is
-//! mirrored to the Redis key [`REDIS_KEY`], so an instance started on a fresh disk (a new pod)
-//! takes the state up from there; of the two copies the newer wins.
+//! Where rollout records survive a restart: `rollouts.json` in `state.dir`, a [`DurableFile`]
+//! (written atomically: a crash leaves the old file or the new one). With `redis:` configured
+//! the fleet shares the same document under the Redis key [`REDIS_KEY`], so an instance started
+//! on a fresh disk (a new pod) takes the state up from there; of two copies the newer wins.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::machine::Stored;
+use crate::state::durable::DurableFile;
 
-/// The Redis key of the mirrored document.
+/// The Redis key of the fleet's document (SPEC section 13).
 pub const REDIS_KEY: &str = "graygate:state:rollouts";
 
 /// The format written; any other is read as unreadable (the rollouts restart paused).
 const FORMAT: u32 = 1;
 
-/// The file's content (and the Redis mirror's).
+/// The file's content (and the fleet's copy in Redis).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateFile {
@@ -49,7 +48,7 @@ pub fn document(at_unix_ms: u64, records: BTreeMap<String, Stored>) -> String {
     serde_json::to_string_pretty(&file).unwrap_or_default()
 }
 
-/// Reads a document (from the file or the mirror); `Err` says why it is unreadable.
+/// Reads a document (from the file or Redis); `Err` says why it is unreadable.
 pub fn parse(text: &str) -> Result<Saved, String> {
     #[derive(Deserialize)]
     struct Format {
@@ -79,52 +78,41 @@ pub enum Loaded {
     Unreadable(String),
 }
 
-/// The state directory.
+/// The records' file in the state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {
-    dir: PathBuf,
+    file: DurableFile,
 }
 
 impl StateDir {
     /// The records in `dir`.
     pub fn new(dir: &Path) -> StateDir {
         StateDir {
-            dir: dir.to_path_buf(),
+            file: DurableFile::new(dir, "rollouts.json"),
         }
     }
 
     /// The file the records live in.
     pub fn file(&self) -> PathBuf {
-        self.dir.join("rollouts.json")
+        self.file.path()
     }
 
     /// Reads the records.
     pub fn load(&self) -> Loaded {
-        let path = self.file();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
-            Err(e) => return Loaded::Unreadable(format!("{}: {e}", path.display())),
+        let text = match self.file.read() {
+            Ok(Some(text)) => text,
+            Ok(None) => return Loaded::Missing,
+            Err(e) => return Loaded::Unreadable(format!("{}: {e}", self.file().display())),
         };
         match parse(&text) {
             Ok(saved) => Loaded::Records(saved),
-            Err(why) => Loaded::Unreadable(format!("{}: {why}", path.display())),
+            Err(why) => Loaded::Unreadable(format!("{}: {why}", self.file().display())),
         }
     }
 
     /// Writes a [`document`] atomically.
     pub fn save(&self, document: &str) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        let path = self.file();
-        let tmp = self.dir.join(".rollouts.json.tmp");
-        {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(document.as_bytes())?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        // The rename itself is durable once the directory is.
-        std::fs::File::open(&self.dir)?.sync_all()
+        self.file.write(document)
     }
 }
 

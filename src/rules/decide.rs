@@ -43,6 +43,8 @@ pub enum Reason {
     },
     /// No rule decided.
     Default,
+    /// The emergency override: no rule was evaluated (SPEC section 13).
+    Override,
 }
 
 /// The outcome of [`decide`].
@@ -57,20 +59,23 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// The deciding rule's name as a header value, or `default`.
+    /// The deciding rule's name as a header value, `override` or `default`.
     pub fn rule_header_value<'r>(&self, rules: &'r RuleSet) -> &'r http::HeaderValue {
         static DEFAULT: http::HeaderValue = http::HeaderValue::from_static("default");
-        match self.rule {
-            Some(i) => &rules.rules[i].header_value,
-            None => &DEFAULT,
+        static OVERRIDE: http::HeaderValue = http::HeaderValue::from_static("override");
+        match (self.rule, self.reason) {
+            (Some(i), _) => &rules.rules[i].header_value,
+            (None, Reason::Override) => &OVERRIDE,
+            (None, _) => &DEFAULT,
         }
     }
 
-    /// The deciding rule's name, or `default`.
+    /// The deciding rule's name, `override` or `default`.
     pub fn rule_name<'r>(&self, rules: &'r RuleSet) -> &'r str {
-        match self.rule {
-            Some(i) => &rules.rules[i].name,
-            None => "default",
+        match (self.rule, self.reason) {
+            (Some(i), _) => &rules.rules[i].name,
+            (None, Reason::Override) => "override",
+            (None, _) => "default",
         }
     }
 }
@@ -184,6 +189,13 @@ fn evaluate<'r>(
     candidates: impl Iterator<Item = (usize, &'r Rule)>,
     trace: &mut impl Trace,
 ) -> Result<Decision, Missing> {
+    if let Some(version) = facts.override_version {
+        return Ok(Decision {
+            version,
+            rule: None,
+            reason: Reason::Override,
+        });
+    }
     'rules: for (index, rule) in candidates {
         for condition in &rule.conditions {
             if let Some(missing) = needs(condition, facts) {

@@ -615,6 +615,7 @@ mod tests {
                     },
                     channel: r.channel.map(VersionId),
                     rollouts: &[],
+                    override_version: None,
                 };
                 let linear = decide_linear(rules, &facts);
                 prop_assert_eq!(decide(rules, &facts), linear, "{:?}\n{}", r, yaml);

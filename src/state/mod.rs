@@ -14,6 +14,7 @@
 //! A request loads the snapshot once (in `new_ctx`) and uses it to the end, whatever reloads
 //! happen meanwhile; the one `ArcSwap` here is the only thing a request loads.
 
+pub mod durable;
 pub mod runtime;
 
 use std::path::{Path, PathBuf};

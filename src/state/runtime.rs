@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rules::decide::{Decision, Reason};
 use crate::rules::model::{Phase, RolloutNow, RuleSet};
 
 use crate::facts::VersionId;
@@ -106,6 +107,15 @@ impl AppliedState {
     /// The baseline serving `version`'s users when `version` is withdrawn (rolled back).
     pub fn withdrawn_to(&self, version: VersionId) -> Option<VersionId> {
         self.withdrawn.get(version.index()).copied().flatten()
+    }
+
+    /// The baseline that serves `decision`'s users instead of its version, when that version
+    /// is withdrawn; never for the emergency override, which an operator aimed on purpose.
+    pub fn withdrawal(&self, decision: &Decision) -> Option<VersionId> {
+        match decision.reason {
+            Reason::Override => None,
+            _ => self.withdrawn_to(decision.version),
+        }
     }
 
     /// The withdrawn versions.

@@ -55,6 +55,7 @@ mod figures;
 mod goals;
 mod history;
 mod latency;
+mod shared;
 mod ticker;
 
 pub use cell::{Cell, GOAL_SLOTS};
@@ -62,6 +63,7 @@ pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use figures::{Figures, GoalFigures};
 pub use goals::GoalMap;
 pub use latency::{Latency, BUCKETS};
+pub use shared::{Fields, Tally};
 pub use ticker::StatsTicker;
 
 use std::collections::HashMap;
@@ -191,6 +193,11 @@ impl Stats {
     /// not counted (logged once).
     pub fn goal_map<S: AsRef<str>>(&self, goals: impl IntoIterator<Item = S>) -> GoalMap {
         self.lock().goals.map(goals)
+    }
+
+    /// The goal names by stats slot.
+    pub fn goal_names(&self) -> Vec<Arc<str>> {
+        self.lock().goals.names().to_vec()
     }
 
     /// Closes the open second: stores how much every counter grew since the last tick. Called
