@@ -109,16 +109,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Set, clear or show the emergency override of a running graygate (with Redis, of the
+    /// whole fleet) through its admin API: every request to one version.
+    Override {
+        /// set VERSION, clear, or status.
+        #[arg(value_parser = ["set", "clear", "status"])]
+        action: String,
+        /// The version every request goes to (for `set`).
+        version: Option<String>,
+        /// Why, for the others (required by `set`).
+        #[arg(long)]
+        reason: Option<String>,
+        /// The admin listener's URL; the config's `admin.listen` when not given.
+        #[arg(long)]
+        admin: Option<String>,
+        /// The server config (for `admin.listen` and `admin.token_env`).
+        #[arg(short, long, default_value = "conf/graygate.yaml")]
+        conf: PathBuf,
+        /// Print the API's JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-/// `graygate rollout ACTION [NAME]`: one admin API call, its answer printed.
-fn rollout_command(
-    action: &str,
-    name: Option<&str>,
-    admin: Option<String>,
+/// One call of a running graygate's admin API; `Err` for an unreachable API, `Ok(Err)` with
+/// the status and body for a refusal.
+fn admin_call(
     conf: &std::path::Path,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+    admin: Option<String>,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<Result<serde_json::Value, (u16, String)>> {
     // The config is optional here: without it the defaults apply.
     let config = Config::load(conf).ok();
     let token_env = config
@@ -134,25 +156,91 @@ fn rollout_command(
     });
     let base = base.trim_end_matches('/');
     let token = std::env::var(&token_env).unwrap_or_default();
-    let request = match (action, name) {
-        ("status", _) => ureq::get(&format!("{base}/-/rollouts")),
-        (action, Some(name)) => ureq::post(&format!("{base}/-/rollouts/{name}/{action}")),
-        (action, None) => anyhow::bail!("graygate rollout {action} needs the rollout's name"),
-    };
-    let answer = match request
+    let request = ureq::request(method, &format!("{base}{path}"))
         .set("Authorization", &format!("Bearer {token}"))
-        .timeout(Duration::from_secs(10))
-        .call()
-    {
-        Ok(response) => response,
+        .timeout(Duration::from_secs(10));
+    let answer = match body {
+        Some(body) => request.send_json(body),
+        None => request.call(),
+    };
+    match answer {
+        Ok(response) => Ok(Ok(response.into_json()?)),
         Err(ureq::Error::Status(status, response)) => {
             let body = response.into_string().unwrap_or_default();
-            eprintln!("graygate rollout {action}: {status}: {}", body.trim());
-            return Ok(ExitCode::FAILURE);
+            Ok(Err((status, body.trim().to_string())))
         }
         Err(e) => anyhow::bail!("cannot reach the admin API at {base}: {e}"),
+    }
+}
+
+/// `graygate override set VERSION --reason R | clear | status`.
+fn override_command(
+    action: &str,
+    version: Option<&str>,
+    reason: Option<&str>,
+    admin: Option<String>,
+    conf: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (method, body) = match (action, version) {
+        ("set", Some(version)) => {
+            let Some(reason) = reason.filter(|r| !r.trim().is_empty()) else {
+                anyhow::bail!("graygate override set needs --reason \"...\"");
+            };
+            (
+                "PUT",
+                Some(serde_json::json!({ "version": version, "reason": reason })),
+            )
+        }
+        ("set", None) => anyhow::bail!("graygate override set needs the version"),
+        ("clear", _) => ("DELETE", None),
+        _ => ("GET", None),
     };
-    let mut value: serde_json::Value = answer.into_json()?;
+    let value = match admin_call(conf, admin, method, "/-/override", body)? {
+        Ok(value) => value,
+        Err((status, body)) => {
+            eprintln!("graygate override {action}: {status}: {body}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match value["override"].as_object() {
+        Some(o) => println!(
+            "override: every request goes to {} ({})",
+            o["version"].as_str().unwrap_or("?"),
+            o["reason"].as_str().unwrap_or("")
+        ),
+        None => println!("no override: requests follow the rules"),
+    }
+    if let Some(warning) = value["warning"].as_str() {
+        eprintln!("warning: {warning}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `graygate rollout ACTION [NAME]`: one admin API call, its answer printed.
+fn rollout_command(
+    action: &str,
+    name: Option<&str>,
+    admin: Option<String>,
+    conf: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (method, path) = match (action, name) {
+        ("status", _) => ("GET", "/-/rollouts".to_string()),
+        (action, Some(name)) => ("POST", format!("/-/rollouts/{name}/{action}")),
+        (action, None) => anyhow::bail!("graygate rollout {action} needs the rollout's name"),
+    };
+    let mut value = match admin_call(conf, admin, method, &path, None)? {
+        Ok(value) => value,
+        Err((status, body)) => {
+            eprintln!("graygate rollout {action}: {status}: {body}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     if action == "status" {
         if let (Some(name), Some(all)) = (name, value["rollouts"].as_array()) {
             let one = all.iter().find(|r| r["name"] == name).cloned();
@@ -307,6 +395,21 @@ fn main() -> anyhow::Result<ExitCode> {
             conf,
             json,
         } => rollout_command(&action, name.as_deref(), admin, &conf, json),
+        Command::Override {
+            action,
+            version,
+            reason,
+            admin,
+            conf,
+            json,
+        } => override_command(
+            &action,
+            version.as_deref(),
+            reason.as_deref(),
+            admin,
+            &conf,
+            json,
+        ),
         Command::Explain {
             conf,
             uid,
@@ -322,10 +425,15 @@ fn main() -> anyhow::Result<ExitCode> {
             let config = Config::load(&conf).map_err(|d| anyhow::anyhow!("{d}"))?;
             let store = SnapshotStore::load(&config.rules, Listeners::of(&config.listeners))
                 .map_err(|d| anyhow::anyhow!("{d}"))?;
-            // Where the rollouts stand, as the running graygate last saved it (read only).
+            // Where the rollouts stand and the override, as the running graygate last saved
+            // them (read only).
             let saved =
                 graygate::rollout::saved_positions(&config.state_dir, &store.current().rules);
-            store.update_runtime(|state| state.rollouts = saved);
+            let saved_override = graygate::emergency::saved_override(&config.state_dir);
+            store.update_runtime(|state| {
+                state.rollouts = saved;
+                state.override_version = saved_override;
+            });
             let headers = header
                 .iter()
                 .map(|h| {

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
-use fred::clients::{Client, SubscriberClient};
+use fred::clients::{Client, Pipeline, SubscriberClient, WithOptions};
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, LuaInterface, PubsubInterface};
-use fred::types::config::{Config, ReconnectPolicy};
+use fred::types::config::{Config, Options, ReconnectPolicy};
 use fred::types::{Expiration, SetOptions};
 
 /// The longest any fleet command may take; past it the command counts as failed.
@@ -33,6 +33,9 @@ pub type LinkError = String;
 pub struct Link {
     client: Client,
     subscriber: SubscriberClient,
+    /// Every command: [`TIMEOUT`], one attempt, and failed at once while the connection is
+    /// down (never queued for a reconnect: counts sent late would land in a later window).
+    options: Options,
 }
 
 impl Link {
@@ -57,7 +60,17 @@ impl Link {
         let subscriber = builder
             .build_subscriber_client()
             .map_err(|e| e.details().to_string())?;
-        Ok(Link { client, subscriber })
+        let options = Options {
+            timeout: Some(TIMEOUT),
+            fail_fast: true,
+            max_attempts: Some(1),
+            ..Options::default()
+        };
+        Ok(Link {
+            client,
+            subscriber,
+            options,
+        })
     }
 
     /// Connects both clients (they reconnect by themselves) and subscribes to `channel`,
@@ -95,14 +108,22 @@ impl Link {
         let _ = bounded(self.client.quit()).await;
     }
 
+    fn command(&self) -> WithOptions<Client> {
+        self.client.with_options(&self.options)
+    }
+
+    fn pipeline(&self) -> Pipeline<WithOptions<Client>> {
+        Pipeline::from(self.command())
+    }
+
     /// `GET key`.
     pub async fn get(&self, key: &str) -> Result<Option<String>, LinkError> {
-        bounded(self.client.get(key)).await
+        bounded(self.command().get(key)).await
     }
 
     /// `SET key value`.
     pub async fn set(&self, key: &str, value: &str) -> Result<(), LinkError> {
-        bounded(self.client.set(key, value, None, None, false)).await
+        bounded(self.command().set(key, value, None, None, false)).await
     }
 
     /// `SET key value NX`: whether it was set (the key did not exist).
@@ -118,13 +139,13 @@ impl Link {
 
     /// `PUBLISH channel message`.
     pub async fn publish(&self, channel: &str, message: &str) -> Result<(), LinkError> {
-        let _receivers: i64 = bounded(self.client.publish(channel, message)).await?;
+        let _receivers: i64 = bounded(self.command().publish(channel, message)).await?;
         Ok(())
     }
 
     /// Takes the lease `key` for `holder` for `ttl` if nobody holds it (`SET NX PX`).
     pub async fn acquire(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, LinkError> {
-        let set: Option<String> = bounded(self.client.set(
+        let set: Option<String> = bounded(self.command().set(
             key,
             holder,
             Some(Expiration::PX(ttl.as_millis() as i64)),
@@ -138,25 +159,26 @@ impl Link {
     /// Extends `holder`'s lease `key` to `ttl`; `false` when another holds it.
     pub async fn renew(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, LinkError> {
         let ttl = ttl.as_millis().to_string();
-        let renewed: i64 = bounded(self.client.eval(RENEW, vec![key], vec![holder, &ttl])).await?;
+        let renewed: i64 =
+            bounded(self.command().eval(RENEW, vec![key], vec![holder, &ttl])).await?;
         Ok(renewed == 1)
     }
 
     /// Gives `holder`'s lease `key` up.
     pub async fn release(&self, key: &str, holder: &str) -> Result<(), LinkError> {
-        let _released: i64 = bounded(self.client.eval(RELEASE, vec![key], vec![holder])).await?;
+        let _released: i64 = bounded(self.command().eval(RELEASE, vec![key], vec![holder])).await?;
         Ok(())
     }
 
     /// `HSET key field value`.
     pub async fn hset(&self, key: &str, field: &str, value: &str) -> Result<(), LinkError> {
-        let _added: i64 = bounded(self.client.hset(key, (field, value))).await?;
+        let _added: i64 = bounded(self.command().hset(key, (field, value))).await?;
         Ok(())
     }
 
     /// `HGETALL key`.
     pub async fn hgetall(&self, key: &str) -> Result<HashMap<String, String>, LinkError> {
-        bounded(self.client.hgetall(key)).await
+        bounded(self.command().hgetall(key)).await
     }
 
     /// `HDEL key fields...`.
@@ -164,7 +186,7 @@ impl Link {
         if fields.is_empty() {
             return Ok(());
         }
-        let _removed: i64 = bounded(self.client.hdel(key, fields)).await?;
+        let _removed: i64 = bounded(self.command().hdel(key, fields)).await?;
         Ok(())
     }
 
@@ -178,7 +200,7 @@ impl Link {
         if buckets.is_empty() {
             return Ok(());
         }
-        let pipeline = self.client.pipeline();
+        let pipeline = self.pipeline();
         for (key, fields, ttl) in buckets {
             for (field, value) in fields {
                 let value = i64::try_from(*value).unwrap_or(i64::MAX);
@@ -208,7 +230,7 @@ impl Link {
         &self,
         keys: &[String],
     ) -> Result<Vec<HashMap<String, u64>>, LinkError> {
-        let pipeline = self.client.pipeline();
+        let pipeline = self.pipeline();
         for key in keys {
             let _: () = pipeline.hgetall(key).await.map_err(|e| e.to_string())?;
         }

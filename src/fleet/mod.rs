@@ -271,8 +271,10 @@ impl Fleet {
                 }
                 drop(until);
                 self.failed("cannot renew the judge's lease", &e);
+                return self.metrics.fleet_judge.set(i64::from(self.is_judge()));
             }
         }
+        drop(until);
         self.metrics.fleet_judge.set(i64::from(self.is_judge()));
     }
 

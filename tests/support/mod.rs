@@ -846,6 +846,8 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Options beyond the test defaults (`--cluster-enabled yes`, ...).
+    args: Vec<String>,
 }
 
 impl fmt::Debug for RedisServer {
@@ -887,11 +889,16 @@ impl RedisServer {
     /// kernel choose. So it starts on a [`candidate_port`] and, when that port turns out to
     /// be taken, again on another one.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Like [`RedisServer::start`], with more `redis-server` options.
+    pub fn start_with(args: &[&str]) -> RedisServer {
         const ATTEMPTS: usize = 20;
         let mut taken = Vec::new();
         for _ in 0..ATTEMPTS {
             let port = candidate_port();
-            match RedisServer::start_on(port) {
+            match RedisServer::start_on_with(port, args) {
                 Ok(server) => return server,
                 Err(RedisStartError::PortTaken) => taken.push(port),
                 Err(RedisStartError::Failed(why)) => panic!("could not start redis-server: {why}"),
@@ -903,6 +910,10 @@ impl RedisServer {
     /// Start a server on `port` and wait until it answers; [`RedisStartError::PortTaken`]
     /// when another process holds the port.
     pub fn start_on(port: u16) -> Result<RedisServer, RedisStartError> {
+        RedisServer::start_on_with(port, &[])
+    }
+
+    fn start_on_with(port: u16, args: &[&str]) -> Result<RedisServer, RedisStartError> {
         let dir = tempfile::Builder::new()
             .prefix("graygate-redis-")
             .tempdir()
@@ -911,6 +922,7 @@ impl RedisServer {
             port,
             dir,
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn_and_wait()?;
         Ok(server)
@@ -1012,6 +1024,7 @@ impl RedisServer {
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--daemonize", "no"])
+            .args(&self.args)
             .arg("--dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())

@@ -156,12 +156,15 @@ pub fn compile(sources: &[RuleSource], listeners: &Listeners) -> Result<LoadedRu
     }
 }
 
-/// XXH64 of every file's path and content, each followed by a NUL, then of the files the
-/// rules named (`included`, already in that form).
+/// XXH64 of every file's name and content, each followed by a NUL, then of the files the
+/// rules named (`included`, already in that form). Names, not paths: the same rules loaded
+/// from another directory (another instance of the fleet) have the same hash; a reload still
+/// compares the paths apart.
 fn content_hash(sources: &[RuleSource], included: &[u8]) -> u64 {
     let mut input = Vec::new();
     for source in sources {
-        input.extend_from_slice(source.path.to_string_lossy().as_bytes());
+        let name = source.path.file_name().unwrap_or(source.path.as_os_str());
+        input.extend_from_slice(name.to_string_lossy().as_bytes());
         input.push(0);
         input.extend_from_slice(source.text.as_bytes());
         input.push(0);

@@ -296,8 +296,9 @@ impl Compiler {
         if certs.is_empty() {
             return Err(format!("\"{shown}\" holds no PEM certificate"));
         }
+        // As written: the same rules in another directory hash the same.
         self.included
-            .extend_from_slice(path.to_string_lossy().as_bytes());
+            .extend_from_slice(written.to_string_lossy().as_bytes());
         self.included.push(0);
         self.included.extend_from_slice(&pem);
         self.included.push(0);
