@@ -127,7 +127,9 @@ exported = {"graygate_requests_total", "graygate_request_duration_seconds_bucket
             "graygate_tls_handshakes_total", "graygate_tls_sni_unmatched_total",
             "graygate_connections_total",
             # SPEC 12 (rollouts)
-            "graygate_rollout_weight", "graygate_rollout_state", "graygate_rollout_checks_total"}
+            "graygate_rollout_weight", "graygate_rollout_state", "graygate_rollout_checks_total",
+            # SPEC 13 (fleet)
+            "graygate_override", "graygate_fleet_instances", "graygate_fleet_judge"}
 rules_text = open("deploy/prometheus/alerts.yml").read() + "\n".join(exprs)
 for name in set(re.findall(r"\bgraygate_[a-z_]+", rules_text)):
     check(name in exported, f"unknown metric {name} in the rules or the dashboard (SPEC 7)")

@@ -17,7 +17,9 @@
 //! itself, as a `web::Reply`; `admin` is the admin listener; `server` assembles the Pingora
 //! server that `main` (and the integration tests) run. `stats` keeps windowed per-version
 //! figures (requests, 5xx, latency quantiles, goals) for rollout verdicts and `GET /-/stats`;
-//! `rollout` judges each rollout's arms on them and moves its steps through the runtime state.
+//! `rollout` judges each rollout's arms on them and moves its steps through the runtime state;
+//! `emergency` holds the operator's override; with Redis, `fleet` shares both across instances
+//! (one judge on the summed counts, published changes, heartbeats).
 //! `access_log` writes the request lines from a thread of its own, off the request path.
 #![forbid(unsafe_code)]
 

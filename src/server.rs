@@ -13,7 +13,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::access_log::AccessLog;
-use crate::admin::AdminApp;
+use crate::admin::{AdminApp, Steering};
 use crate::channels::ChannelKey;
 use crate::config::{Config, ListenerKind};
 use crate::diagnostics::{Diagnostics, Severity};
@@ -236,9 +236,11 @@ impl App {
             Arc::clone(&reloader),
             Arc::clone(&self.lookups),
             self.channel_key.clone(),
-            Arc::clone(&self.rollouts),
-            Arc::clone(&self.emergency),
-            self.fleet.clone(),
+            Steering {
+                rollouts: Arc::clone(&self.rollouts),
+                emergency: Arc::clone(&self.emergency),
+                fleet: self.fleet.clone(),
+            },
             token,
             &self.config.admin.token_env,
         );

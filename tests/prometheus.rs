@@ -426,7 +426,7 @@ fn dashboard_queries_and_alerts_work_on_real_metrics() {
         );
         thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(rules.len(), 10, "alert rules loaded: {rules:?}");
+    assert_eq!(rules.len(), 12, "alert rules loaded: {rules:?}");
     for rule in &rules {
         assert_eq!(rule["type"], "alerting", "{rule}");
         assert_eq!(rule["health"], "ok", "rule evaluation failed: {rule}");

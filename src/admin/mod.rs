@@ -53,15 +53,23 @@ const DEFAULT_STATS_WINDOW: Duration = Duration::from_secs(60);
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
 
+/// What operators steer through the admin API: rollouts, the override, the fleet.
+pub struct Steering {
+    /// The rollouts' records and their checks.
+    pub rollouts: Arc<Rollouts>,
+    /// The emergency override.
+    pub emergency: Arc<Emergency>,
+    /// This instance's part in the fleet, when Redis is configured.
+    pub fleet: Option<Arc<Fleet>>,
+}
+
 /// The admin HTTP app.
 pub struct AdminApp {
     metrics: Arc<Metrics>,
     reloader: Arc<Reloader>,
     lookups: Arc<Lookups>,
     channel_key: ChannelKey,
-    rollouts: Arc<Rollouts>,
-    emergency: Arc<Emergency>,
-    fleet: Option<Arc<Fleet>>,
+    steering: Steering,
     token: Option<String>,
     token_env: String,
 }
@@ -73,9 +81,7 @@ impl AdminApp {
         reloader: Arc<Reloader>,
         lookups: Arc<Lookups>,
         channel_key: ChannelKey,
-        rollouts: Arc<Rollouts>,
-        emergency: Arc<Emergency>,
-        fleet: Option<Arc<Fleet>>,
+        steering: Steering,
         token: Option<String>,
         token_env: &str,
     ) -> Self {
@@ -84,9 +90,7 @@ impl AdminApp {
             reloader,
             lookups,
             channel_key,
-            rollouts,
-            emergency,
-            fleet,
+            steering,
             token: token.filter(|t| !t.is_empty()),
             token_env: token_env.to_string(),
         }
@@ -242,10 +246,10 @@ impl AdminApp {
     /// `GET|PUT|DELETE /-/override`.
     async fn emergency_override(&self, session: &mut ServerSession) -> Reply {
         let method = session.req_header().method.clone();
-        let emergency = Arc::clone(&self.emergency);
+        let emergency = Arc::clone(&self.steering.emergency);
         // Off the admin thread's runtime: a change saves the state file.
         let done = match method.as_str() {
-            "GET" => return Reply::json(200, &self.emergency.status()),
+            "GET" => return Reply::json(200, &self.steering.emergency.status()),
             "PUT" => {
                 let body = match read_body(session, MAX_BODY).await {
                     Ok(body) => body,
@@ -278,7 +282,7 @@ impl AdminApp {
             Ok(Err(refused)) => return Reply::error(refused.status, &refused.message),
             Err(e) => return Reply::error(500, &format!("the change did not complete: {e}")),
         };
-        if let Some(fleet) = &self.fleet {
+        if let Some(fleet) = &self.steering.fleet {
             let shared = fleet.share_override().await;
             status["shared"] = shared.into();
             if !shared {
@@ -290,7 +294,7 @@ impl AdminApp {
 
     /// `GET /-/fleet`.
     async fn fleet(&self) -> Reply {
-        let Some(fleet) = &self.fleet else {
+        let Some(fleet) = &self.steering.fleet else {
             return Reply::error(404, "no fleet: the fleet view needs redis: in the config");
         };
         match fleet.status().await {
@@ -428,13 +432,13 @@ impl AdminApp {
             Endpoint::Explain => self.explain(query.as_deref()).await,
             Endpoint::Stats => self.stats(query.as_deref()),
             Endpoint::Assignment(uid) => self.assignment(session, &uid).await,
-            Endpoint::Rollouts => Reply::json(200, &self.rollouts.status()),
+            Endpoint::Rollouts => Reply::json(200, &self.steering.rollouts.status()),
             Endpoint::Override => self.emergency_override(session).await,
             Endpoint::Fleet => self.fleet().await,
-            Endpoint::RolloutEvents(name) => rollout_reply(self.rollouts.events(&name)),
+            Endpoint::RolloutEvents(name) => rollout_reply(self.steering.rollouts.events(&name)),
             Endpoint::RolloutAction(name, action) => {
                 // Off the admin thread's runtime: an action saves the state file.
-                let rollouts = Arc::clone(&self.rollouts);
+                let rollouts = Arc::clone(&self.steering.rollouts);
                 let done = tokio::task::spawn_blocking(move || rollouts.act(&name, action)).await;
                 match done {
                     Ok(result) => rollout_reply(result),

@@ -76,9 +76,10 @@ impl Link {
     /// Connects both clients (they reconnect by themselves) and subscribes to `channel`,
     /// again after every reconnect.
     pub fn connect(&self, channel: &'static str) {
-        let _ = self.client.connect();
-        let _ = self.subscriber.connect();
-        let _ = self.subscriber.manage_subscriptions();
+        // Connection tasks: they run on, the handles are not needed.
+        drop(self.client.connect());
+        drop(self.subscriber.connect());
+        drop(self.subscriber.manage_subscriptions());
         let subscriber = self.subscriber.clone();
         tokio::spawn(async move {
             // Until the first subscription succeeds; later reconnects re-subscribe by
@@ -194,7 +195,7 @@ impl Link {
     /// and sets its expiry, in one pipeline.
     pub async fn add_counts(
         &self,
-        buckets: &[(String, Vec<(String, u64)>, Duration)],
+        buckets: &[super::counts::Bucket],
         presence: &str,
     ) -> Result<(), LinkError> {
         if buckets.is_empty() {
