@@ -99,15 +99,8 @@ enum Command {
         action: String,
         /// The rollout (every rollout for `status` when not given).
         name: Option<String>,
-        /// The admin listener's URL; the config's `admin.listen` when not given.
-        #[arg(long)]
-        admin: Option<String>,
-        /// The server config (for `admin.listen` and `admin.token_env`).
-        #[arg(short, long, default_value = "conf/graygate.yaml")]
-        conf: PathBuf,
-        /// Print the API's JSON instead of text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        api: AdminApi,
     },
     /// Set, clear or show the emergency override of a running graygate (with Redis, of the
     /// whole fleet) through its admin API: every request to one version.
@@ -120,35 +113,41 @@ enum Command {
         /// Why, for the others (required by `set`).
         #[arg(long)]
         reason: Option<String>,
-        /// The admin listener's URL; the config's `admin.listen` when not given.
-        #[arg(long)]
-        admin: Option<String>,
-        /// The server config (for `admin.listen` and `admin.token_env`).
-        #[arg(short, long, default_value = "conf/graygate.yaml")]
-        conf: PathBuf,
-        /// Print the API's JSON instead of text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        api: AdminApi,
     },
+}
+
+/// How a command reaches a running graygate's admin API, and how it prints the answer.
+#[derive(clap::Args)]
+struct AdminApi {
+    /// The admin listener's URL; the config's `admin.listen` when not given.
+    #[arg(long)]
+    admin: Option<String>,
+    /// The server config (for `admin.listen` and `admin.token_env`).
+    #[arg(short, long, default_value = "conf/graygate.yaml")]
+    conf: PathBuf,
+    /// Print the API's JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// One call of a running graygate's admin API; `Err` for an unreachable API, `Ok(Err)` with
 /// the status and body for a refusal.
 fn admin_call(
-    conf: &std::path::Path,
-    admin: Option<String>,
+    api: &AdminApi,
     method: &str,
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<Result<serde_json::Value, (u16, String)>> {
     // The config is optional here: without it the defaults apply.
-    let config = Config::load(conf).ok();
+    let config = Config::load(&api.conf).ok();
     let token_env = config
         .as_ref()
         .map_or("GRAYGATE_ADMIN_TOKEN".to_string(), |c| {
             c.admin.token_env.clone()
         });
-    let base = admin.unwrap_or_else(|| {
+    let base = api.admin.clone().unwrap_or_else(|| {
         let listen = config
             .as_ref()
             .map_or("127.0.0.1:9901".to_string(), |c| c.admin.listen.to_string());
@@ -178,9 +177,7 @@ fn override_command(
     action: &str,
     version: Option<&str>,
     reason: Option<&str>,
-    admin: Option<String>,
-    conf: &std::path::Path,
-    json: bool,
+    api: &AdminApi,
 ) -> anyhow::Result<ExitCode> {
     let (method, body) = match (action, version) {
         ("set", Some(version)) => {
@@ -196,14 +193,14 @@ fn override_command(
         ("clear", _) => ("DELETE", None),
         _ => ("GET", None),
     };
-    let value = match admin_call(conf, admin, method, "/-/override", body)? {
+    let value = match admin_call(api, method, "/-/override", body)? {
         Ok(value) => value,
         Err((status, body)) => {
             eprintln!("graygate override {action}: {status}: {body}");
             return Ok(ExitCode::FAILURE);
         }
     };
-    if json {
+    if api.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -222,19 +219,13 @@ fn override_command(
 }
 
 /// `graygate rollout ACTION [NAME]`: one admin API call, its answer printed.
-fn rollout_command(
-    action: &str,
-    name: Option<&str>,
-    admin: Option<String>,
-    conf: &std::path::Path,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+fn rollout_command(action: &str, name: Option<&str>, api: &AdminApi) -> anyhow::Result<ExitCode> {
     let (method, path) = match (action, name) {
         ("status", _) => ("GET", "/-/rollouts".to_string()),
         (action, Some(name)) => ("POST", format!("/-/rollouts/{name}/{action}")),
         (action, None) => anyhow::bail!("graygate rollout {action} needs the rollout's name"),
     };
-    let mut value = match admin_call(conf, admin, method, &path, None)? {
+    let mut value = match admin_call(api, method, &path, None)? {
         Ok(value) => value,
         Err((status, body)) => {
             eprintln!("graygate rollout {action}: {status}: {body}");
@@ -255,7 +246,7 @@ fn rollout_command(
     } else {
         value = serde_json::json!({ "rollouts": [value] });
     }
-    if json {
+    if api.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -388,28 +379,13 @@ fn main() -> anyhow::Result<ExitCode> {
             std::process::exit(0);
         }
         Command::Check { conf } => Ok(check(&conf)),
-        Command::Rollout {
-            action,
-            name,
-            admin,
-            conf,
-            json,
-        } => rollout_command(&action, name.as_deref(), admin, &conf, json),
+        Command::Rollout { action, name, api } => rollout_command(&action, name.as_deref(), &api),
         Command::Override {
             action,
             version,
             reason,
-            admin,
-            conf,
-            json,
-        } => override_command(
-            &action,
-            version.as_deref(),
-            reason.as_deref(),
-            admin,
-            &conf,
-            json,
-        ),
+            api,
+        } => override_command(&action, version.as_deref(), reason.as_deref(), &api),
         Command::Explain {
             conf,
             uid,

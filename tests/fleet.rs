@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::graygate::{metric, serving, Graygate};
+use support::graygate::{admin_cli, metric, serving, Graygate};
 use support::handover::{bind_loopback, Handover};
 use support::{assert_eventually, get, http_request, Backend, RedisServer};
 
@@ -666,25 +666,7 @@ fn alone_the_override_is_set_by_the_cli_and_survives_a_restart() {
     let state = tempfile::tempdir().unwrap();
     let state_conf = format!("state: {{ dir: \"{}\" }}\n", state.path().display());
     let graygate = Graygate::start_with(&rules, Some(TOKEN), &state_conf);
-    let cli = |admin: SocketAddr, args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_graygate"))
-            .arg("override")
-            .args(args)
-            .args([
-                "--admin",
-                &format!("http://{admin}"),
-                "-c",
-                "/nonexistent.yaml",
-            ])
-            .env("GRAYGATE_ADMIN_TOKEN", TOKEN)
-            .output()
-            .expect("graygate runs");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |admin: SocketAddr, args: &[&str]| admin_cli(admin, TOKEN, "override", args);
     let (ok, _, stderr) = cli(graygate.admin, &["set", "stable"]);
     assert!(!ok && stderr.contains("--reason"), "{stderr}");
     let (ok, _, stderr) = cli(graygate.admin, &["set", "nightly", "--reason", "x"]);
@@ -738,4 +720,52 @@ fn alone_the_override_is_set_by_the_cli_and_survives_a_restart() {
     assert_eq!(graygate.store.current().runtime.override_version, None);
     let (status, fleet) = admin(&graygate, "GET", "/-/fleet", "");
     assert_eq!(status, 404, "{fleet}");
+}
+
+#[test]
+fn through_sentinel_the_override_and_the_heartbeats_work() {
+    let master = RedisServer::start();
+    let sentinel = RedisServer::start_sentinel("graygate", master.addr());
+    assert_eventually(
+        Duration::from_secs(10),
+        "the sentinel knows the master",
+        || {
+            sentinel
+                .cli(&["SENTINEL", "get-master-addr-by-name", "graygate"])
+                .contains(&master.port().to_string())
+        },
+    );
+    let url = format!(
+        "redis-sentinel://{}/0?sentinelServiceName=graygate",
+        sentinel.addr()
+    );
+    let (stable, canary) = (Backend::start("stable"), Backend::start("canary"));
+    let instances = fleet(2, &rollout_rules(&stable, &canary), &url);
+    assert_eventually(Duration::from_secs(15), "two live instances", || {
+        fleet_view(instances[0].admin)["instances"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2)
+    });
+    let (status, answer) = admin(
+        &instances[1],
+        "PUT",
+        "/-/override",
+        "{\"version\": \"canary\", \"reason\": \"sentinel drill\"}",
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["shared"], true, "{answer}");
+    let canary_id = instances[0].store.current().rules.version_id("canary");
+    assert_eventually(
+        Duration::from_secs(1),
+        "the override on both instances",
+        || {
+            instances
+                .iter()
+                .all(|g| g.store.current().runtime.override_version == canary_id)
+        },
+    );
+    // Written to the master the sentinel names.
+    assert!(master
+        .cli(&["GET", "graygate:state:override"])
+        .contains("sentinel drill"));
 }

@@ -9,14 +9,13 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::graygate::{metric, Graygate};
+use support::graygate::{admin_cli, metric, Graygate};
 use support::{assert_eventually, get, http_request, Backend};
 
 const TOKEN: &str = "rollout-test-token";
@@ -406,25 +405,7 @@ fn operators_steer_a_rollout_through_the_api_and_the_cli() {
         Some(TOKEN),
         "",
     );
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_graygate"))
-            .arg("rollout")
-            .args(args)
-            .args([
-                "--admin",
-                &format!("http://{}", graygate.admin),
-                "-c",
-                "/nonexistent.yaml",
-            ])
-            .env("GRAYGATE_ADMIN_TOKEN", TOKEN)
-            .output()
-            .expect("graygate runs");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| admin_cli(graygate.admin, TOKEN, "rollout", args);
     let (ok, stdout, _) = cli(&["status"]);
     assert!(ok);
     assert!(

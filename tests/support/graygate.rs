@@ -229,3 +229,30 @@ impl Drop for Graygate {
         }
     }
 }
+
+/// Runs `graygate SUBCOMMAND ARGS` against the admin API at `admin` (with `token` in
+/// `GRAYGATE_ADMIN_TOKEN`, and no config): whether it succeeded, its stdout and its stderr.
+pub fn admin_cli(
+    admin: SocketAddr,
+    token: &str,
+    subcommand: &str,
+    args: &[&str],
+) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_graygate"))
+        .arg(subcommand)
+        .args(args)
+        .args([
+            "--admin",
+            &format!("http://{admin}"),
+            "-c",
+            "/nonexistent.yaml",
+        ])
+        .env("GRAYGATE_ADMIN_TOKEN", token)
+        .output()
+        .expect("graygate runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -848,6 +848,9 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Options beyond the test defaults (`--cluster-enabled yes`, ...).
     args: Vec<String>,
+    /// A config file's text, written to the server's directory and passed first (Sentinel
+    /// needs a file it can rewrite).
+    conf: Option<String>,
 }
 
 impl fmt::Debug for RedisServer {
@@ -892,13 +895,28 @@ impl RedisServer {
         RedisServer::start_with(&[])
     }
 
+    /// A Sentinel (`redis-server sentinel.conf --sentinel`) watching the master at `master` as
+    /// `name`, with a quorum of 1.
+    pub fn start_sentinel(name: &str, master: SocketAddr) -> RedisServer {
+        let conf = format!(
+            "sentinel monitor {name} {} {} 1\nsentinel down-after-milliseconds {name} 2000\n",
+            master.ip(),
+            master.port()
+        );
+        RedisServer::start_configured(Some(conf), &["--sentinel"])
+    }
+
     /// Like [`RedisServer::start`], with more `redis-server` options.
     pub fn start_with(args: &[&str]) -> RedisServer {
+        RedisServer::start_configured(None, args)
+    }
+
+    fn start_configured(conf: Option<String>, args: &[&str]) -> RedisServer {
         const ATTEMPTS: usize = 20;
         let mut taken = Vec::new();
         for _ in 0..ATTEMPTS {
             let port = candidate_port();
-            match RedisServer::start_on_with(port, args) {
+            match RedisServer::start_on_with(port, conf.clone(), args) {
                 Ok(server) => return server,
                 Err(RedisStartError::PortTaken) => taken.push(port),
                 Err(RedisStartError::Failed(why)) => panic!("could not start redis-server: {why}"),
@@ -910,10 +928,14 @@ impl RedisServer {
     /// Start a server on `port` and wait until it answers; [`RedisStartError::PortTaken`]
     /// when another process holds the port.
     pub fn start_on(port: u16) -> Result<RedisServer, RedisStartError> {
-        RedisServer::start_on_with(port, &[])
+        RedisServer::start_on_with(port, None, &[])
     }
 
-    fn start_on_with(port: u16, args: &[&str]) -> Result<RedisServer, RedisStartError> {
+    fn start_on_with(
+        port: u16,
+        conf: Option<String>,
+        args: &[&str],
+    ) -> Result<RedisServer, RedisStartError> {
         let dir = tempfile::Builder::new()
             .prefix("graygate-redis-")
             .tempdir()
@@ -923,6 +945,7 @@ impl RedisServer {
             dir,
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
+            conf,
         };
         server.spawn_and_wait()?;
         Ok(server)
@@ -1018,7 +1041,13 @@ impl RedisServer {
         let log2 = log
             .try_clone()
             .map_err(|e| failed(format!("log file: {e}")))?;
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(conf) = &self.conf {
+            let path = self.dir.path().join("redis.conf");
+            std::fs::write(&path, conf).map_err(|e| failed(format!("config file: {e}")))?;
+            command.arg(path);
+        }
+        let child = command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
