@@ -6,7 +6,7 @@
 //! sum of the latency buckets, so the count and the latency sketch always agree.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
 use std::time::Duration;
 
 use super::latency::{bucket, BUCKETS};
@@ -28,13 +28,24 @@ pub(super) const COUNTERS: usize = CONVERSIONS + GOAL_SLOTS;
 /// The counters of one version in one scope, shared by every worker that serves it.
 pub struct Cell {
     counters: [AtomicU64; COUNTERS],
+    /// Set by every record after its counts, taken by the ticker: a tick reads only the
+    /// cells that counted something since the last, so its cost follows the traffic, not the
+    /// number of cells (6,000 for 2,000 services of three versions: 1.9 million counters).
+    moved: AtomicBool,
 }
 
 impl Cell {
     pub(super) fn new() -> Cell {
         Cell {
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
+            moved: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a record happened since the last call; its counts are visible once this
+    /// answers true (release by the record, acquire here).
+    pub(super) fn take_moved(&self) -> bool {
+        self.moved.load(Relaxed) && self.moved.swap(false, Ordering::Acquire)
     }
 
     /// Counts one answered request: a few relaxed `fetch_add`s, no lock, no allocation.
@@ -57,6 +68,7 @@ impl Cell {
         }
         add_bits(&counters[ATTEMPTS..CONVERSIONS], goal_attempts);
         add_bits(&counters[CONVERSIONS..], goal_conversions & goal_attempts);
+        self.moved.store(true, Ordering::Release);
     }
 
     /// The cumulative value of counter `index`.

@@ -22,7 +22,9 @@
 //!   looks a cell up. Cells are never removed; their number is bounded by the configuration
 //!   names ever loaded, never by request data.
 //! - **Request path**: [`Cell::record`] is one `fetch_add` for the latency bucket, one more for a
-//!   5xx, one per goal attempt and one per conversion. No lock, no allocation, no system call. About 12 ns on one
+//!   5xx, one per goal attempt and one per conversion, then a store of the cell's `moved` flag
+//!   (a tick reads only the cells whose flag it finds set, so that 6,000 idle cells cost it
+//!   6,000 loads, not 1.9 million). No lock, no allocation, no system call. About 12 ns on one
 //!   core, 44 ns with two goal attempts and a conversion (`cargo bench --bench stats`). A busy
 //!   cell's counters are shared by every worker, so under load their cache lines move between
 //!   cores and each `fetch_add` costs more.
@@ -209,6 +211,9 @@ impl Stats {
         let Inner { cells, history, .. } = &mut *inner;
         let mut entries = Vec::new();
         for (id, registered) in cells.iter_mut().enumerate() {
+            if !registered.cell.take_moved() {
+                continue;
+            }
             for (counter, at_tick) in registered.at_tick.iter_mut().enumerate() {
                 let value = registered.cell.load(counter);
                 if value != *at_tick {

@@ -383,5 +383,37 @@ fn memory_follows_traffic() {
     }
     assert_eq!(stats.lock().history.size(), (60, 60 * 3));
     assert_eq!(std::mem::size_of::<Entry>(), 16);
-    assert_eq!(std::mem::size_of::<Cell>(), 314 * 8);
+    // 314 counters and the `moved` flag (padded to 8 bytes).
+    assert_eq!(std::mem::size_of::<Cell>(), 314 * 8 + 8);
+}
+
+/// A tick reads only the cells recorded since the last one, and loses no count of the others:
+/// a cell idle for a tick and busy again reports every request.
+#[test]
+fn ticks_skip_idle_cells_and_lose_nothing() {
+    let (stats, clock) = stats(Duration::from_secs(60));
+    let web = service("web");
+    let busy = stats.cell(&web, "a");
+    let idle = stats.cell(&web, "b");
+    busy.record(200, ms(1), 0, 0);
+    idle.record(500, ms(1), 0, 0);
+    next_second(&stats, &clock);
+    assert!(
+        !busy.take_moved() && !idle.take_moved(),
+        "the tick took both flags"
+    );
+    busy.record(200, ms(1), 0, 0);
+    next_second(&stats, &clock);
+    next_second(&stats, &clock);
+    idle.record(500, ms(1), 0, 0);
+    next_second(&stats, &clock);
+    let requests = |v: &str, secs: u64| {
+        let window = Duration::from_secs(secs);
+        stats.window(&web, v, window).expect("registered").requests
+    };
+    assert_eq!((requests("a", 10), requests("b", 10)), (2, 2));
+    // Each count lies in the second it was made in: the last second has b's alone.
+    assert_eq!((requests("a", 1), requests("b", 1)), (0, 1));
+    let errors = stats.window(&web, "b", Duration::from_secs(10));
+    assert_eq!(errors.expect("registered").errors_5xx, 2);
 }

@@ -5,6 +5,7 @@
 //! tick), starts the probes that are due, and exports each peer's health in place.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,9 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use super::ServiceTable;
+use prometheus::IntGauge;
+
+use super::{Pool, ServiceTable};
 use crate::metrics::Metrics;
 
 /// Where the health checker finds the services serving now (the state layer's current
@@ -26,6 +29,16 @@ pub struct HealthChecker {
     tick: Duration,
 }
 
+/// The health series of one generation: each peer's gauge, resolved once per table so that
+/// the export every second is a store per peer, not a label lookup.
+struct Exported {
+    /// The table they were resolved for.
+    table: Arc<ServiceTable>,
+    gauges: Vec<(IntGauge, Arc<Pool>, SocketAddr)>,
+    /// Their label values, to drop the series of peers a later table no longer has.
+    labels: HashSet<[String; 3]>,
+}
+
 impl HealthChecker {
     /// Probes the groups of whatever table `source` answers.
     pub fn new(source: TableSource, metrics: Arc<Metrics>) -> Self {
@@ -36,30 +49,53 @@ impl HealthChecker {
         }
     }
 
-    /// Sets `graygate_upstream_peer_healthy` in place for every peer of the current
-    /// generation, then drops the series of peers it no longer has (never a reset: a scrape
-    /// must not see the series vanish and come back).
-    fn export_health(&self, table: &ServiceTable, exported: &mut HashSet<[String; 3]>) {
+    /// Resolves the gauges of `table`'s peers, and drops the series of the peers the table
+    /// before (`previous`) had and this one has not (never a reset: a scrape must not see a
+    /// series vanish and come back).
+    fn resolve(&self, table: Arc<ServiceTable>, previous: Option<Exported>) -> Exported {
         let gauge = &self.metrics.peer_healthy;
-        let mut current = HashSet::new();
+        let mut gauges = Vec::new();
+        let mut labels = HashSet::new();
         for service in &table.services {
             for group in service.groups() {
                 for peer in &group.pool.spec().peers {
-                    let labels = [
+                    let values = [
                         service.name.to_string(),
                         group.version_name.to_string(),
                         peer.to_string(),
                     ];
-                    let healthy = group.pool.is_healthy(*peer) as i64;
-                    gauge.with_label_values(&labels).set(healthy);
-                    current.insert(labels);
+                    if labels.insert(values.clone()) {
+                        gauges.push((
+                            gauge.with_label_values(&values),
+                            Arc::clone(&group.pool),
+                            *peer,
+                        ));
+                    }
                 }
             }
         }
-        for gone in exported.difference(&current) {
-            let _ = gauge.remove_label_values(&[&gone[0], &gone[1], &gone[2]]);
+        if let Some(previous) = previous {
+            for gone in previous.labels.difference(&labels) {
+                let _ = gauge.remove_label_values(&[&gone[0], &gone[1], &gone[2]]);
+            }
         }
-        *exported = current;
+        Exported {
+            table,
+            gauges,
+            labels,
+        }
+    }
+
+    /// Sets `graygate_upstream_peer_healthy` in place for every peer of `table`'s generation.
+    fn export_health(&self, table: &Arc<ServiceTable>, exported: &mut Option<Exported>) {
+        let current = match exported.take() {
+            Some(e) if Arc::ptr_eq(&e.table, table) => e,
+            previous => self.resolve(Arc::clone(table), previous),
+        };
+        for (gauge, pool, peer) in &current.gauges {
+            gauge.set(pool.is_healthy(*peer) as i64);
+        }
+        *exported = Some(current);
     }
 }
 
@@ -67,21 +103,22 @@ impl HealthChecker {
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut ticker = tokio::time::interval(self.tick);
-        let mut exported = Instant::now() - Duration::from_secs(1);
-        let mut exported_series = HashSet::new();
+        let mut exported_at = Instant::now() - Duration::from_secs(1);
+        let mut exported = None;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = ticker.tick() => {}
             }
             let table = (self.source)();
-            if exported.elapsed() >= Duration::from_secs(1) {
-                self.export_health(&table, &mut exported_series);
-                exported = Instant::now();
+            if exported_at.elapsed() >= Duration::from_secs(1) {
+                self.export_health(&table, &mut exported);
+                exported_at = Instant::now();
             }
-            for pool in table.pools() {
-                if pool.spec().health_check.is_some() {
+            for pool in table.probed_pools() {
+                if pool.probe_due() {
                     // A slow peer must not hold back the other groups' probes.
+                    let pool = Arc::clone(pool);
                     tokio::spawn(async move { pool.probe_if_due().await });
                 }
             }

@@ -16,12 +16,14 @@
 mod failure;
 mod health;
 mod pool;
+mod probe;
 pub mod retry;
 mod routes;
 
 pub use failure::{connect_error_kind, error_kind, error_status};
 pub use health::{HealthChecker, TableSource};
 pub use pool::Pool;
+pub use probe::Connectors;
 pub use routes::{Routes, ServiceId};
 
 use std::collections::HashMap;
@@ -190,6 +192,12 @@ pub struct ServiceTable {
     pub services: Vec<Service>,
     /// Which service serves a host and path (`routes.rs`).
     routes: Routes,
+    /// Every distinct pool, in the order first used.
+    pools: Vec<Arc<Pool>>,
+    /// The distinct pools that have a health check: what the health checker walks.
+    probed: Vec<Arc<Pool>>,
+    /// The probes' connectors, handed on from generation to generation.
+    connectors: Arc<Connectors>,
 }
 
 impl ServiceTable {
@@ -200,26 +208,32 @@ impl ServiceTable {
         versions: &[Version],
         previous: Option<&ServiceTable>,
     ) -> std::io::Result<ServiceTable> {
-        let mut reusable: HashMap<&GroupSpec, &Arc<Pool>> = HashMap::new();
-        for service in previous.map(|p| &p.services[..]).unwrap_or_default() {
-            for group in service.groups() {
-                reusable.insert(group.pool.spec(), &group.pool);
-            }
-        }
+        let reusable: HashMap<&GroupSpec, &Arc<Pool>> = previous
+            .map(|p| &p.pools[..])
+            .unwrap_or_default()
+            .iter()
+            .map(|pool| (pool.spec(), pool))
+            .collect();
+        let connectors = previous
+            .map(|p| Arc::clone(&p.connectors))
+            .unwrap_or_default();
+        // The pools of this generation, reused or new, by spec; `pools` in first-use order.
         let mut built: HashMap<GroupSpec, Arc<Pool>> = HashMap::new();
+        let mut pools = Vec::new();
         let mut services = Vec::with_capacity(specs.len());
         let mut routes = Vec::new();
         for (id, spec) in specs.iter().enumerate() {
             let mut groups: Vec<Option<Group>> = Vec::new();
             for group in &spec.groups {
-                let pool = match reusable
-                    .get(&group.spec)
-                    .or(built.get(&group.spec).as_ref())
-                {
+                let pool = match built.get(&group.spec) {
                     Some(pool) => Arc::clone(pool),
                     None => {
-                        let pool = Arc::new(Pool::new(group.spec.clone())?);
+                        let pool = match reusable.get(&group.spec) {
+                            Some(pool) => Arc::clone(pool),
+                            None => Arc::new(Pool::new(group.spec.clone(), &connectors)?),
+                        };
                         built.insert(group.spec.clone(), Arc::clone(&pool));
+                        pools.push(Arc::clone(&pool));
                         pool
                     }
                 };
@@ -248,7 +262,18 @@ impl ServiceTable {
         let routes = Routes::new(routes).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::OutOfMemory, "too many service hosts")
         })?;
-        Ok(ServiceTable { services, routes })
+        let probed = pools
+            .iter()
+            .filter(|p| p.spec().health_check.is_some())
+            .cloned()
+            .collect();
+        Ok(ServiceTable {
+            services,
+            routes,
+            pools,
+            probed,
+            connectors,
+        })
     }
 
     /// The service for a host (without port) and path: among the services whose hosts
@@ -258,14 +283,13 @@ impl ServiceTable {
         self.routes.find(host, path)
     }
 
-    /// Every distinct pool.
-    pub fn pools(&self) -> Vec<Arc<Pool>> {
-        let mut pools: Vec<Arc<Pool>> = Vec::new();
-        for group in self.services.iter().flat_map(Service::groups) {
-            if !pools.iter().any(|p| Arc::ptr_eq(p, &group.pool)) {
-                pools.push(Arc::clone(&group.pool));
-            }
-        }
-        pools
+    /// Every distinct pool, in the order first used.
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+
+    /// The distinct pools that have a health check.
+    pub fn probed_pools(&self) -> &[Arc<Pool>] {
+        &self.probed
     }
 }

@@ -10,16 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, LoadBalancer};
 use pingora::upstreams::peer::HttpPeer;
 use xxhash_rust::xxh64::xxh64;
 
-use crate::rules::model::{
-    GroupSpec, HealthCheckKind, HealthCheckSpec, LbPolicy, UpstreamProtocol,
-};
+use super::probe::{Connectors, Probe};
+use crate::rules::model::{GroupSpec, LbPolicy, UpstreamProtocol};
 
 /// How many selection steps a pick may take before giving up on a group.
 const MAX_SELECT_STEPS: usize = 256;
@@ -104,56 +101,15 @@ fn connection_group(spec: &GroupSpec) -> u64 {
     xxh64(&input, 0)
 }
 
-/// The probe of `spec`; an HTTP probe speaks the group's protocol and TLS (`template`).
-fn health_check(spec: &HealthCheckSpec, template: &HttpPeer) -> Box<dyn HealthCheck + Send + Sync> {
-    match &spec.kind {
-        HealthCheckKind::Tcp => {
-            let mut hc = TcpHealthCheck::new();
-            hc.peer_template.options.connection_timeout = Some(spec.timeout);
-            hc.peer_template.options.total_connection_timeout = Some(spec.timeout);
-            hc.consecutive_success = spec.rise;
-            hc.consecutive_failure = spec.fall;
-            hc
-        }
-        HealthCheckKind::Http { path, host } => {
-            let mut hc = HttpHealthCheck::new(host, false);
-            hc.peer_template = template.clone();
-            // Compile validated the path (it starts with '/'); a request line that still
-            // fails to build leaves Pingora's default `GET /`.
-            if let Ok(mut req) = RequestHeader::build("GET", path.as_bytes(), None) {
-                if req.insert_header("Host", host.as_str()).is_ok() {
-                    hc.req = req;
-                }
-            }
-            let options = &mut hc.peer_template.options;
-            options.connection_timeout = Some(spec.timeout);
-            options.total_connection_timeout = Some(spec.timeout);
-            options.read_timeout = Some(spec.timeout);
-            options.write_timeout = Some(spec.timeout);
-            options.idle_timeout = None;
-            hc.consecutive_success = spec.rise;
-            hc.consecutive_failure = spec.fall;
-            hc.validator = Some(Box::new(|resp: &ResponseHeader| {
-                let status = resp.status.as_u16();
-                if (200..400).contains(&status) {
-                    Ok(())
-                } else {
-                    pingora::Error::e_explain(
-                        pingora::ErrorType::CustomCode("unhealthy status", status),
-                        "during http health check",
-                    )
-                }
-            }));
-            Box::new(hc)
-        }
-    }
-}
-
 impl Pool {
-    /// Builds the load balancer for `spec`; every peer starts healthy.
-    pub fn new(spec: GroupSpec) -> std::io::Result<Pool> {
+    /// Builds the load balancer for `spec`; every peer starts healthy. Its probes connect
+    /// through `connectors`, which every group of the server shares (`probe.rs`).
+    pub fn new(spec: GroupSpec, connectors: &Arc<Connectors>) -> std::io::Result<Pool> {
         let peer = peer_template(&spec);
-        let hc = spec.health_check.as_ref().map(|h| health_check(h, &peer));
+        let hc = spec
+            .health_check
+            .as_ref()
+            .map(|h| Box::new(Probe::new(h, &peer, Arc::clone(connectors))));
         let balancer = match spec.lb {
             LbPolicy::RoundRobin => {
                 let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(spec.peers.iter().copied())?;
@@ -221,6 +177,14 @@ impl Pool {
     /// Whether at least one peer is in rotation.
     pub fn has_healthy_peer(&self) -> bool {
         self.spec.peers.iter().any(|p| self.is_healthy(*p))
+    }
+
+    /// Whether a probe is due and none is running (what [`Pool::probe_if_due`] checks again
+    /// before it probes): the health checker spawns a probe only then.
+    pub(super) fn probe_due(&self) -> bool {
+        self.spec.health_check.is_some()
+            && !self.probing.load(Ordering::Acquire)
+            && self.epoch.elapsed().as_millis() as u64 >= self.next_probe_ms.load(Ordering::Relaxed)
     }
 
     /// Runs one probe of every peer if one is due and none is running.

@@ -25,6 +25,7 @@ mod channels;
 mod conditions;
 mod goals;
 mod identity;
+mod oversized;
 mod rollouts;
 mod rules;
 mod services;
@@ -311,6 +312,18 @@ impl Compiler {
     fn add_file(&mut self, source: &RuleSource, merged: &mut Merged) {
         let index = self.files.len();
         self.files.push(SourceFile::new(&source.path, &source.text));
+        let oversized = oversized::oversized_lists(&source.text);
+        if !oversized.is_empty() {
+            // Refused before it is parsed into values (`oversized.rs`): the rest of the file
+            // is not checked, and what seems missing from the set may be in it.
+            let path = self.files[index].path.clone();
+            for list in oversized {
+                self.diags
+                    .push(Severity::Error, &path, Some(list.line), list.message);
+            }
+            self.unparsed_file = true;
+            return;
+        }
         let raw: RawRuleFile = match serde_yaml::from_str::<Option<RawRuleFile>>(&source.text) {
             Ok(raw) => raw.unwrap_or_default(),
             Err(e) => {
