@@ -88,8 +88,13 @@ cpu_ticks() {
     for pid in "$@"; do total=$((total + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }'))); done
     echo "$total"
 }
-# Established connections to the backend port.
-backend_conns() { ss -Htn state established "( dport = :$backend )" | wc -l; }
+# Established connections to the backend port held by the processes $@ (every proxy keeps
+# its pool open: only its own are counted).
+backend_conns() {
+    local pattern
+    pattern=$(printf 'pid=%s,|' "$@"); pattern=${pattern%|}
+    ss -Htnp state established "( dport = :$backend )" | grep -cE "$pattern" || true
+}
 
 order=(gg1 nginx1 gg2 nginx2)
 for p in "${order[@]}"; do uid_rate "${port[$p]}" 2 >/dev/null; done   # warm up
@@ -101,7 +106,8 @@ for ((r = 1; r <= REPS; r++)); do
     for p in "${rotated[@]}"; do
         # shellcheck disable=SC2086
         before=$(cpu_ticks ${procs[$p]})
-        (sleep "$(awk -v d="$DURATION" 'BEGIN { print d / 2 }')"; backend_conns > "$work/busy") &
+        # shellcheck disable=SC2086
+        (sleep "$(awk -v d="$DURATION" 'BEGIN { print d / 2 }')"; backend_conns ${procs[$p]} > "$work/busy") &
         rate=$(uid_rate "${port[$p]}" "$DURATION")
         wait $!
         # shellcheck disable=SC2086
@@ -110,7 +116,8 @@ for ((r = 1; r <= REPS; r++)); do
         cpu[$p]+="$(awk -v t=$((after - before)) -v hz="$hz" -v n="$served" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }') "
         rps[$p]+="$rate "
         busy[$p]+="$(cat "$work/busy") "
-        idle[$p]+="$(backend_conns) "
+        # shellcheck disable=SC2086
+        idle[$p]+="$(backend_conns ${procs[$p]}) "
         line+=" ($p) ${rate%.*} req/s;"
     done
     echo "$line"
