@@ -443,13 +443,6 @@ pub struct AddressApiSettings {
     pub ttl: Duration,
 }
 
-/// Bytes of a store key [`KeyTemplate::key_in`] holds on the stack: a 128-byte uid (the
-/// longest accepted) with a template of up to 64 bytes.
-pub const KEY_ON_STACK: usize = 192;
-
-/// The buffer of [`KeyTemplate::key_in`].
-pub type KeyBuf = smallvec::SmallVec<[u8; KEY_ON_STACK]>;
-
 /// The store key of a uid's assignment: `prefix uid suffix` (from `gray:version:{uid}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTemplate {
@@ -460,17 +453,6 @@ pub struct KeyTemplate {
 }
 
 impl KeyTemplate {
-    /// The key for `uid`, written into `buf` (on the stack for any key of up to
-    /// [`KEY_ON_STACK`] bytes): a request's lookup builds its key without a heap allocation.
-    pub fn key_in<'b>(&self, uid: &str, buf: &'b mut KeyBuf) -> &'b str {
-        buf.clear();
-        buf.extend_from_slice(self.prefix.as_bytes());
-        buf.extend_from_slice(uid.as_bytes());
-        buf.extend_from_slice(self.suffix.as_bytes());
-        // Three `str`s end to end: valid UTF-8, so the fallback never runs.
-        std::str::from_utf8(buf).unwrap_or_default()
-    }
-
     /// The key for `uid`.
     pub fn key(&self, uid: &str) -> String {
         let mut key = String::with_capacity(self.prefix.len() + uid.len() + self.suffix.len());

@@ -19,7 +19,7 @@ use crate::facts::identity::Tier;
 use crate::facts::{Assigned, Facts, VersionId};
 use crate::metrics::Metrics;
 use crate::rules::decide::{decide, explain, Decision, Explanation, Missing};
-use crate::rules::model::{KeyBuf, RuleSet};
+use crate::rules::model::RuleSet;
 use crate::throttle::LogThrottle;
 
 /// Why a store operation gave no answer.
@@ -155,9 +155,8 @@ impl Lookups {
             .unwrap_or_default();
         match missing {
             Missing::Assignment => {
-                let mut buf = KeyBuf::new();
-                let key = rules.assignments.key_in(&uid, &mut buf);
-                let outcome = self.store.get(key).await;
+                let key = rules.assignments.key(&uid);
+                let outcome = self.store.get(&key).await;
                 self.record("assignment", &outcome, Option::is_some);
                 let version = outcome
                     .ok()
