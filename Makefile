@@ -4,7 +4,8 @@
 #   make run     build, start two demo backends and graygate (scripts/run-demo.sh)
 #   make test    fmt check, clippy, unit + integration + doc tests, config check, deploy/ checks
 #   make check   validate conf/graygate.yaml with the release binary
-#   make bench   graygate vs nginx (bench/compare.sh -> docs/benchmarks.md), the same over
+#   make bench   graygate vs nginx and the bare Pingora floor (bench/compare.sh -> docs/benchmarks.md),
+#                thread scaling (bench/threads.sh), the same over
 #                HTTPS (bench/https.sh), cached lookups (bench/assignments.sh), the cost of
 #                a rollout rule against a plain split (bench/rollout.sh), 10 to 10,000
 #                rules and hosts (bench/scale.sh), the access log's cost
@@ -23,7 +24,7 @@ CONFIG ?= conf/graygate.yaml
 .PHONY: help deps-run deps-test build run test check check-deploy bench faults soak fmt lint clean
 
 help:
-	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,15p' Makefile | sed 's/^# \{0,1\}//'
 
 deps-run:
 	@bash scripts/install-deps.sh run
@@ -61,6 +62,7 @@ check: deps-run
 bench: deps-run
 	@status=0; \
 	bash bench/compare.sh || status=1; \
+	bash bench/threads.sh || status=1; \
 	bash bench/https.sh || status=1; \
 	bash bench/assignments.sh || status=1; \
 	bash bench/rollout.sh || status=1; \

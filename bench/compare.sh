@@ -5,6 +5,8 @@
 #   bench/compare.sh                      # or: make bench (then bench/assignments.sh)
 #   REPS=3 DURATION=3 LAT_DURATION=4 bench/compare.sh      # a quicker, noisier run
 #   PROFILE=1 bench/compare.sh            # instructions per request under callgrind instead
+#   GRAYGATE_BIN=dir/graygate bench/compare.sh   # binaries built elsewhere (the floor: dir/examples/floor
+#                                         # or FLOOR_BIN; BUILD_PROFILE describes their profile)
 #                                         # (KEEP_PROFILES=dir keeps the callgrind outputs)
 #
 # One nginx backend answers every request from memory. The same traffic (10,000 distinct
@@ -15,13 +17,18 @@
 #   (b) graygate pass-through: no identity, no rules;
 #   (c) nginx proxying with map + split_clients on the same cookies (no assignment lookup);
 #   (d) nginx + Lua (lua-resty-redis): one Redis GET per request, the classic gray gateway;
-#   (e) the same with a lua_shared_dict cache in front of Redis.
+#   (e) the same with a lua_shared_dict cache in front of Redis;
+#   (f) the floor: a bare Pingora proxy (examples/floor.rs, same Pingora, release profile
+#       and allocator as graygate; no rule, no header added): what Pingora alone costs;
+#   (g) graygate, the full filter chain of (a) without the store: cookie parse, uid tail,
+#       tier, a uid split (the decision of (c)).
 # Every proxy runs one worker (graygate `server.threads: 1`, nginx `worker_processes 1`),
 # pinned to core 0; the backend, Redis and the load generator are pinned to core 1. Each
 # proxy keeps upstream connections alive. Throughput: wrk, CONNECTIONS connections.
 # Latency: wrk paced by a Lua delay() (random, mean CONNECTIONS/RATE), so the offered load
 # is about RATE requests/s whatever the proxy; p50/p99 as wrk measures them.
-# Medians of REPS repetitions; every row is also given as a ratio to (c).
+# Medians of REPS repetitions; every row is also given as a ratio to (c) and to (f). RSS: each
+# proxy's resident memory after the runs (every one of the 10,000 uids seen many times).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -46,13 +53,17 @@ PROFILE_SECONDS=${PROFILE_SECONDS:-15}
 if [[ "$PROFILE" == 1 ]]; then UIDS=200; CRITERION=0; fi
 
 bash scripts/install-deps.sh bench
+target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' || echo target)
 if [[ -n "${GRAYGATE_BIN:-}" ]]; then
     bin=$GRAYGATE_BIN             # a binary built elsewhere (its commit: GRAYGATE_COMMIT)
+    # the floor built beside it (cargo build --release --example floor), or FLOOR_BIN
+    floor_bin=${FLOOR_BIN:-$(dirname "$bin")/examples/floor}
 else
-    cargo build --release --locked --quiet
-    bin=target/release/graygate
+    cargo build --release --locked --quiet --bin graygate --example floor
+    bin=$target_dir/release/graygate
+    floor_bin=${FLOOR_BIN:-$target_dir/release/examples/floor}
 fi
-target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' || echo target)
+[[ -x "$floor_bin" ]] || { echo "no floor binary at $floor_bin (cargo build --release --example floor, or FLOOR_BIN)" >&2; exit 2; }
 
 prio=()
 if [[ -n "$NICE" ]] && nice -n "$NICE" true 2>/dev/null; then prio=(nice -n "$NICE"); fi
@@ -103,9 +114,9 @@ fi
 # --- processes ---
 backend=$(free_port); redis=$(free_port)
 declare -A port
-for p in direct a b c d e; do port[$p]=$(free_port); done
+for p in direct a b c d e f g; do port[$p]=$(free_port); done
 port[direct]=$backend
-admin_a=$(free_port); admin_b=$(free_port)
+admin_a=$(free_port); admin_b=$(free_port); admin_g=$(free_port)
 
 start_backend "$backend"
 start_redis "$redis"
@@ -143,6 +154,20 @@ start_graygate b "${port[b]}" "$admin_b" "versions: { stable: {}, canary: {} }
 default: stable
 $services
 rules: []" ""
+start_graygate g "${port[g]}" "$admin_g" "versions: { stable: {}, canary: {} }
+default: stable
+identity:
+  uid: [cookie:uid, header:X-User-Id]
+  tier: { sources: [cookie:tier], paid_uids: [10001, 10002], default: trial }
+$services
+rules:
+  - { name: shield-paid, when: { tier: paid }, version: stable }
+  - { name: tail-30pct, when: { uid_tail: [1, 2, 3] }, version: canary }
+  - { name: split-10pct, split: { by: uid, weights: { canary: 10, stable: 90 } } }" ""
+# (f): the floor, one worker on core 0 like the others.
+"${prio[@]}" taskset -c 0 "${wrap[@]}" "$floor_bin" --listen "127.0.0.1:${port[f]}" --upstream "127.0.0.1:$backend" 2>"$work/floor.log" & pids+=($!)
+wait_port "${port[f]}" 600
+proxy_pid[f]=$!
 
 nginx_proxy() { # $1 name, $2 port, $3 http-level config, $4 location-level config
     mkdir -p "$work/$1"
@@ -250,12 +275,12 @@ wrk_scripts uids.lua "$LAT_CONNECTIONS" "$RATE"
 # paid -> stable; stored assignment (a, d, e only) -> it; tail 1-3 -> canary; the rest: a split.
 check_routes() {
     local p uid want got bad=0
-    for p in a c d e; do
+    for p in a c d e g; do
         for uid in $(seq 0 59); do
             want=""
             if ((uid % 20 == 0)); then want=stable
-            elif [[ $p != c ]] && ((uid % 4 == 0)); then want=canary
-            elif [[ $p != c ]] && ((uid % 4 == 2)); then want=stable
+            elif [[ $p != [cg] ]] && ((uid % 4 == 0)); then want=canary
+            elif [[ $p != [cg] ]] && ((uid % 4 == 2)); then want=stable
             elif [[ ${uid: -1} =~ [123] ]]; then want=canary
             fi
             local tier=trial; ((uid % 20 == 0)) && tier=paid
@@ -273,6 +298,8 @@ check_routes() {
         done
     done
     [[ $(curl -sf --max-time 5 -H "Cookie: uid=3" "http://127.0.0.1:${port[b]}/") == stable ]] || { echo "(b) does not pass through" >&2; bad=1; }
+    # The floor adds no header: the backend echoes an empty version.
+    [[ $(curl -sf --max-time 5 -w '%{http_code}' -o /dev/null "http://127.0.0.1:${port[f]}/") == 200 ]] || { echo "(f) does not proxy" >&2; bad=1; }
     return $bad
 }
 declare -A label=(
@@ -282,6 +309,8 @@ declare -A label=(
     [c]="(c) nginx, map + split_clients on the cookie"
     [d]="(d) nginx + Lua, one Redis GET per request"
     [e]="(e) nginx + Lua, shared-dict cache"
+    [f]="(f) bare Pingora floor (examples/floor.rs)"
+    [g]="(g) graygate, full filter chain, no store"
 )
 # Under callgrind a lookup can outlast lookup_timeout and fail open: no routing check there.
 [[ "$PROFILE" == 1 ]] || check_routes || {
@@ -292,9 +321,8 @@ declare -A label=(
 [[ "$PROFILE" == 1 ]] || echo "routing check: every proxy routes the sample uids as intended"
 
 if [[ "$PROFILE" == 1 ]]; then
-    echo "| path | requests | instructions per request |"
-    echo "| --- | ---: | ---: |"
-    for p in a b c d e; do
+    declare -A served_of per_request
+    for p in a b c d e f g; do
         # Warm up (connections, caches), then count only the measured run.
         run_wrk throughput.lua "${port[$p]}" 8 10
         callgrind_control --zero "${proxy_pid[$p]}" >/dev/null 2>&1
@@ -303,12 +331,19 @@ if [[ "$PROFILE" == 1 ]]; then
         callgrind_control --dump "${proxy_pid[$p]}" >/dev/null 2>&1
         sleep 1
         instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$work/callgrind/${proxy_pid[$p]}".* | head -1)")
-        echo "| ${label[$p]} | $served | $((instructions / served)) |"
+        served_of[$p]=$served; per_request[$p]=$((instructions / served))
+        echo "(${p}) ${per_request[$p]} instructions per request over $served requests"
+    done
+    echo
+    echo "| path | requests | instructions per request | vs (f) floor | vs (c) nginx map |"
+    echo "| --- | ---: | ---: | ---: | ---: |"
+    for p in f b g a c d e; do
+        echo "| ${label[$p]} | ${served_of[$p]} | ${per_request[$p]} | $(ratio "${per_request[$p]}" "${per_request[f]}")x | $(ratio "${per_request[$p]}" "${per_request[c]}")x |"
     done
     exit 0
 fi
 
-order=(direct a b c d e)
+order=(direct a b c d e f g)
 echo "warming up (fills the caches with all $UIDS uids)"
 for p in "${order[@]}"; do run_wrk throughput.lua "${port[$p]}" "$CONNECTIONS" 3; done
 
@@ -320,7 +355,7 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date +%s)
 for ((r = 1; r <= REPS; r++)); do
     # Rotate the order every repetition so no proxy always runs first or last.
-    rotated=("${order[@]:$((r % 6))}" "${order[@]:0:$((r % 6))}")
+    rotated=("${order[@]:$((r % ${#order[@]}))}" "${order[@]:0:$((r % ${#order[@]}))}")
     line="rep $r:"
     for p in "${rotated[@]}"; do
         cpu_before=$(cpu_ticks "${proxy_pid[$p]:-}")
@@ -339,6 +374,11 @@ done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 elapsed=$(($(date +%s) - started))
 
+# Resident memory of each proxy after every repetition (each has seen all $UIDS uids).
+declare -A rss
+for p in "${order[@]}"; do
+    rss[$p]=$(if [[ -n "${proxy_pid[$p]:-}" ]]; then awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/${proxy_pid[$p]}/status"; else echo -; fi)
+done
 declare -A m_rps m_p50 m_p99 m_cpu rng_rps rng_p99
 # shellcheck disable=SC2086
 offered_median=$(median $offered_all)
@@ -350,11 +390,11 @@ for p in "${order[@]}"; do
     # shellcheck disable=SC2086
     rng_rps[$p]=$(range %d ${rps[$p]}); rng_p99[$p]=$(range %s ${p99[$p]})
 done
-table="| path | requests/s (median) | vs (c) | proxy CPU µs/request | p50 ms | p99 ms | p99 vs (c) | requests/s min-max | p99 ms min-max |
-| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+table="| path | requests/s (median) | vs (c) | vs (f) | proxy CPU µs/request | p50 ms | p99 ms | p99 vs (c) | p99 vs (f) | RSS MiB | requests/s min-max | p99 ms min-max |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for p in "${order[@]}"; do
     table+="
-| ${label[$p]} | ${m_rps[$p]%.*} | $(ratio "${m_rps[$p]}" "${m_rps[c]}")x | ${m_cpu[$p]} | ${m_p50[$p]} | ${m_p99[$p]} | $(ratio "${m_p99[$p]}" "${m_p99[c]}")x | ${rng_rps[$p]} | ${rng_p99[$p]} |"
+| ${label[$p]} | ${m_rps[$p]%.*} | $(ratio "${m_rps[$p]}" "${m_rps[c]}")x | $(ratio "${m_rps[$p]}" "${m_rps[f]}")x | ${m_cpu[$p]} | ${m_p50[$p]} | ${m_p99[$p]} | $(ratio "${m_p99[$p]}" "${m_p99[c]}")x | $(ratio "${m_p99[$p]}" "${m_p99[f]}")x | ${rss[$p]} | ${rng_rps[$p]} | ${rng_p99[$p]} |"
 done
 
 # Each target is judged twice: on the medians, and on the best repetition of each path
@@ -370,6 +410,10 @@ ok=1
 judge "(a) throughput vs (c), target at least 1.0x" "$(ratio "${m_rps[a]}" "${m_rps[c]}")" "$(ratio "${b_rps[a]}" "${b_rps[c]}")" "r >= 1.0"
 judge "(a) p99 at ~$RATE requests/s vs (c), target at most 1.0x" "$(ratio "${m_p99[a]}" "${m_p99[c]}")" "$(ratio "${b_p99[a]}" "${b_p99[c]}")" "r <= 1.0"
 judge "(a) throughput vs (d), target at least 2x" "$(ratio "${m_rps[a]}" "${m_rps[d]}")" "$(ratio "${b_rps[a]}" "${b_rps[d]}")" "r >= 2.0"
+# Issue 15's targets, against the floor.
+judge "(g) full chain throughput vs (f) the floor, target at least 0.95x" "$(ratio "${m_rps[g]}" "${m_rps[f]}")" "$(ratio "${b_rps[g]}" "${b_rps[f]}")" "r >= 0.95"
+judge "(a) with a Redis lookup vs (d) nginx + Lua + Redis GET, target at least 1.0x" "$(ratio "${m_rps[a]}" "${m_rps[d]}")" "$(ratio "${b_rps[a]}" "${b_rps[d]}")" "r >= 1.0"
+judge "(a) with a Redis lookup vs (g) without, target at least 0.9x" "$(ratio "${m_rps[a]}" "${m_rps[g]}")" "$(ratio "${b_rps[a]}" "${b_rps[g]}")" "r >= 0.9"
 
 # --- the report ---
 commit=${GRAYGATE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
@@ -388,6 +432,7 @@ mkdir -p "$(dirname "$OUT")"
 # bench/https.sh and bench/scale.sh write sections of their own into the same file: keep them.
 https_section=$(sed -n '/^<!-- bench\/https.sh: begin/,/^<!-- bench\/https.sh: end -->/p' "$OUT" 2>/dev/null || true)
 scale_section=$(sed -n '/^<!-- bench\/scale.sh: begin/,/^<!-- bench\/scale.sh: end -->/p' "$OUT" 2>/dev/null || true)
+threads_section=$(sed -n '/^<!-- bench\/threads.sh: begin/,/^<!-- bench\/threads.sh: end -->/p' "$OUT" 2>/dev/null || true)
 {
     cat <<DOC
 # Benchmarks
@@ -408,6 +453,9 @@ $(printf '%s\n' "${verdicts[@]}")
   uids is checked before measuring.
 - **(a)** rules: \`shield-paid\` (tier), \`assigned\` (\`\$assigned\`, Redis, \`cache_ttl: ${CACHE_TTL}s\`),
   \`tail-30pct\` (uid tail), \`split-10pct\` (uid split). **(b)** no identity, no rules.
+  **(f)** the floor: \`examples/floor.rs\`, a Pingora proxy with no rule and no header of its
+  own (same Pingora, release profile, allocator and peer timeouts as graygate; downstream
+  modules off, as graygate's). **(g)** (a) without the store: its rules but \`\$assigned\`.
   **(c)** the same decision without the assignment lookup, in \`map\` and \`split_clients\`.
   **(d)** the same decision as (a) in \`rewrite_by_lua_block\` with lua-resty-redis (pooled
   connections, one \`GET\` per request). **(e)** (d) with a \`lua_shared_dict\` cache (TTL ${CACHE_TTL} s, misses cached too).
@@ -421,6 +469,8 @@ $(printf '%s\n' "${verdicts[@]}")
   Debian; a paced wrk measures from each request's send, which is exact when nothing queues).
 - **Repetitions**: $REPS, interleaved (every repetition runs every path once, the order rotated
   each time); medians, with the spread across repetitions in the last columns.
+- **RSS**: the proxying process's resident memory (\`VmRSS\`) after the last repetition,
+  every one of the 10,000 uids having been seen.
 - **Proxy CPU**: user + system time of the proxying process (graygate, or the nginx worker)
   during each throughput run, divided by the requests served: the cost of a request, which
   noise on the machine disturbs far less than throughput does.
@@ -453,12 +503,13 @@ DOC
 ## Machine and versions
 
 - $(nproc) cores: $cpu; $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) memory; $(uname -sr)
-- graygate $commit, built by $rustc_version (release profile)
+- graygate $commit, built by $rustc_version (${BUILD_PROFILE:-release profile}), and the floor beside it
 - nginx $nginx_version, libnginx-mod-http-lua $lua_version, lua-nginx-redis (lua-resty-redis) $resty_redis_version
 - redis-server $redis_version, wrk $wrk_version
 DOC
     if [[ -n "$https_section" ]]; then printf '\n%s\n' "$https_section"; fi
     if [[ -n "$scale_section" ]]; then printf '\n%s\n' "$scale_section"; fi
+    if [[ -n "$threads_section" ]]; then printf '\n%s\n' "$threads_section"; fi
 } > "$OUT"
 
 echo

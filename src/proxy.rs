@@ -26,7 +26,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorType};
+use pingora::{Error, ErrorType, OrErr};
 
 use crate::access_log::AccessLog;
 use crate::channels::ChannelKey;
@@ -35,10 +35,11 @@ use crate::cookies;
 use crate::facts::bucket::ip_text;
 use crate::facts::client::{client_address, TrustedProxies};
 use crate::facts::VersionId;
-use crate::facts::{request_host, Arrival, Facts, RequestView};
+use crate::facts::{request_host, Arrival, Facts, RequestView, Scheme};
 use crate::metrics::{Answered, Metrics, UNMATCHED};
 use crate::pages::{self, Visitor};
 use crate::rules::decide::{goal_attempts, Decision, Missing};
+use crate::rules::model::RuleSet;
 use crate::state::{Snapshot, SnapshotStore};
 use crate::store::Lookups;
 use crate::throttle::LogThrottle;
@@ -49,10 +50,17 @@ use crate::web::Reply;
 pub const VERSION_HEADER: &str = "x-graygate-version";
 /// Request header carrying the deciding rule upstream.
 pub const RULE_HEADER: &str = "x-graygate-rule";
-/// Request header telling the upstream the scheme the client used.
-const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-/// The client chain, read from trusted proxies and appended to upstream.
+/// Request header telling the upstream the scheme the client used. Written as text: Pingora's
+/// `insert_header` parses every name it is given, and an `http::HeaderName` outside `http`'s
+/// standard set would first be copied into a heap buffer (`titled_header_name`), where a
+/// `&'static str` is borrowed as it is (one allocation fewer per header and request,
+/// `tests/decide_allocations.rs`).
+const FORWARDED_PROTO: &str = "x-forwarded-proto";
+/// The client chain, read from trusted proxies (a parsed name: a map lookup by it hashes no
+/// text) and appended to upstream (by its text, as above).
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X_FORWARDED_FOR` as text, for `insert_header`.
+const X_FORWARDED_FOR_TEXT: &str = "x-forwarded-for";
 
 /// How long an idle downstream keep-alive connection is kept.
 const DOWNSTREAM_KEEPALIVE_SECS: u64 = 60;
@@ -196,6 +204,92 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
+}
+
+/// What [`forward_headers`] tells the upstream about one attempt of a routed request.
+pub struct Forwarding<'a> {
+    /// The rules generation of the request.
+    pub rules: &'a RuleSet,
+    /// The version whose group serves (after a fallback, the default).
+    pub serving: VersionId,
+    /// The rules' decision.
+    pub decision: &'a Decision,
+    /// The scheme the client used.
+    pub scheme: Scheme,
+    /// The attempt must not leave its connection in the pool (`upstream::retry`).
+    pub close_connection: bool,
+    /// The address the connection came from (`peer_ip`).
+    pub peer: Option<IpAddr>,
+}
+
+/// Builds the upstream request's headers from Pingora's copy of the client's (`upstream`)
+/// and the client's own (`downstream`): a single `Content-Length`, `X-Graygate-Version`,
+/// `X-Graygate-Rule`, `X-Forwarded-Proto`, `X-Forwarded-For` and the cookies the serving
+/// version may see. The per-request part of `upstream_request_filter`, apart so that a test
+/// can count what it allocates (`tests/request_path_allocations.rs`).
+pub fn forward_headers(
+    f: &Forwarding<'_>,
+    downstream: &http::HeaderMap,
+    upstream: &mut RequestHeader,
+) -> pingora::Result<cookies::Counts> {
+    let rules = f.rules;
+    // RFC 9110 section 8.6: a repeated or listed Content-Length that Pingora accepted (all
+    // values equal) is forwarded as one value, never as received.
+    let lengths = upstream.headers.get_all(CONTENT_LENGTH);
+    if lengths.iter().count() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b',')) {
+        let single = lengths
+            .iter()
+            .next()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_string());
+        match single {
+            Some(value) => upstream.insert_header(CONTENT_LENGTH, value)?,
+            None => {
+                return Error::e_explain(ErrorType::InvalidHTTPHeader, "unreadable Content-Length")
+            }
+        }
+    }
+    // Client copies are dropped (insert replaces every value). The values were built
+    // with the rules generation: cloning one is a reference count, not a copy.
+    // The version of the build that serves: after a fallback, the default one.
+    upstream.insert_header(
+        VERSION_HEADER,
+        rules.version(f.serving).header_value.clone(),
+    )?;
+    upstream.insert_header(RULE_HEADER, f.decision.rule_header_value(rules).clone())?;
+    // A static value: no copy of the scheme's text per request.
+    let proto = HeaderValue::from_static(f.scheme.as_str());
+    upstream.insert_header(FORWARDED_PROTO, proto)?;
+    if f.close_connection {
+        upstream.insert_header(CONNECTION, HeaderValue::from_static("close"))?;
+    }
+    // The cookies the serving version may see (SPEC section 15), from the browser's:
+    // after a fallback, the default version's share.
+    let counts = cookies::apply_to_request(rules, f.serving, downstream, upstream)?;
+    // A proxy appends the address it received the connection from (the peer, never the
+    // client it worked out), after every value received: several headers are one list.
+    if let Some(ip) = f.peer {
+        let mut buf = [0u8; 48];
+        let ip = ip_text(ip.to_canonical(), &mut buf);
+        let prior = upstream.headers.get_all(X_FORWARDED_FOR);
+        let value = if prior.iter().next().is_none() {
+            // The usual case: the address alone, copied once into a value of its size.
+            HeaderValue::from_bytes(ip)
+        } else {
+            let mut forwarded =
+                Vec::with_capacity(prior.iter().map(|v| v.len() + 2).sum::<usize>() + ip.len());
+            for prior in prior {
+                forwarded.extend_from_slice(prior.as_bytes());
+                forwarded.extend_from_slice(b", ");
+            }
+            forwarded.extend_from_slice(ip);
+            HeaderValue::try_from(forwarded)
+        };
+        let value = value.or_err(ErrorType::InvalidHTTPHeader, "X-Forwarded-For")?;
+        upstream.insert_header(X_FORWARDED_FOR_TEXT, value)?;
+    }
+    Ok(counts)
 }
 
 /// The body length a request declares; `None` without a (readable) Content-Length.
@@ -629,62 +723,16 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         let rules = &ctx.snapshot.rules;
-        // RFC 9110 section 8.6: a repeated or listed Content-Length that Pingora accepted (all
-        // values equal) is forwarded as one value, never as received.
-        let lengths = upstream.headers.get_all(CONTENT_LENGTH);
-        if lengths.iter().count() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b',')) {
-            let single = lengths
-                .iter()
-                .next()
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .map(|v| v.trim().to_string());
-            match single {
-                Some(value) => upstream.insert_header(CONTENT_LENGTH, value)?,
-                None => {
-                    return Error::e_explain(
-                        ErrorType::InvalidHTTPHeader,
-                        "unreadable Content-Length",
-                    )
-                }
-            }
-        }
-        // Client copies are dropped (insert replaces every value). The values were built
-        // with the rules generation: cloning one is a reference count, not a copy.
-        // The version of the build that serves: after a fallback, the default one.
-        upstream.insert_header(
-            VERSION_HEADER,
-            rules.version(route.serving).header_value.clone(),
-        )?;
-        upstream.insert_header(RULE_HEADER, route.decision.rule_header_value(rules).clone())?;
-        // A static value: no copy of the scheme's text per request.
-        let proto = HeaderValue::from_static(ctx.arrival.scheme.as_str());
-        upstream.insert_header(FORWARDED_PROTO, proto)?;
-        if route.reuse_retry.close_connection() {
-            upstream.insert_header(CONNECTION, HeaderValue::from_static("close"))?;
-        }
-        // The cookies the serving version may see (SPEC section 15), from the browser's:
-        // after a fallback, the default version's share.
-        cookies::apply_to_request(
+        let forwarding = Forwarding {
             rules,
-            route.serving,
-            &session.req_header().headers,
-            upstream,
-        )?
-        .record(&self.metrics, &rules.version(route.serving).name);
-        // A proxy appends the address it received the connection from (the peer, never the
-        // client it worked out), after every value received: several headers are one list.
-        if let Some(ip) = peer_ip(session) {
-            let mut buf = [0u8; 48];
-            let ip = ip_text(ip.to_canonical(), &mut buf);
-            let mut forwarded = Vec::new();
-            for prior in upstream.headers.get_all(X_FORWARDED_FOR) {
-                forwarded.extend_from_slice(prior.as_bytes());
-                forwarded.extend_from_slice(b", ");
-            }
-            forwarded.extend_from_slice(ip);
-            upstream.insert_header(X_FORWARDED_FOR, forwarded)?;
-        }
+            serving: route.serving,
+            decision: &route.decision,
+            scheme: ctx.arrival.scheme,
+            close_connection: route.reuse_retry.close_connection(),
+            peer: peer_ip(session),
+        };
+        forward_headers(&forwarding, &session.req_header().headers, upstream)?
+            .record(&self.metrics, &rules.version(route.serving).name);
         Ok(())
     }
 
