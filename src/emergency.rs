@@ -26,12 +26,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::metrics::Metrics;
-use crate::rollout::machine::unix_ms;
-use crate::rollout::Refused;
 use crate::state::durable::DurableFile;
 use crate::state::runtime::Override;
 use crate::state::SnapshotStore;
+use crate::stats::unix_ms;
 use crate::throttle::LogThrottle;
+use crate::web::Refused;
 
 /// The Redis key of the shared document.
 pub const REDIS_KEY: &str = "graygate:state:override";
@@ -271,11 +271,6 @@ impl Emergency {
         self.lock().doc.as_ref().map(Document::text)
     }
 
-    /// When the document held was written (0: none), to compare with Redis's copy.
-    pub fn held_at(&self) -> u64 {
-        self.lock().doc.as_ref().map_or(0, |d| d.at_unix_ms)
-    }
-
     /// Hands the override to the requests and to the gauge.
     fn apply(&self, inner: &Inner) {
         let set = inner.doc.as_ref().and_then(|d| d.set.clone());
@@ -383,6 +378,7 @@ mod tests {
         assert!(saved_override(&state).is_none());
         // An operator's clear after that is newer still.
         emergency.set("canary", "again").unwrap();
-        assert!(emergency.held_at() > at + 1);
+        let held = Document::parse(&emergency.document().unwrap()).unwrap();
+        assert!(held.at_unix_ms > at + 1);
     }
 }

@@ -226,7 +226,7 @@ pub struct Forwarding<'a> {
 /// and the client's own (`downstream`): a single `Content-Length`, `X-Graygate-Version`,
 /// `X-Graygate-Rule`, `X-Forwarded-Proto`, `X-Forwarded-For` and the cookies the serving
 /// version may see. The per-request part of `upstream_request_filter`, apart so that a test
-/// can count what it allocates (`tests/request_path_allocations.rs`).
+/// can count what it allocates (`request_path_allocations` in `tests/decide_allocations.rs`).
 pub fn forward_headers(
     f: &Forwarding<'_>,
     downstream: &http::HeaderMap,
@@ -237,18 +237,10 @@ pub fn forward_headers(
     // values equal) is forwarded as one value, never as received.
     let lengths = upstream.headers.get_all(CONTENT_LENGTH);
     if lengths.iter().count() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b',')) {
-        let single = lengths
-            .iter()
-            .next()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(|v| v.trim().to_string());
-        match single {
-            Some(value) => upstream.insert_header(CONTENT_LENGTH, value)?,
-            None => {
-                return Error::e_explain(ErrorType::InvalidHTTPHeader, "unreadable Content-Length")
-            }
-        }
+        let Some(length) = declared_length(upstream) else {
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, "unreadable Content-Length");
+        };
+        upstream.insert_header(CONTENT_LENGTH, length.to_string())?;
     }
     // Client copies are dropped (insert replaces every value). The values were built
     // with the rules generation: cloning one is a reference count, not a copy.
@@ -292,7 +284,8 @@ pub fn forward_headers(
     Ok(counts)
 }
 
-/// The body length a request declares; `None` without a (readable) Content-Length.
+/// The body length a request declares (its first Content-Length value: Pingora accepts a
+/// repeated or listed one only when all values are equal); `None` without a readable one.
 fn declared_length(req: &RequestHeader) -> Option<u64> {
     let value = req.headers.get(CONTENT_LENGTH)?.to_str().ok()?;
     value.split(',').next()?.trim().parse().ok()

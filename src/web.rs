@@ -25,6 +25,26 @@ pub struct Reply {
     pub body: Bytes,
 }
 
+/// Why an operator's request was refused (a rollout action, an override): the HTTP status and
+/// the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// 400 (a bad request), 404 (no such rollout) or 409 (the state does not allow it).
+    pub status: u16,
+    /// In words.
+    pub message: String,
+}
+
+impl Refused {
+    /// An operator endpoint's answer: `value` with 200, or the refusal as a JSON error.
+    pub fn reply(result: Result<serde_json::Value, Refused>) -> Reply {
+        match result {
+            Ok(value) => Reply::json(200, &value),
+            Err(refused) => Reply::error(refused.status, &refused.message),
+        }
+    }
+}
+
 impl Reply {
     /// A reply with `body` of type `content_type`.
     pub fn new(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Reply {

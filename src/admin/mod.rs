@@ -45,7 +45,7 @@ use crate::reload::Reloader;
 use crate::rollout::{Action, Rollouts};
 use crate::state::{Reloaded, Snapshot};
 use crate::store::Lookups;
-use crate::web::{form_field, form_pairs, read_body, Reply};
+use crate::web::{form_field, form_pairs, read_body, Refused, Reply};
 
 /// The window of `GET /-/stats` when none is asked.
 const DEFAULT_STATS_WINDOW: Duration = Duration::from_secs(60);
@@ -120,14 +120,6 @@ impl AdminApp {
                     .with_header(WWW_AUTHENTICATE, "Bearer"),
             )
         }
-    }
-}
-
-/// A rollout endpoint's answer: its JSON, or the refusal's status and message.
-fn rollout_reply(result: Result<serde_json::Value, crate::rollout::Refused>) -> Reply {
-    match result {
-        Ok(value) => Reply::json(200, &value),
-        Err(refused) => Reply::error(refused.status, &refused.message),
     }
 }
 
@@ -279,7 +271,7 @@ impl AdminApp {
         };
         let mut status = match done {
             Ok(Ok(status)) => status,
-            Ok(Err(refused)) => return Reply::error(refused.status, &refused.message),
+            Ok(Err(refused)) => return Refused::reply(Err(refused)),
             Err(e) => return Reply::error(500, &format!("the change did not complete: {e}")),
         };
         if let Some(fleet) = &self.steering.fleet {
@@ -435,13 +427,13 @@ impl AdminApp {
             Endpoint::Rollouts => Reply::json(200, &self.steering.rollouts.status()),
             Endpoint::Override => self.emergency_override(session).await,
             Endpoint::Fleet => self.fleet().await,
-            Endpoint::RolloutEvents(name) => rollout_reply(self.steering.rollouts.events(&name)),
+            Endpoint::RolloutEvents(name) => Refused::reply(self.steering.rollouts.events(&name)),
             Endpoint::RolloutAction(name, action) => {
                 // Off the admin thread's runtime: an action saves the state file.
                 let rollouts = Arc::clone(&self.steering.rollouts);
                 let done = tokio::task::spawn_blocking(move || rollouts.act(&name, action)).await;
                 match done {
-                    Ok(result) => rollout_reply(result),
+                    Ok(result) => Refused::reply(result),
                     Err(e) => Reply::error(500, &format!("the action did not complete: {e}")),
                 }
             }

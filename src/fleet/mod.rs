@@ -41,10 +41,9 @@ use serde_json::{json, Value};
 
 use crate::emergency::{self, Emergency};
 use crate::metrics::Metrics;
-use crate::rollout::machine::unix_ms;
 use crate::rollout::{self, ArmSource, DueCheck, Rollouts};
 use crate::state::SnapshotStore;
-use crate::stats::Figures;
+use crate::stats::{unix_ms, Figures};
 use crate::throttle::LogThrottle;
 use link::Link;
 use view::{Heartbeat, Member};

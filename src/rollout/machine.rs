@@ -18,12 +18,13 @@
 //! The step's clock runs only while `progressing`.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::verdict::{CheckResult, Verdict};
 use crate::rules::model::{OnFailure, Phase, Rollout, RolloutNow};
+use crate::stats::unix_ms;
 
 /// Transitions kept per rollout (`GET /-/rollouts/NAME/events`).
 pub const EVENTS_KEPT: usize = 100;
@@ -146,13 +147,6 @@ pub struct Stored {
     pub checks: VecDeque<CheckRecord>,
     #[serde(default)]
     pub events: VecDeque<Event>,
-}
-
-/// Wall time now, Unix milliseconds.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Record {

@@ -45,8 +45,9 @@ use serde_json::{json, Value};
 use crate::metrics::Metrics;
 use crate::rules::model::{Phase, Rollout, RuleSet};
 use crate::state::SnapshotStore;
-use crate::stats::{Clock, Figures, MonotonicClock, Scope};
+use crate::stats::{unix_ms, Clock, Figures, MonotonicClock, Scope};
 use crate::throttle::LogThrottle;
+use crate::web::Refused;
 pub use machine::{Action, Event, Record};
 pub use persist::REDIS_KEY;
 use persist::{document, Loaded, StateDir};
@@ -57,15 +58,6 @@ pub const LOG_TARGET: &str = "graygate::rollout";
 
 /// How often the ticker looks for due checks (checks run every `interval`, at least 1 s).
 pub const TICK: Duration = Duration::from_millis(250);
-
-/// Why an operator's request was refused: the HTTP status and the message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    /// 404 (no such rollout) or 409 (the state does not allow the action).
-    pub status: u16,
-    /// In words.
-    pub message: String,
-}
 
 /// Where a check reads its arms' figures.
 pub enum ArmSource<'a> {
@@ -122,12 +114,11 @@ struct Inner {
     saved_at: u64,
     /// When the file read at start was saved (0: none), or the fleet's copy taken up was.
     loaded_at: u64,
-    /// When this instance last changed a rollout (a check's transition, an operator's
-    /// action), Unix milliseconds. The fleet's copy is taken up only when newer than both.
-    changed_at: u64,
     /// The newest document of this instance's own changes the fleet has not taken yet.
     share_pending: Option<String>,
-    /// When the last document shared was saved: reading it back from Redis is no news.
+    /// When the last document of this instance's own changes was saved (every transition
+    /// and action is shared): reading it back from Redis is no news, and the fleet's copy is
+    /// taken up only when newer than it and than the file read at start.
     shared_at: u64,
     save_errors: LogThrottle,
 }
@@ -181,7 +172,6 @@ impl Rollouts {
                 file_pending: None,
                 saved_at,
                 loaded_at: saved_at,
-                changed_at: 0,
                 share_pending: None,
                 shared_at: 0,
                 save_errors: LogThrottle::new(Duration::from_secs(30)),
@@ -277,7 +267,6 @@ impl Rollouts {
             if let Some(event) = record.check(rollout, verdict, now) {
                 log_event(rollout, event);
                 changed = true;
-                inner.changed_at = machine::unix_ms();
             }
             inner.dirty = true;
         }
@@ -322,7 +311,6 @@ impl Rollouts {
             }
         }
         let status = status_of(rollout, record, &rules, now);
-        inner.changed_at = machine::unix_ms();
         self.publish(&inner, &rules);
         self.stage(&mut inner, now, true);
         drop(inner);
@@ -476,7 +464,7 @@ impl Rollouts {
         };
         let now = self.clock.now();
         let mut inner = self.lock();
-        if saved.at_unix_ms <= inner.loaded_at.max(inner.changed_at).max(inner.shared_at) {
+        if saved.at_unix_ms <= inner.loaded_at.max(inner.shared_at) {
             return false;
         }
         inner.loaded_at = saved.at_unix_ms;
@@ -517,7 +505,7 @@ impl Rollouts {
             .iter()
             .map(|(name, record)| (name.clone(), record.stored(now)))
             .collect();
-        let at = machine::unix_ms().max(inner.saved_at + 1);
+        let at = unix_ms().max(inner.saved_at + 1);
         let doc = document(at, stored);
         inner.saved_at = at;
         inner.dirty = false;

@@ -2,7 +2,15 @@
 //! tests and replays, so that no test has to sleep.
 
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Wall time now, Unix milliseconds (for what is saved or shown: a document's time, an
+/// event's); durations are measured on a [`Clock`].
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// A source of instants.
 pub trait Clock: Send + Sync {

@@ -61,7 +61,7 @@ mod shared;
 mod ticker;
 
 pub use cell::{Cell, GOAL_SLOTS};
-pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use clock::{unix_ms, Clock, ManualClock, MonotonicClock};
 pub use figures::{Figures, GoalFigures};
 pub use goals::GoalMap;
 pub use latency::{Latency, BUCKETS};
