@@ -18,8 +18,7 @@ NICE=${NICE:--10}
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 bench_setup
-prio=()
-if [[ -n "$NICE" ]] && nice -n "$NICE" true 2>/dev/null; then prio=(nice -n "$NICE"); fi
+measured_priority
 
 backend=$(free_port)
 start_backend "$backend"

@@ -65,8 +65,6 @@ else
 fi
 [[ -x "$floor_bin" ]] || { echo "no floor binary at $floor_bin (cargo build --release --example floor, or FLOOR_BIN)" >&2; exit 2; }
 
-prio=()
-if [[ -n "$NICE" ]] && nice -n "$NICE" true 2>/dev/null; then prio=(nice -n "$NICE"); fi
 wrap=()   # what each proxy runs under
 
 work=$(mktemp -d)
@@ -86,6 +84,7 @@ trap 'exit 130' INT TERM
 
 # shellcheck source=bench/lib.sh
 source bench/lib.sh   # the scripts run from the repository root
+measured_priority
 
 # --- the criterion benchmark of the pure decision (before any load runs) ---
 decide_table=""

@@ -55,8 +55,6 @@ else
     bin=target/release/graygate
 fi
 
-prio=()
-if [[ -n "$NICE" ]] && nice -n "$NICE" true 2>/dev/null; then prio=(nice -n "$NICE"); fi
 
 work=$(mktemp -d)
 pids=()
@@ -70,6 +68,7 @@ trap 'exit 130' INT TERM
 
 # shellcheck source=bench/lib.sh
 source bench/lib.sh   # the scripts run from the repository root
+measured_priority
 
 # --- the certificate: localhost, EC P-256, self-signed, valid 30 days ---
 # In a directory of its own: graygate watches the certificates' directory, and the clients'

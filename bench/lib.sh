@@ -17,6 +17,13 @@ bench_setup() {
     trap 'exit 130' INT TERM
 }
 
+# The command prefix of every measured process, in the array $prio: `nice -n $NICE` when
+# $NICE is set and this user may use it, else nothing.
+measured_priority() {
+    prio=()
+    if [[ -n "${NICE:-}" ]] && nice -n "$NICE" true 2>/dev/null; then prio=(nice -n "$NICE"); fi
+}
+
 bench_cleanup() {
     for pid in "${pids[@]+"${pids[@]}"}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true

@@ -49,8 +49,6 @@ else
 fi
 target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' || echo target)
 
-prio=()
-if [[ -n "$NICE" ]] && nice -n "$NICE" true 2>/dev/null; then prio=(nice -n "$NICE"); fi
 wrap=()
 work=$(mktemp -d)
 pids=()
@@ -64,6 +62,7 @@ trap 'exit 130' INT TERM
 
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
+measured_priority
 
 # --- criterion: the curves of decide and of the service lookup ---
 criterion_table="(not run: CRITERION=0)"
