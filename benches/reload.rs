@@ -175,7 +175,8 @@ fn run(
     std::fs::write(&path, first).unwrap();
     phases(first);
     let started = Instant::now();
-    let store = SnapshotStore::load(&path, Default::default()).unwrap_or_else(|d| panic!("{d}"));
+    let store = SnapshotStore::load(&path, Default::default(), &Default::default())
+        .unwrap_or_else(|d| panic!("{d}"));
     println!(
         "first load of {rules} rules and {services} services: {:?} ({} bytes of YAML)",
         started.elapsed(),

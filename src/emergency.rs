@@ -322,8 +322,9 @@ mod tests {
         std::fs::write(dir.path().join("rules.yaml"), RULES).unwrap();
         let state = dir.path().join("state");
         let open = || {
-            let store = Arc::new(SnapshotStore::load(dir.path(), Listeners::default()).unwrap());
             let metrics = Arc::new(Metrics::new());
+            let store =
+                Arc::new(SnapshotStore::load(dir.path(), Listeners::default(), &metrics).unwrap());
             (
                 Emergency::open(Arc::clone(&store), Arc::clone(&metrics), &state, "a"),
                 store,

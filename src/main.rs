@@ -399,8 +399,10 @@ fn main() -> anyhow::Result<ExitCode> {
             json,
         } => {
             let config = Config::load(&conf).map_err(|d| anyhow::anyhow!("{d}"))?;
-            let store = SnapshotStore::load(&config.rules, Listeners::of(&config.listeners))
-                .map_err(|d| anyhow::anyhow!("{d}"))?;
+            let metrics = Arc::new(Metrics::new());
+            let store =
+                SnapshotStore::load(&config.rules, Listeners::of(&config.listeners), &metrics)
+                    .map_err(|d| anyhow::anyhow!("{d}"))?;
             // Where the rollouts stand and the override, as the running graygate last saved
             // them (read only).
             let saved =
@@ -443,7 +445,7 @@ fn main() -> anyhow::Result<ExitCode> {
                     }
                     None => Arc::new(EmbeddedStore::default()),
                 };
-                let lookups = Lookups::new(lookup_store, Arc::new(Metrics::new()));
+                let lookups = Lookups::new(lookup_store, Arc::clone(&metrics));
                 let channel_key = ChannelKey::from_env(&config.cookie_secret_env);
                 anyhow::Ok(explain_request(&store.current(), &lookups, &channel_key, &desc).await?)
             })?;

@@ -2,17 +2,26 @@
 //!
 //! Label values come only from configuration names (services, versions, rules, goals) and
 //! fixed words, never from request data, so the number of series is bounded by the config.
+//!
+//! The series a proxied request counts in are found by index, not by label: each rules
+//! generation has a [`GenerationSeries`], a table of the handles of its services' groups,
+//! its rules' decisions and its goals, each resolved the first time it is needed (or created
+//! at 0 with the generation), so that `logging` hashes no label value.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// One answered request as the metrics see it: configuration names and fixed words only.
 #[derive(Debug, Clone, Copy)]
 pub struct Answered<'a> {
+    /// Where its series sit in the generation's [`GenerationSeries`]; `None` for a request
+    /// answered before routing (the `unmatched` series).
+    pub at: Option<SeriesAt>,
     /// The service, or `unmatched`.
     pub service: &'a str,
     /// The version whose group served (after a fallback, the default's).
@@ -27,6 +36,20 @@ pub struct Answered<'a> {
     pub elapsed: Duration,
     /// The `kind` of an upstream failure, if one ended the request.
     pub upstream_error: Option<&'static str>,
+}
+
+/// The indices of a routed request's series in its generation's [`GenerationSeries`], in
+/// the generation's own numbering (the names of [`Answered`] are theirs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesAt {
+    /// The service.
+    pub service: usize,
+    /// The version whose group served.
+    pub served: usize,
+    /// The decided version.
+    pub decided: usize,
+    /// The deciding rule: its index, or past the rules for `default` and `override`.
+    pub rule: usize,
 }
 
 /// The `service` and `version` label of requests no service matched.
@@ -321,24 +344,6 @@ impl Metrics {
         }
     }
 
-    /// Creates at 0 the request series of one service's group, so that rates and ratios
-    /// exist before the first event (a first 5xx).
-    pub fn prepare_requests(&self, service: &str, version: &str) {
-        for class in ["2xx", "3xx", "4xx", "5xx"] {
-            self.requests.with_label_values(&[service, version, class]);
-        }
-        for reason in ["connect", "reused_connection", "reset"] {
-            self.retries.with_label_values(&[service, version, reason]);
-        }
-    }
-
-    /// Creates at 0 the attempt and conversion series of one goal for one version.
-    pub fn prepare_goal(&self, goal: &str, version: &str) {
-        let labels = [goal, version];
-        self.goals.with_label_values(&labels);
-        self.goal_attempts.with_label_values(&labels);
-    }
-
     /// Creates at 0 the cookie-isolation series of one version for `actions`.
     pub fn prepare_cookies(&self, version: &str, actions: &[&str]) {
         for action in actions {
@@ -353,26 +358,6 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Counts one answered request: its status class, its duration, its decision and its
-    /// upstream failure, if any.
-    pub fn record(&self, a: &Answered) {
-        if a.status > 0 {
-            self.requests
-                .with_label_values(&[a.service, a.served, status_class(a.status)])
-                .inc();
-        }
-        let Some(decided) = a.decided else {
-            return;
-        };
-        self.decisions.with_label_values(&[a.rule, decided]).inc();
-        self.request_duration
-            .with_label_values(&[a.service, a.served])
-            .observe(a.elapsed.as_secs_f64());
-        if let Some(kind) = a.upstream_error {
-            self.record_upstream_error(a.service, a.served, kind);
-        }
-    }
-
     /// Counts an upstream failure of `kind` (a refused connection, a timeout, a reset...).
     pub fn record_upstream_error(&self, service: &str, version: &str, kind: &str) {
         self.upstream_errors
@@ -385,15 +370,6 @@ impl Metrics {
         self.retries
             .with_label_values(&[service, version, reason])
             .inc();
-    }
-
-    /// Counts a goal attempt of `version`, and its conversion.
-    pub fn record_goal(&self, goal: &str, version: &str, converted: bool) {
-        let labels = [goal, version];
-        self.goal_attempts.with_label_values(&labels).inc();
-        if converted {
-            self.goals.with_label_values(&labels).inc();
-        }
     }
 
     /// Counts a request moved to another group than its decided version's.
@@ -418,13 +394,277 @@ impl Default for Metrics {
     }
 }
 
+/// The status classes, in the order of [`class_index`].
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The status classes a group's series are created with before its first request.
+const PREPARED_CLASSES: [usize; 4] = [1, 2, 3, 4];
+
+/// The retry reasons a group's series are created with.
+const RETRY_REASONS: [&str; 3] = ["connect", "reused_connection", "reset"];
+
+/// The index in [`STATUS_CLASSES`] of a status code's class.
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
 /// `2xx`, `4xx`... for a status code.
 pub fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+    STATUS_CLASSES[class_index(status)]
+}
+
+/// The handles of one group's request series (one service, one serving version).
+#[derive(Debug, Default)]
+struct GroupSeries {
+    /// `graygate_requests_total`, by status class.
+    requests: [OnceLock<IntCounter>; 5],
+    /// `graygate_request_duration_seconds`.
+    duration: OnceLock<Histogram>,
+}
+
+/// The handles of one goal's series for one version: attempts, then conversions.
+type GoalSeries = OnceLock<(IntCounter, IntCounter)>;
+
+/// The request series of one rules generation, by index: what `logging` counts in. A slot
+/// holds the handle of one labelled series, found in its family the first time a request
+/// needs it (or at 0 when the generation is built, for the series [`GenerationSeries::new`]
+/// prepares); after that, counting is an atomic add. Generations built from the same
+/// [`Metrics`] share the series themselves: only the handles are per generation.
+pub struct GenerationSeries {
+    metrics: Arc<Metrics>,
+    /// The number of versions: the row length of every table below.
+    versions: usize,
+    /// `[service * versions + served]`.
+    groups: Box<[GroupSeries]>,
+    /// `[rule * versions + decided]`, `rule` as in [`SeriesAt::rule`].
+    decisions: Box<[OnceLock<IntCounter>]>,
+    /// `[goal * versions + decided]`.
+    goals: Box<[GoalSeries]>,
+    /// `graygate_requests_total{service="unmatched",version="unmatched"}`, by status class.
+    unmatched: [OnceLock<IntCounter>; 5],
+}
+
+/// The shape of a generation, for its [`GenerationSeries`]: names by index.
+pub struct SeriesLayout<'a> {
+    /// The versions' names.
+    pub versions: &'a [&'a str],
+    /// Per service: its name and the versions it has a group for.
+    pub services: &'a [(&'a str, Vec<usize>)],
+    /// How many rule slots: the rules, then `default` and `override`.
+    pub rules: usize,
+    /// The goals' names.
+    pub goals: &'a [&'a str],
+}
+
+impl std::fmt::Debug for GenerationSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenerationSeries")
+            .field("versions", &self.versions)
+            .field("groups", &self.groups.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GenerationSeries {
+    /// The table of a generation of `layout`'s shape, counting in `metrics`. The series
+    /// a dashboard needs before the first event exist at 0 from here on: every group's
+    /// request classes and retries, every goal's attempts and conversions per version.
+    pub fn new(metrics: Arc<Metrics>, layout: &SeriesLayout<'_>) -> GenerationSeries {
+        let versions = layout.versions.len();
+        fn slots<T>(n: usize) -> Box<[OnceLock<T>]> {
+            (0..n).map(|_| OnceLock::new()).collect()
+        }
+        let groups: Box<[GroupSeries]> = (0..layout.services.len() * versions)
+            .map(|_| GroupSeries::default())
+            .collect();
+        let series = GenerationSeries {
+            groups,
+            decisions: slots(layout.rules * versions),
+            goals: slots(layout.goals.len() * versions),
+            unmatched: Default::default(),
+            versions,
+            metrics,
+        };
+        for (s, (service, with_group)) in layout.services.iter().enumerate() {
+            for &v in with_group {
+                let version = layout.versions[v];
+                let group = &series.groups[s * versions + v];
+                for class in PREPARED_CLASSES {
+                    series.request_counter(&group.requests[class], service, version, class);
+                }
+                for reason in RETRY_REASONS {
+                    series
+                        .metrics
+                        .retries
+                        .with_label_values(&[service, version, reason]);
+                }
+            }
+        }
+        for (g, goal) in layout.goals.iter().enumerate() {
+            for (v, version) in layout.versions.iter().enumerate() {
+                series.goal_counters(g * versions + v, goal, version);
+            }
+        }
+        series
+    }
+
+    fn request_counter<'s>(
+        &self,
+        slot: &'s OnceLock<IntCounter>,
+        service: &str,
+        version: &str,
+        class: usize,
+    ) -> &'s IntCounter {
+        slot.get_or_init(|| {
+            self.metrics
+                .requests
+                .with_label_values(&[service, version, STATUS_CLASSES[class]])
+        })
+    }
+
+    fn goal_counters(&self, slot: usize, goal: &str, version: &str) -> &(IntCounter, IntCounter) {
+        self.goals[slot].get_or_init(|| {
+            let labels = [goal, version];
+            (
+                self.metrics.goal_attempts.with_label_values(&labels),
+                self.metrics.goals.with_label_values(&labels),
+            )
+        })
+    }
+
+    /// Counts one answered request: its status class, its duration, its decision and its
+    /// upstream failure, if any.
+    pub fn record(&self, a: &Answered) {
+        let Some(at) = a.at else {
+            if a.status > 0 {
+                let class = class_index(a.status);
+                self.request_counter(&self.unmatched[class], UNMATCHED, UNMATCHED, class)
+                    .inc();
+            }
+            return;
+        };
+        let group = &self.groups[at.service * self.versions + at.served];
+        if a.status > 0 {
+            let class = class_index(a.status);
+            self.request_counter(&group.requests[class], a.service, a.served, class)
+                .inc();
+        }
+        let decided = a.decided.unwrap_or(UNMATCHED);
+        self.decisions[at.rule * self.versions + at.decided]
+            .get_or_init(|| self.metrics.decisions.with_label_values(&[a.rule, decided]))
+            .inc();
+        group
+            .duration
+            .get_or_init(|| {
+                self.metrics
+                    .request_duration
+                    .with_label_values(&[a.service, a.served])
+            })
+            .observe(a.elapsed.as_secs_f64());
+        if let Some(kind) = a.upstream_error {
+            self.metrics
+                .record_upstream_error(a.service, a.served, kind);
+        }
+    }
+
+    /// Counts an attempt of goal `goal` (named `name`) by a request decided for `version`
+    /// (index `at`), and its conversion.
+    pub fn record_goal(&self, goal: usize, name: &str, at: usize, version: &str, converted: bool) {
+        let (attempts, conversions) = self.goal_counters(goal * self.versions + at, name, version);
+        attempts.inc();
+        if converted {
+            conversions.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two versions, a service with both groups and one with only the first, two rules
+    /// (with `default` and `override`, four slots), one goal.
+    fn series() -> GenerationSeries {
+        GenerationSeries::new(
+            Arc::new(Metrics::new()),
+            &SeriesLayout {
+                versions: &["stable", "canary"],
+                services: &[("web", vec![0, 1]), ("api", vec![0])],
+                rules: 4,
+                goals: &["signup"],
+            },
+        )
+    }
+
+    fn exposition(series: &GenerationSeries) -> String {
+        String::from_utf8(series.metrics.render()).unwrap()
+    }
+
+    #[test]
+    fn a_generation_prepares_its_groups_and_goals_at_zero() {
+        let text = exposition(&series());
+        for line in [
+            r#"graygate_requests_total{service="web",status_class="5xx",version="canary"} 0"#,
+            r#"graygate_requests_total{service="api",status_class="2xx",version="stable"} 0"#,
+            r#"graygate_retries_total{reason="reset",service="api",version="stable"} 0"#,
+            r#"graygate_goal_attempts_total{goal="signup",version="canary"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(!text.contains(r#"service="api",status_class="2xx",version="canary""#));
+        assert!(!text.contains("status_class=\"1xx\""), "1xx only once seen");
+        assert!(
+            !text.contains("graygate_decisions_total{"),
+            "decisions once made"
+        );
+    }
+
+    #[test]
+    fn requests_count_in_the_series_their_indices_name() {
+        let series = series();
+        let answered = |at, status| Answered {
+            at,
+            service: "web",
+            served: "stable",
+            decided: Some("canary"),
+            rule: "r2",
+            status,
+            elapsed: Duration::from_millis(3),
+            upstream_error: None,
+        };
+        let at = SeriesAt {
+            service: 0,
+            served: 0,
+            decided: 1,
+            rule: 1,
+        };
+        for status in [200, 204, 503] {
+            series.record(&answered(Some(at), status));
+        }
+        series.record(&answered(None, 404));
+        series.record_goal(0, "signup", 1, "canary", true);
+        series.record_goal(0, "signup", 1, "canary", false);
+        let text = exposition(&series);
+        for line in [
+            r#"graygate_requests_total{service="web",status_class="2xx",version="stable"} 2"#,
+            r#"graygate_requests_total{service="web",status_class="5xx",version="stable"} 1"#,
+            r#"graygate_decisions_total{rule="r2",version="canary"} 3"#,
+            r#"graygate_request_duration_seconds_count{service="web",version="stable"} 3"#,
+            r#"graygate_requests_total{service="unmatched",status_class="4xx",version="unmatched"} 1"#,
+            r#"graygate_goal_attempts_total{goal="signup",version="canary"} 2"#,
+            r#"graygate_goal_total{goal="signup",version="canary"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(
+            !text.contains(r#"graygate_request_duration_seconds_count{service="unmatched""#),
+            "a request answered before routing has no duration series"
+        );
     }
 }

@@ -36,7 +36,7 @@ use crate::facts::bucket::ip_text;
 use crate::facts::client::{client_address, TrustedProxies};
 use crate::facts::VersionId;
 use crate::facts::{request_host, Arrival, Facts, RequestView, Scheme};
-use crate::metrics::{Answered, Metrics, UNMATCHED};
+use crate::metrics::{Answered, Metrics, SeriesAt, UNMATCHED};
 use crate::pages::{self, Visitor};
 use crate::rules::decide::{goal_attempts, Decision, Missing};
 use crate::rules::model::RuleSet;
@@ -340,12 +340,11 @@ impl Gateway {
     /// The client's address: the peer, or what trusted proxies say (`facts::client`).
     fn client_ip(&self, session: &Session) -> Option<IpAddr> {
         let peer = peer_ip(session)?;
-        let forwarded = session.req_header().headers.get_all(X_FORWARDED_FOR);
-        Some(client_address(
-            peer,
-            forwarded.iter().map(|v| v.as_bytes()),
-            &self.trusted_proxies,
-        ))
+        let forwarded = || {
+            let values = session.req_header().headers.get_all(X_FORWARDED_FOR);
+            values.into_iter().map(|v| v.as_bytes())
+        };
+        Some(client_address(peer, forwarded, &self.trusted_proxies))
     }
 
     fn arrival(&self, session: &Session) -> Arrival {
@@ -757,15 +756,17 @@ impl ProxyHttp for Gateway {
         let snapshot = &ctx.snapshot;
         let rules = &snapshot.rules;
         let route = ctx.route.as_ref();
+        let series = &snapshot.series;
         let answered = match route {
             Some(route) => {
+                let decided_at = route.decision.version.index();
                 let decided = &*rules.version(route.decision.version).name;
                 let mut conversions = 0u64;
                 for (i, goal) in rules.goals.iter().enumerate() {
                     if route.goal_attempts & (1 << i) != 0 {
                         let converted = goal.status.matches(status);
                         conversions |= u64::from(converted) << i;
-                        self.metrics.record_goal(&goal.name, decided, converted);
+                        series.record_goal(i, &goal.name, decided_at, decided, converted);
                     }
                 }
                 let goals = &snapshot.stats.goals;
@@ -790,6 +791,12 @@ impl ProxyHttp for Gateway {
                     cell.record(status, elapsed, attempts, conversions);
                 }
                 Answered {
+                    at: Some(SeriesAt {
+                        service: route.service,
+                        served: route.serving.index(),
+                        decided: decided_at,
+                        rule: route.decision.rule_slot(rules),
+                    }),
                     service: &snapshot.services.services[route.service].name,
                     served: &rules.version(route.serving).name,
                     decided: Some(decided),
@@ -801,6 +808,7 @@ impl ProxyHttp for Gateway {
             }
             // Answered before routing (no service for the host and path, a page): fixed labels.
             None => Answered {
+                at: None,
                 service: UNMATCHED,
                 served: UNMATCHED,
                 decided: None,
@@ -810,7 +818,7 @@ impl ProxyHttp for Gateway {
                 upstream_error: None,
             },
         };
-        self.metrics.record(&answered);
+        series.record(&answered);
         self.access_log(session, ctx, &answered);
     }
 }
@@ -823,6 +831,7 @@ impl Gateway {
         }
         let req = session.req_header();
         let Answered {
+            at: _,
             service,
             served: version,
             decided,

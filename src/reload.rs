@@ -156,9 +156,6 @@ impl Reloader {
             Ok(reloaded) => {
                 self.metrics.rules_reloads.with_label_values(&["ok"]).inc();
                 let snapshot = reloaded.snapshot();
-                if let Reloaded::Swapped(snapshot) = &reloaded {
-                    snapshot.prepare_metrics(&self.metrics);
-                }
                 match &reloaded {
                     Reloaded::Swapped(snapshot) => log::info!(
                         "rules reloaded ({trigger}): generation {} with {} rule(s)",

@@ -75,12 +75,12 @@ impl App {
     /// Reads the config and the rules it names; all problems are returned together.
     pub fn load(config_path: &std::path::Path) -> Result<App, Diagnostics> {
         let config = Config::load(config_path)?;
+        let metrics = Arc::new(Metrics::new());
         let store = Arc::new(SnapshotStore::load(
             &config.rules,
             Listeners::of(&config.listeners),
+            &metrics,
         )?);
-        let metrics = Arc::new(Metrics::new());
-        store.current().prepare_metrics(&metrics);
 
         let admin_token = std::env::var(&config.admin.token_env)
             .ok()

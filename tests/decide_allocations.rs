@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use graygate::facts::{Arrival, Facts, ListenerId, RequestView, Scheme};
-use graygate::metrics::{Answered, Metrics};
+use graygate::metrics::{Answered, GenerationSeries, Metrics, SeriesAt, SeriesLayout};
 use graygate::proxy::{forward_headers, Forwarding};
 use graygate::rules::model::Listeners;
 use graygate::rules::{compile, decide, RuleSource};
@@ -230,6 +230,16 @@ async fn request_path_allocations() {
     store.set("gray:version:4", "canary").await.unwrap();
     let metrics = Arc::new(Metrics::new());
     let lookups = Lookups::new(store, Arc::clone(&metrics));
+    let versions: Vec<&str> = rules.versions.iter().map(|v| &*v.name).collect();
+    let series = GenerationSeries::new(
+        Arc::clone(&metrics),
+        &SeriesLayout {
+            versions: &versions,
+            services: &[("web", (0..versions.len()).collect())],
+            rules: decide::Decision::rule_slots(rules),
+            goals: &[],
+        },
+    );
     let mut downstream = HeaderMap::new();
     downstream.insert("host", HeaderValue::from_static("www.example.com"));
     downstream.insert("cookie", HeaderValue::from_static(COOKIE));
@@ -276,6 +286,12 @@ async fn request_path_allocations() {
         assert_eq!(header("x-forwarded-proto"), Some("http"));
         // The metrics of `logging`.
         let answered = Answered {
+            at: Some(SeriesAt {
+                service: 0,
+                served: decision.version.index(),
+                decided: decision.version.index(),
+                rule: decision.rule_slot(rules),
+            }),
             service: "web",
             served: "canary",
             decided: Some("canary"),
@@ -284,13 +300,13 @@ async fn request_path_allocations() {
             elapsed: Duration::from_micros(300),
             upstream_error: None,
         };
-        let (record, ()) = allocations(|| metrics.record(&answered));
+        let (record, ()) = allocations(|| series.record(&answered));
         if round == 1 {
             counts = vec![
                 ("Facts::gather", gather),
                 ("Lookups::decide ($assigned)", lookup),
                 ("forward_headers", forward),
-                ("Metrics::record", record),
+                ("GenerationSeries::record", record),
             ];
         }
     }

@@ -83,9 +83,14 @@ fn canonical_net(net: IpNet) -> IpNet {
 
 /// The client's address: `peer` (the TCP peer, or what a PROXY header declared), or, when
 /// `peer` is trusted, the rightmost untrusted entry of `forwarded_for` (the raw values of
-/// every `X-Forwarded-For` header, in the order received); see the module doc for bad
-/// input. The answer is canonical: an IPv4-mapped address comes back as IPv4.
-pub fn client_address<'a, I>(peer: IpAddr, forwarded_for: I, trusted: &TrustedProxies) -> IpAddr
+/// every `X-Forwarded-For` header, in the order received, asked for only when `peer` is
+/// trusted); see the module doc for bad input. The answer is canonical: an IPv4-mapped
+/// address comes back as IPv4.
+pub fn client_address<'a, I>(
+    peer: IpAddr,
+    forwarded_for: impl FnOnce() -> I,
+    trusted: &TrustedProxies,
+) -> IpAddr
 where
     I: IntoIterator<Item = &'a [u8]>,
     I::IntoIter: DoubleEndedIterator,
@@ -95,7 +100,7 @@ where
         return client;
     }
     let mut hops = 0;
-    for value in forwarded_for.into_iter().rev() {
+    for value in forwarded_for().into_iter().rev() {
         for entry in Entries(value) {
             let Some(ip) = parse_entry(entry) else {
                 return client;
@@ -183,7 +188,7 @@ mod tests {
 
     /// The client for `peer` and these `X-Forwarded-For` header values.
     fn client(peer: &str, headers: &[&str], trusted: &TrustedProxies) -> IpAddr {
-        client_address(ip(peer), headers.iter().map(|h| h.as_bytes()), trusted)
+        client_address(ip(peer), || headers.iter().map(|h| h.as_bytes()), trusted)
     }
 
     #[test]
@@ -263,7 +268,10 @@ mod tests {
         }
         // Not UTF-8.
         let bytes: [&[u8]; 1] = [b"192.0.2.1, \xff\xfe"];
-        assert_eq!(client_address(ip("10.0.0.9"), bytes, &lb), ip("10.0.0.9"));
+        assert_eq!(
+            client_address(ip("10.0.0.9"), || bytes, &lb),
+            ip("10.0.0.9")
+        );
     }
 
     #[test]

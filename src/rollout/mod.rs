@@ -662,16 +662,13 @@ mod tests {
     fn failing_checks_withdraw_the_version_and_a_refused_write_is_retried() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("rules.yaml"), RULES).unwrap();
-        let store = Arc::new(SnapshotStore::load(dir.path(), Listeners::default()).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let store =
+            Arc::new(SnapshotStore::load(dir.path(), Listeners::default(), &metrics).unwrap());
         let blocker = dir.path().join("state");
         let clock = Arc::new(ManualClock::new());
-        let rollouts = Rollouts::with_clock(
-            Arc::clone(&store),
-            Arc::new(Metrics::new()),
-            &blocker,
-            false,
-            clock.clone(),
-        );
+        let rollouts =
+            Rollouts::with_clock(Arc::clone(&store), metrics, &blocker, false, clock.clone());
         // Saved at open; then a file takes the directory's place and every write fails.
         assert!(blocker.join("rollouts.json").exists());
         std::fs::remove_dir_all(&blocker).unwrap();

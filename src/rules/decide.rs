@@ -70,6 +70,22 @@ impl Decision {
         }
     }
 
+    /// The deciding rule's place among the generation's rule slots: its index, then
+    /// `default` (the rule count) and `override` (one past it), as [`Decision::rule_name`]
+    /// names them.
+    pub fn rule_slot(&self, rules: &RuleSet) -> usize {
+        match (self.rule, self.reason) {
+            (Some(i), _) => i,
+            (None, Reason::Override) => rules.rules.len() + 1,
+            (None, _) => rules.rules.len(),
+        }
+    }
+
+    /// How many rule slots a generation of `rules` has (see [`Decision::rule_slot`]).
+    pub fn rule_slots(rules: &RuleSet) -> usize {
+        rules.rules.len() + 2
+    }
+
     /// The deciding rule's name, `override` or `default`.
     pub fn rule_name<'r>(&self, rules: &'r RuleSet) -> &'r str {
         match (self.rule, self.reason) {

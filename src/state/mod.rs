@@ -9,7 +9,8 @@
 //!
 //! The snapshot also holds the generation's [`StatsCells`]: the windowed-figure cells of each
 //! service's groups and of each rollout rule's two arms, resolved by name once per generation, so that the proxy's `logging`
-//! records a request with a few atomic adds and no lookup.
+//! records a request with a few atomic adds and no lookup; and its [`GenerationSeries`], the
+//! Prometheus series of its groups, decisions and goals by index, for the same reason.
 //!
 //! A request loads the snapshot once (in `new_ctx`) and uses it to the end, whatever reloads
 //! happen meanwhile; the one `ArcSwap` here is the only thing a request loads.
@@ -26,7 +27,8 @@ use arc_swap::ArcSwap;
 use crate::cookies;
 use crate::diagnostics::{Diagnostics, Severity};
 use crate::facts::VersionId;
-use crate::metrics::Metrics;
+use crate::metrics::{GenerationSeries, Metrics, SeriesLayout};
+use crate::rules::decide::Decision;
 use crate::rules::model::{Listeners, RuleSet};
 use crate::rules::{self, LoadedRules};
 use crate::stats::{Cell, GoalMap, Scope, Stats};
@@ -52,6 +54,8 @@ pub struct Snapshot {
     pub runtime: AppliedState,
     /// This generation's windowed-figure cells, resolved once.
     pub stats: Arc<StatsCells>,
+    /// This generation's Prometheus series, by index.
+    pub series: Arc<GenerationSeries>,
 }
 
 /// The stats cells of one generation, resolved when it is built so that a request never
@@ -126,6 +130,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         runtime: &RuntimeState,
         stats: &Stats,
+        metrics: &Arc<Metrics>,
     ) -> Result<Snapshot, Diagnostics> {
         let rules = loaded.model.rules;
         let services = ServiceTable::build(
@@ -148,6 +153,7 @@ impl Snapshot {
             generation,
             runtime: runtime.apply(&rules),
             stats: Arc::new(StatsCells::resolve(stats, &rules, &services)),
+            series: Arc::new(prepare_series(metrics, &rules, &services)),
             rules: Arc::new(rules),
             services: Arc::new(services),
             content_hash: loaded.content_hash,
@@ -167,30 +173,38 @@ impl Snapshot {
             loaded_at: self.loaded_at,
             runtime: runtime.apply(&self.rules),
             stats: Arc::clone(&self.stats),
+            series: Arc::clone(&self.series),
         }
     }
+}
 
-    /// Creates at 0 the series this generation can produce, so that rates and ratios exist
-    /// before the first event, and sets the generation gauge.
-    pub fn prepare_metrics(&self, metrics: &Metrics) {
-        for service in &self.services.services {
-            for group in service.groups() {
-                metrics.prepare_requests(&service.name, &group.version_name);
-            }
+/// The series table of a generation, with the series it can produce created at 0 so that
+/// rates and ratios exist before the first event.
+fn prepare_series(
+    metrics: &Arc<Metrics>,
+    rules: &RuleSet,
+    services: &ServiceTable,
+) -> GenerationSeries {
+    let versions: Vec<&str> = rules.versions.iter().map(|v| &*v.name).collect();
+    let groups: Vec<(&str, Vec<usize>)> = services
+        .services
+        .iter()
+        .map(|s| (&*s.name, s.groups().map(|g| g.version.index()).collect()))
+        .collect();
+    let goals: Vec<&str> = rules.goals.iter().map(|g| &*g.name).collect();
+    // Cookie isolation's series, once some version is isolated.
+    if rules.versions.iter().any(|v| v.cookies.is_isolated()) {
+        for version in &rules.versions {
+            metrics.prepare_cookies(&version.name, cookies::actions(&version.cookies));
         }
-        // Cookie isolation's series, once some version is isolated.
-        if self.rules.versions.iter().any(|v| v.cookies.is_isolated()) {
-            for version in &self.rules.versions {
-                metrics.prepare_cookies(&version.name, cookies::actions(&version.cookies));
-            }
-        }
-        for goal in &self.rules.goals {
-            for version in &self.rules.versions {
-                metrics.prepare_goal(&goal.name, &version.name);
-            }
-        }
-        metrics.rules_generation.set(self.generation as i64);
     }
+    let layout = SeriesLayout {
+        versions: &versions,
+        services: &groups,
+        rules: Decision::rule_slots(rules),
+        goals: &goals,
+    };
+    GenerationSeries::new(Arc::clone(metrics), &layout)
 }
 
 /// What a successful reload did.
@@ -223,6 +237,8 @@ pub struct SnapshotStore {
     runtime: Mutex<RuntimeState>,
     /// The windowed per-version figures every generation's cells live in.
     stats: Arc<Stats>,
+    /// The Prometheus series every generation's series table counts in.
+    metrics: Arc<Metrics>,
     /// Generations swapped out while requests still held them. A later swap drops those no
     /// request holds any more, so that freeing a generation of 10,000 rules falls to the
     /// thread that reloads, never to the request worker that happened to hold it last.
@@ -231,9 +247,13 @@ pub struct SnapshotStore {
 
 impl SnapshotStore {
     /// Loads the first generation from `rules_path`, compiled against the config's
-    /// `listeners` (as every reload will be); warnings are logged.
-    pub fn load(rules_path: &Path, listeners: Listeners) -> Result<SnapshotStore, Diagnostics> {
-        Self::load_with(rules_path, listeners, RuntimeState::default())
+    /// `listeners` (as every reload will be), counting in `metrics`; warnings are logged.
+    pub fn load(
+        rules_path: &Path,
+        listeners: Listeners,
+        metrics: &Arc<Metrics>,
+    ) -> Result<SnapshotStore, Diagnostics> {
+        Self::load_with(rules_path, listeners, RuntimeState::default(), metrics)
     }
 
     /// Loads the first generation with a runtime state known from before (a restart).
@@ -241,20 +261,23 @@ impl SnapshotStore {
         rules_path: &Path,
         listeners: Listeners,
         runtime: RuntimeState,
+        metrics: &Arc<Metrics>,
     ) -> Result<SnapshotStore, Diagnostics> {
         let loaded = rules::load(rules_path, &listeners)?;
         for warning in loaded.warnings.items() {
             log::warn!("{warning}");
         }
         let stats = Arc::new(Stats::default());
-        let snapshot = Snapshot::build(loaded, 1, None, &runtime, &stats)?;
+        let snapshot = Snapshot::build(loaded, 1, None, &runtime, &stats, metrics)?;
         snapshot.runtime.log_ignored();
+        metrics.rules_generation.set(snapshot.generation as i64);
         Ok(SnapshotStore {
             current: ArcSwap::from_pointee(snapshot),
             rules_path: rules_path.to_path_buf(),
             listeners,
             runtime: Mutex::new(runtime),
             stats,
+            metrics: Arc::clone(metrics),
             retired: Mutex::default(),
         })
     }
@@ -292,6 +315,7 @@ impl SnapshotStore {
             Some(&previous),
             &runtime,
             &self.stats,
+            &self.metrics,
         )?);
         next.runtime.log_ignored();
         drop(previous);
@@ -302,6 +326,7 @@ impl SnapshotStore {
     /// Serves `next`, keeping the generation it replaces among the retired, and drops the
     /// retired generations no request holds any more (here, on the swapping thread).
     fn swap(&self, next: Arc<Snapshot>) {
+        self.metrics.rules_generation.set(next.generation as i64);
         let previous = self.current.swap(next);
         let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
         retired.push(previous);
@@ -371,7 +396,7 @@ mod tests {
     fn store_with(rules: &str) -> (tempfile::TempDir, SnapshotStore) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
-        let store = SnapshotStore::load(dir.path(), Listeners::default()).unwrap();
+        let store = SnapshotStore::load(dir.path(), Listeners::default(), &Arc::default()).unwrap();
         (dir, store)
     }
 
@@ -498,8 +523,8 @@ mod tests {
             ("public".into(), Scheme::Http),
             ("office".into(), Scheme::Https),
         ]);
-        assert!(SnapshotStore::load(dir.path(), Listeners::default()).is_err());
-        let store = SnapshotStore::load(dir.path(), listeners).unwrap();
+        assert!(SnapshotStore::load(dir.path(), Listeners::default(), &Arc::default()).is_err());
+        let store = SnapshotStore::load(dir.path(), listeners, &Arc::default()).unwrap();
         std::fs::write(&file, rules("ofice")).unwrap();
         let err = store.reload().unwrap_err().to_string();
         assert!(
