@@ -17,7 +17,10 @@
 //!
 //! The deadline is armed when the connection is handed over (the first request) and again
 //! by the first bytes read after a response started (the next keep-alive request); reading
-//! the empty line that ends a header disarms it. Interim `1xx` answers (`100 Continue`)
+//! the empty line that ends a header disarms it. Arming it for a keep-alive request only
+//! notes when it is due: the timer itself, set for an earlier request, is moved to that
+//! time when it fires (at most once per `header_timeout`), so that a request costs no
+//! update of the runtime's timer wheel. Interim `1xx` answers (`100 Continue`)
 //! leave it disarmed, so a body sent after one is not taken for a header; a `101` switches
 //! the connection to a tunnel (WebSocket) and the wrapper stands aside. When the deadline
 //! passes, the pending read fails with `TimedOut`: Pingora closes the connection and
@@ -171,6 +174,9 @@ pub struct Guarded {
     phase: Phase,
     /// The last byte read was a line feed ending a non-empty line (CRs are ignored).
     at_line_start: bool,
+    /// When the header being read must be complete.
+    due: Instant,
+    /// A timer at `due` or before it (see the module doc).
     deadline: Pin<Box<Sleep>>,
     expired: IntCounter,
     _slot: Option<ClientSlot>,
@@ -195,12 +201,14 @@ impl Guarded {
         slot: Option<ClientSlot>,
         expired: IntCounter,
     ) -> Guarded {
+        let due = Instant::now() + timeout;
         Guarded {
             inner,
             timeout,
             phase: if http1 { Phase::Header } else { Phase::Tunnel },
             at_line_start: false,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            due,
+            deadline: Box::pin(tokio::time::sleep_until(due)),
             expired,
             _slot: slot,
         }
@@ -227,12 +235,24 @@ impl Guarded {
             // The next request on a keep-alive connection.
             self.phase = Phase::Header;
             self.at_line_start = false;
-            let at = Instant::now() + self.timeout;
-            self.deadline.as_mut().reset(at);
+            self.due = Instant::now() + self.timeout;
         }
         if self.phase == Phase::Header && self.scan_header(bytes) {
             self.phase = Phase::Open;
         }
+    }
+
+    /// Whether the header being read is overdue; otherwise the timer wakes `cx` when it
+    /// may be, first moved to `due` if it was set earlier.
+    fn header_overdue(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.deadline.as_mut().poll(cx).is_ready() {
+            if self.deadline.deadline() >= self.due {
+                return true;
+            }
+            let due = self.due;
+            self.deadline.as_mut().reset(due);
+        }
+        false
     }
 
     fn on_write(&mut self, bytes: &[u8]) {
@@ -278,7 +298,7 @@ impl AsyncRead for Guarded {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if this.phase == Phase::Header && this.deadline.as_mut().poll(cx).is_ready() {
+                if this.phase == Phase::Header && this.header_overdue(cx) {
                     this.phase = Phase::Expired;
                     this.expired.inc();
                     return Poll::Ready(Err(io::Error::new(
@@ -509,6 +529,36 @@ mod tests {
         assert_eq!(g.phase, Phase::Open);
         assert_eq!(g.read(&mut buf).await.unwrap(), 4);
         assert_eq!(expired.get(), 0);
+    }
+
+    /// The timer set for the first request fires before the second request is due: it is
+    /// moved, and the second request gets its whole `header_timeout` from its first byte.
+    #[tokio::test(start_paused = true)]
+    async fn a_keep_alive_deadline_counts_from_the_next_request() {
+        let mock = tokio_test::io::Builder::new()
+            .read(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .wait(Duration::from_secs(5))
+            .read(b"GET /2 HTTP/1.1\r\n")
+            .wait(Duration::from_secs(20))
+            .build();
+        let (mut g, expired) = guarded(mock, Duration::from_secs(10));
+        let mut buf = vec![0; 64];
+        let started = Instant::now();
+        assert!(g.read(&mut buf).await.unwrap() > 0);
+        g.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(g.read(&mut buf).await.unwrap() > 0);
+        assert_eq!(g.phase, Phase::Header);
+        let err = g.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(15),
+            "5 s idle, then 10 s"
+        );
+        assert_eq!(expired.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
