@@ -73,6 +73,8 @@ pub struct Pool {
     /// Milliseconds since [`Pool::epoch`] when the next probe is due.
     next_probe_ms: AtomicU64,
     probing: AtomicBool,
+    /// Probe rounds completed: the peers' health changes only when this moves.
+    probe_rounds: AtomicU64,
     epoch: Instant,
 }
 
@@ -132,6 +134,7 @@ impl Pool {
             peer,
             next_probe_ms: AtomicU64::new(0),
             probing: AtomicBool::new(false),
+            probe_rounds: AtomicU64::new(0),
             epoch: Instant::now(),
         })
     }
@@ -205,6 +208,13 @@ impl Pool {
         let done = self.epoch.elapsed().as_millis() as u64;
         self.next_probe_ms
             .store(done + hc.interval.as_millis() as u64, Ordering::Relaxed);
+        self.probe_rounds.fetch_add(1, Ordering::Release);
         self.probing.store(false, Ordering::Release);
+    }
+
+    /// How many probe rounds have completed: [`Pool::is_healthy`] can answer differently
+    /// only after this moved (a pool without a health check never changes).
+    pub(super) fn probe_rounds(&self) -> u64 {
+        self.probe_rounds.load(Ordering::Acquire)
     }
 }
