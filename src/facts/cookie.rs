@@ -10,25 +10,72 @@ use http::HeaderMap;
 /// Values longer than this are ignored.
 pub const MAX_COOKIE_VALUE_LEN: usize = 4096;
 
-/// The value of the first well-formed cookie `name`, across all `Cookie` headers.
+/// The value of the first well-formed cookie `name`, across all `Cookie` headers: the
+/// first pair (as [`pairs`] and [`split_pair`] cut them) named `name` whose value, once
+/// unquoted, is at most [`MAX_COOKIE_VALUE_LEN`] bytes of UTF-8.
+///
+/// Found without cutting every pair: the name is searched for (SIMD, `memchr::memmem`),
+/// and an occurrence counts only where a pair starts before it and `=` follows it, as a
+/// property test against the cutting definition checks.
 pub fn find<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let name = name.as_bytes();
+    if name.is_empty() {
+        return headers
+            .get_all(COOKIE)
+            .iter()
+            .find_map(|value| find_by_pairs(value.as_bytes(), name));
+    }
+    let finder = memchr::memmem::Finder::new(name);
     headers
         .get_all(COOKIE)
         .iter()
-        .flat_map(|value| pairs(value.as_bytes()))
-        .find_map(|pair| {
-            let (pair_name, mut value) = split_pair(pair)?;
-            if pair_name != name.as_bytes() {
-                return None;
-            }
-            if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
-                value = &value[1..value.len() - 1];
-            }
-            if value.len() > MAX_COOKIE_VALUE_LEN {
-                return None;
-            }
-            std::str::from_utf8(value).ok()
-        })
+        .find_map(|value| find_in(value.as_bytes(), name, &finder))
+}
+
+/// [`find`] in one header value, by searching for `name` (not empty).
+fn find_in<'a>(value: &'a [u8], name: &[u8], finder: &memchr::memmem::Finder) -> Option<&'a str> {
+    let mut from = 0;
+    while let Some(at) = finder.find(&value[from..]).map(|i| from + i) {
+        from = at + 1;
+        // A pair starts before the name: only whitespace since the last `;` (or the start).
+        let before = value[..at].trim_ascii_end();
+        if before.last().is_some_and(|&b| b != b';') {
+            continue;
+        }
+        // `=` follows it, after whitespace.
+        let after = value[at + name.len()..].trim_ascii_start();
+        let Some(rest) = after.strip_prefix(b"=") else {
+            continue;
+        };
+        let end = memchr::memchr(b';', rest).unwrap_or(rest.len());
+        if let Some(found) = cookie_value(rest[..end].trim_ascii()) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+/// [`find`] in one header value, by cutting it into pairs: the definition.
+fn find_by_pairs<'a>(value: &'a [u8], name: &[u8]) -> Option<&'a str> {
+    pairs(value).find_map(|pair| {
+        let (pair_name, value) = split_pair(pair)?;
+        if pair_name != name {
+            return None;
+        }
+        cookie_value(value)
+    })
+}
+
+/// A pair's trimmed value as a cookie's: unquoted, at most [`MAX_COOKIE_VALUE_LEN`] bytes,
+/// UTF-8; `None` otherwise.
+fn cookie_value(mut value: &[u8]) -> Option<&str> {
+    if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
+        value = &value[1..value.len() - 1];
+    }
+    if value.len() > MAX_COOKIE_VALUE_LEN {
+        return None;
+    }
+    std::str::from_utf8(value).ok()
 }
 
 /// The pairs of one `Cookie` header value, in order: split at `;`, trimmed, empty ones
@@ -50,6 +97,30 @@ pub fn split_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    proptest::proptest! {
+        /// The search finds what cutting into pairs finds, on headers made of pieces that
+        /// make names, separators, spaces, quotes and lookalikes meet.
+        #[test]
+        fn search_finds_what_pairs_find(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "uid", "uid", "x", "=", "=", ";", "; ", " ", "\t", "\"", "4", "ab", "uidx",
+                    "myuid", "\u{e9}",
+                ]),
+                0..24,
+            ),
+            name in proptest::sample::select(vec!["uid", "x", "ab", "u"]),
+        ) {
+            let value: String = pieces.concat();
+            let finder = memchr::memmem::Finder::new(name.as_bytes());
+            proptest::prop_assert_eq!(
+                find_in(value.as_bytes(), name.as_bytes(), &finder),
+                find_by_pairs(value.as_bytes(), name.as_bytes()),
+                "in {:?}", value
+            );
+        }
+    }
 
     fn headers(values: &[&[u8]]) -> HeaderMap {
         let mut map = HeaderMap::new();
