@@ -7,7 +7,8 @@
 #   PROFILE=1 bench/compare.sh            # instructions per request under callgrind instead
 #   GRAYGATE_BIN=dir/graygate bench/compare.sh   # binaries built elsewhere (the floor: dir/examples/floor
 #                                         # or FLOOR_BIN; BUILD_PROFILE describes their profile)
-#                                         # (KEEP_PROFILES=dir keeps the callgrind outputs)
+#                                         # (KEEP_PROFILES=dir keeps the callgrind outputs;
+#                                         # PROFILE_PATHS="f b g" counts only those paths)
 #
 # One nginx backend answers every request from memory. The same traffic (10,000 distinct
 # uids in a browser-like Cookie header, one in 20 of them paid) goes, in interleaved
@@ -50,6 +51,7 @@ UIDS=10000
 # callgrind's speed (a few hundred requests/s), as they are at full speed with 10,000.
 PROFILE=${PROFILE:-0}
 PROFILE_SECONDS=${PROFILE_SECONDS:-15}
+PROFILE_PATHS=${PROFILE_PATHS:-a b c d e f g}   # the paths counted (the floor f is every ratio's base)
 if [[ "$PROFILE" == 1 ]]; then UIDS=200; CRITERION=0; fi
 
 bash scripts/install-deps.sh bench
@@ -321,7 +323,7 @@ declare -A label=(
 
 if [[ "$PROFILE" == 1 ]]; then
     declare -A served_of per_request
-    for p in a b c d e f g; do
+    for p in $PROFILE_PATHS; do
         # Warm up (connections, caches), then count only the measured run.
         run_wrk throughput.lua "${port[$p]}" 8 10
         callgrind_control --zero "${proxy_pid[$p]}" >/dev/null 2>&1
@@ -337,7 +339,9 @@ if [[ "$PROFILE" == 1 ]]; then
     echo "| path | requests | instructions per request | vs (f) floor | vs (c) nginx map |"
     echo "| --- | ---: | ---: | ---: | ---: |"
     for p in f b g a c d e; do
-        echo "| ${label[$p]} | ${served_of[$p]} | ${per_request[$p]} | $(ratio "${per_request[$p]}" "${per_request[f]}")x | $(ratio "${per_request[$p]}" "${per_request[c]}")x |"
+        [[ -n "${per_request[$p]:-}" ]] || continue
+        vs() { if [[ -n "${per_request[$1]:-}" ]]; then echo "$(ratio "${per_request[$p]}" "${per_request[$1]}")x"; else echo -; fi; }
+        echo "| ${label[$p]} | ${served_of[$p]} | ${per_request[$p]} | $(vs f) | $(vs c) |"
     done
     exit 0
 fi
