@@ -153,7 +153,12 @@ impl Pool {
     }
 
     /// A healthy peer not in `exclude`; `key` places the request for consistent hashing.
+    /// A group of one peer (often a virtual address in front of many) has nothing to
+    /// balance: its peer is asked for its health alone, without the selector's iterator.
     pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<SocketAddr> {
+        if let [only] = self.spec.peers[..] {
+            return (!exclude.contains(&only) && self.is_healthy(only)).then_some(only);
+        }
         let accept = |b: &Backend, healthy: bool| {
             healthy && b.addr.as_inet().is_some_and(|a| !exclude.contains(a))
         };
