@@ -26,8 +26,8 @@ pub struct Answered<'a> {
     pub service: &'a str,
     /// The version whose group served (after a fallback, the default's).
     pub served: &'a str,
-    /// The decided version; `None` for a request answered before any decision.
-    pub decided: Option<&'a str>,
+    /// The decided version, or `unmatched` for a request answered before any decision.
+    pub decided: &'a str,
     /// The deciding rule (or `default`).
     pub rule: &'a str,
     /// The status sent, 0 when none was.
@@ -555,9 +555,12 @@ impl GenerationSeries {
             self.request_counter(&group.requests[class], a.service, a.served, class)
                 .inc();
         }
-        let decided = a.decided.unwrap_or(UNMATCHED);
         self.decisions[at.rule * self.versions + at.decided]
-            .get_or_init(|| self.metrics.decisions.with_label_values(&[a.rule, decided]))
+            .get_or_init(|| {
+                self.metrics
+                    .decisions
+                    .with_label_values(&[a.rule, a.decided])
+            })
             .inc();
         group
             .duration
@@ -632,7 +635,7 @@ mod tests {
             at,
             service: "web",
             served: "stable",
-            decided: Some("canary"),
+            decided: "canary",
             rule: "r2",
             status,
             elapsed: Duration::from_millis(3),

@@ -799,7 +799,7 @@ impl ProxyHttp for Gateway {
                     }),
                     service: &snapshot.services.services[route.service].name,
                     served: &rules.version(route.serving).name,
-                    decided: Some(decided),
+                    decided,
                     rule: route.decision.rule_name(rules),
                     status,
                     elapsed,
@@ -811,7 +811,7 @@ impl ProxyHttp for Gateway {
                 at: None,
                 service: UNMATCHED,
                 served: UNMATCHED,
-                decided: None,
+                decided: UNMATCHED,
                 rule: UNMATCHED,
                 status,
                 elapsed,
@@ -840,7 +840,6 @@ impl Gateway {
             elapsed,
             upstream_error: _,
         } = *answered;
-        let decided = decided.unwrap_or(UNMATCHED);
         let upstream = ctx
             .route
             .as_ref()

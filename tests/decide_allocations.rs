@@ -294,7 +294,7 @@ async fn request_path_allocations() {
             }),
             service: "web",
             served: "canary",
-            decided: Some("canary"),
+            decided: "canary",
             rule: "assigned",
             status: 200,
             elapsed: Duration::from_micros(300),
