@@ -58,14 +58,13 @@ bash scripts/install-deps.sh bench
 target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' || echo target)
 if [[ -n "${GRAYGATE_BIN:-}" ]]; then
     bin=$GRAYGATE_BIN             # a binary built elsewhere (its commit: GRAYGATE_COMMIT)
-    # the floor built beside it (cargo build --release --example floor), or FLOOR_BIN
-    floor_bin=${FLOOR_BIN:-$(dirname "$bin")/examples/floor}
 else
     cargo build --release --locked --quiet --bin graygate --example floor
     bin=$target_dir/release/graygate
-    floor_bin=${FLOOR_BIN:-$target_dir/release/examples/floor}
 fi
-[[ -x "$floor_bin" ]] || { echo "no floor binary at $floor_bin (cargo build --release --example floor, or FLOOR_BIN)" >&2; exit 2; }
+# shellcheck source=bench/lib.sh
+source bench/lib.sh   # the scripts run from the repository root
+floor_binary          # beside $bin, or FLOOR_BIN
 
 wrap=()   # what each proxy runs under
 
@@ -84,8 +83,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# shellcheck source=bench/lib.sh
-source bench/lib.sh   # the scripts run from the repository root
 measured_priority
 
 # --- the criterion benchmark of the pure decision (before any load runs) ---

@@ -2,6 +2,8 @@
 # graygate against nginx over HTTPS, side by side in one run: new TLS handshakes per second,
 # HTTP/1.1 over TLS on keep-alive, HTTP/2 with several streams per connection; writes the
 # HTTPS section of docs/benchmarks.md (replaced in place, the rest of the file untouched).
+# The bare Pingora floor (examples/floor.rs over Pingora's own TLS listener) runs every row
+# too: what Pingora alone costs over TLS and HTTP/2 (issue 15).
 #
 #   bench/https.sh                        # or: make bench (after bench/compare.sh)
 #   REPS=2 DURATION=3 HS_SECONDS=3 bench/https.sh          # a quicker, noisier run
@@ -12,15 +14,17 @@
 # rules as compare.sh's (c) (a tier shield, a uid tail, a uid split; no Redis):
 #   graygate: a TLS listener (`listeners: [{name: https, tls: {certificates: [...]}}]`),
 #             `server.threads: 1`;
-#   nginx:    `listen ... ssl http2`, `worker_processes 1`, map + split_clients.
-# Both proxies are pinned to core 0; the backend and every load generator to core 1. Both
+#   nginx:    `listen ... ssl http2`, `worker_processes 1`, map + split_clients;
+#   floor:    `examples/floor --tls-cert --tls-key` (TlsSettings::intermediate, ALPN h2 and
+#             http/1.1), one worker thread, no rule and no header.
+# All three proxies are pinned to core 0; the backend and every load generator to core 1. Both
 # keep upstream connections alive and run OpenSSL's defaults for suites and groups.
 # Sessions: graygate's TLS context keeps OpenSSL's defaults (an internal server-side cache
 # of 20,480 sessions for 2 h, and session tickets) and has no switch to turn them off, so
 # nginx is given the same (`ssl_session_cache builtin:20480; ssl_session_timeout 2h;
 # ssl_session_tickets on`). The handshake client never offers a session back, so every
 # handshake is a full one in both.
-# Rows, each in every repetition for both proxies (order alternated):
+# Rows, each in every repetition for every proxy (order rotated):
 #   handshakes: HS_CLIENTS parallel `openssl s_time -new` for HS_SECONDS, each connection
 #               one full handshake and one HTTP/1.1 request with `Connection: close`
 #               (h2load cannot be used here: it resumes its clients' sessions);
@@ -47,27 +51,10 @@ NICE=${NICE:--10}                 # niceness of every measured process, as in co
 COOKIE="_ga=GA1.2.1234567890.1700000000; sid=0f3a9c2e7b1d4e5f; uid=1234563; tier=trial; theme=dark"
 # uid 1234563 ends in 3: the tail rule sends it to canary in both proxies (checked below).
 
-bash scripts/install-deps.sh bench
-if [[ -n "${GRAYGATE_BIN:-}" ]]; then
-    bin=$GRAYGATE_BIN             # a binary built elsewhere (its commit: GRAYGATE_COMMIT)
-else
-    cargo build --release --locked --quiet
-    bin=target/release/graygate
-fi
-
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]+"${pids[@]}"}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
 # shellcheck source=bench/lib.sh
 source bench/lib.sh   # the scripts run from the repository root
+bench_setup           # $bin (GRAYGATE_BIN, its commit GRAYGATE_COMMIT), $work, "${pids[@]}"
+floor_binary          # $floor_bin: beside $bin, or FLOOR_BIN
 measured_priority
 
 # --- the certificate: localhost, EC P-256, self-signed, valid 30 days ---
@@ -81,9 +68,11 @@ cert=$work/tls/localhost.crt; key=$work/tls/localhost.key
 
 # --- processes ---
 backend=$(free_port); gg_port=$(free_port); gg_admin=$(free_port); nginx_port=$(free_port)
+floor_port=$(free_port)
 start_backend "$backend"
 
-declare -A port=([gg]=$gg_port [nginx]=$nginx_port) proxy_pid
+proxies=(gg nginx floor)
+declare -A port=([gg]=$gg_port [nginx]=$nginx_port [floor]=$floor_port) proxy_pid
 mkdir -p "$work/gg/rules"
 cat > "$work/gg/rules/rules.yaml" <<RULES
 versions: { stable: {}, canary: {} }
@@ -155,24 +144,30 @@ NGINX
 "${prio[@]}" taskset -c 0 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
 wait_port "$nginx_port" 600
 proxy_pid[nginx]=$(pgrep -P "$!")
-declare -A label=([gg]="graygate" [nginx]="nginx")
+
+"${prio[@]}" taskset -c 0 "$floor_bin" --listen "127.0.0.1:$floor_port" --upstream "127.0.0.1:$backend" \
+    --tls-cert "$cert" --tls-key "$key" 2>"$work/floor.log" & pids+=($!)
+wait_port "$floor_port" 600
+proxy_pid[floor]=$!
+declare -A label=([gg]="graygate" [nginx]="nginx" [floor]="floor")
 
 # --- checks before measuring: routing, HTTP versions, and what TLS each negotiates ---
 bad=0
-for p in gg nginx; do
+for p in "${proxies[@]}"; do
     for v in --http1.1 --http2; do
         got=$(curl -sk --max-time 5 $v -w ' %{http_version}' -H "Cookie: $COOKIE" "https://localhost:${port[$p]}/" || true)
-        want="canary
+        # The floor adds no header: the backend echoes an empty version.
+        want="$([[ $p == floor ]] || echo canary)
  $([[ $v == --http2 ]] && echo 2 || echo 1.1)"
         [[ $got == "$want" ]] || { echo "${label[$p]} ($v) answered '$got', expected '$want'" >&2; bad=1; }
     done
 done
 ((bad == 0)) || exit 1
-echo "routing check: both proxies send the uid to canary over HTTP/1.1 and HTTP/2"
+echo "routing check: graygate and nginx send the uid to canary, and the floor answers, over HTTP/1.1 and HTTP/2"
 declare -A negotiated
 versions=(1.3); [[ "$TLS12" == 1 ]] && versions+=(1.2)
 for v in "${versions[@]}"; do
-    for p in gg nginx; do
+    for p in "${proxies[@]}"; do
         # "New, TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384" comes right after the handshake
         # (the SSL-Session block may not, in TLS 1.3, when stdin is closed at once).
         s=$(timeout 10 openssl s_client -connect "127.0.0.1:${port[$p]}" -servername localhost "-tls1_${v#1.}" </dev/null 2>/dev/null |
@@ -180,8 +175,8 @@ for v in "${versions[@]}"; do
         negotiated[$p$v]=$s
         echo "openssl s_client -tls1_${v#1.} to ${label[$p]}: $s"
     done
-    [[ "${negotiated[gg$v]}" == "${negotiated[nginx$v]}" ]] ||
-        echo "note: the two proxies negotiate differently for TLS $v" >&2
+    [[ "${negotiated[gg$v]}" == "${negotiated[nginx$v]}" && "${negotiated[gg$v]}" == "${negotiated[floor$v]}" ]] ||
+        echo "note: the proxies negotiate differently for TLS $v" >&2
 done
 
 # --- the measurements ---
@@ -273,14 +268,14 @@ measure() { # $1 row, $2 proxy
 }
 
 echo "warming up"
-for p in gg nginx; do h2load_run "$p" --h1 -c "$H1_CONNECTIONS" -D 2 --warm-up-time 1; done
+for p in "${proxies[@]}"; do h2load_run "$p" --h1 -c "$H1_CONNECTIONS" -D 2 --warm-up-time 1; done
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date +%s)
 for ((rep = 1; rep <= REPS; rep++)); do
     line="rep $rep:"
     for r in "${rows[@]}"; do
-        # Alternate which proxy runs first.
-        if ((rep % 2)); then order=(gg nginx); else order=(nginx gg); fi
+        # Rotate which proxy runs first.
+        order=("${proxies[@]:rep % 3}" "${proxies[@]:0:rep % 3}")
         for p in "${order[@]}"; do
             measure "$r" "$p"
             line+=" $r ${label[$p]} $(awk '{printf "%d", $NF}' <<<"${rate[$r$p]}")/s p99 $(awk '{print $NF}' <<<"${p99[$r$p]}") ms;"
@@ -294,7 +289,7 @@ elapsed=$(($(date +%s) - started))
 # --- the table and the verdicts ---
 declare -A m_rate m_p99 m_cpu m_busy b_rate pair
 for r in "${rows[@]}"; do
-    for p in gg nginx; do
+    for p in "${proxies[@]}"; do
         # shellcheck disable=SC2086
         m_rate[$r$p]=$(median ${rate[$r$p]}); m_p99[$r$p]=$(median ${p99[$r$p]}); m_cpu[$r$p]=$(median ${cpu[$r$p]})
         # shellcheck disable=SC2086
@@ -302,16 +297,22 @@ for r in "${rows[@]}"; do
         # shellcheck disable=SC2086
         b_rate[$r$p]=$(printf '%s\n' ${rate[$r$p]} | sort -g | tail -1)
     done
-    # graygate/nginx within each repetition (the two runs back to back).
+    # graygate/nginx and graygate/floor within each repetition (the runs back to back).
     # shellcheck disable=SC2086
-    pair[$r]=$(paste -d' ' <(printf '%s\n' ${rate[${r}gg]}) <(printf '%s\n' ${rate[${r}nginx]}) | awk '{ printf "%.2f ", $1 / $2 }')
+    pair[${r}nginx]=$(paste -d' ' <(printf '%s\n' ${rate[${r}gg]}) <(printf '%s\n' ${rate[${r}nginx]}) | awk '{ printf "%.2f ", $1 / $2 }')
+    # shellcheck disable=SC2086
+    pair[${r}floor]=$(paste -d' ' <(printf '%s\n' ${rate[${r}gg]}) <(printf '%s\n' ${rate[${r}floor]}) | awk '{ printf "%.2f ", $1 / $2 }')
 done
-table="| row | graygate /s | nginx /s | graygate/nginx | per repetition | graygate p99 ms | nginx p99 ms | proxy CPU µs graygate / nginx | proxy core busy % | graygate /s min-max | nginx /s min-max | negotiated |
-| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+table="| row | graygate /s | nginx /s | floor /s | graygate/nginx | graygate/floor | per repetition vs nginx, vs floor | p99 ms graygate / nginx / floor | proxy CPU µs graygate / nginx / floor | per CPU vs nginx, vs floor | proxy core busy % | graygate /s min-max | nginx /s min-max | floor /s min-max | negotiated |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
 for r in "${rows[@]}"; do
+    negotiated_note=""
+    for p in nginx floor; do
+        [[ "${suite[${r}gg]}" == "${suite[$r$p]}" ]] || negotiated_note+=" ($p: ${suite[$r$p]})"
+    done
     # shellcheck disable=SC2086
     table+="
-| ${row_label[$r]} | ${m_rate[${r}gg]%.*} | ${m_rate[${r}nginx]%.*} | $(ratio "${m_rate[${r}gg]}" "${m_rate[${r}nginx]}")x | $(range %.2f ${pair[$r]}) | ${m_p99[${r}gg]} | ${m_p99[${r}nginx]} | ${m_cpu[${r}gg]} / ${m_cpu[${r}nginx]} | ${m_busy[${r}gg]} / ${m_busy[${r}nginx]} | $(range %d ${rate[${r}gg]}) | $(range %d ${rate[${r}nginx]}) | ${suite[${r}gg]}$([[ "${suite[${r}gg]}" == "${suite[${r}nginx]}" ]] || echo " (nginx: ${suite[${r}nginx]})") |"
+| ${row_label[$r]} | ${m_rate[${r}gg]%.*} | ${m_rate[${r}nginx]%.*} | ${m_rate[${r}floor]%.*} | $(ratio "${m_rate[${r}gg]}" "${m_rate[${r}nginx]}")x | $(ratio "${m_rate[${r}gg]}" "${m_rate[${r}floor]}")x | $(range %.2f ${pair[${r}nginx]}), $(range %.2f ${pair[${r}floor]}) | ${m_p99[${r}gg]} / ${m_p99[${r}nginx]} / ${m_p99[${r}floor]} | ${m_cpu[${r}gg]} / ${m_cpu[${r}nginx]} / ${m_cpu[${r}floor]} | $(ratio "${m_cpu[${r}nginx]}" "${m_cpu[${r}gg]}")x, $(ratio "${m_cpu[${r}floor]}" "${m_cpu[${r}gg]}")x | ${m_busy[${r}gg]} / ${m_busy[${r}nginx]} / ${m_busy[${r}floor]} | $(range %d ${rate[${r}gg]}) | $(range %d ${rate[${r}nginx]}) | $(range %d ${rate[${r}floor]}) | ${suite[${r}gg]}$negotiated_note |"
 done
 
 # As in compare.sh: each target on the medians and on the best repetitions; INCONCLUSIVE
@@ -351,7 +352,7 @@ if [[ -z "${GRAYGATE_COMMIT:-}" ]] && [[ -n "$(git status --porcelain -- src 2>/
 fi
 section=$(cat <<DOC
 <!-- bench/https.sh: begin (generated, do not edit by hand) -->
-## HTTPS: graygate against nginx (\`bench/https.sh\`)
+## HTTPS: graygate against nginx and the Pingora floor (\`bench/https.sh\`)
 
 Generated by \`bench/https.sh\` (\`make bench\`) on $(date -u +%Y-%m-%d) in ${elapsed} s of measuring;
 graygate $commit, nginx $(nginx -v 2>&1 | sed 's/^nginx version: nginx\///'), $(openssl version | cut -d' ' -f1-2) (both link the system's libssl),
@@ -361,15 +362,17 @@ $table
 
 $(printf '%s\n' "${verdicts[@]}")
 
-- **Setup**: graygate (\`server.threads: 1\`, one TLS listener) and nginx (\`worker_processes 1\`,
-  \`listen ... ssl http2\`) pinned to core 0, in front of one nginx backend with upstream
-  keep-alive; the backend and every client pinned to core 1; loopback only; every measured
-  process at niceness ${NICE:-0}. The same certificate for both: localhost, EC P-256 (ECDSA),
+- **Setup**: graygate (\`server.threads: 1\`, one TLS listener), nginx (\`worker_processes 1\`,
+  \`listen ... ssl http2\`) and the bare Pingora floor (\`examples/floor.rs\` with
+  \`--tls-cert/--tls-key\`: Pingora's own TLS listener, \`TlsSettings::intermediate\` with
+  ALPN h2 and http/1.1, one worker thread, no rule and no header of its own) pinned to
+  core 0, in front of one nginx backend with upstream keep-alive; the backend and every client pinned to core 1; loopback only; every measured
+  process at niceness ${NICE:-0}. The same certificate for all three: localhost, EC P-256 (ECDSA),
   self-signed, made by the openssl CLI for the run. The same rules as compare.sh's (c)
   (tier shield, uid tail, uid split) on a browser-like \`Cookie\` header; the routing of both
-  is checked before measuring. Suites, groups and versions: OpenSSL's defaults, TLS 1.2 and
+  is checked before measuring (the floor's answer and HTTP version only). Suites, groups and versions: OpenSSL's defaults, TLS 1.2 and
   1.3 (nginx told \`ssl_protocols TLSv1.2 TLSv1.3\`, its 1.22 default still has 1.0 and 1.1).
-  Neither server imposes its suite order, so the client's decides: AES-256-GCM with s_time
+  No server imposes its suite order, so the client's decides: AES-256-GCM with s_time
   (OpenSSL's default order), AES-128-GCM with h2load (its own).
 - **Sessions**: graygate keeps OpenSSL's defaults (internal server cache of 20,480 sessions
   for 2 h, session tickets; no switch turns them off) and nginx is given the same
@@ -389,11 +392,12 @@ $(printf '%s\n' "${verdicts[@]}")
   \`h2load --h1 -c ${HS_CLIENTS} -H 'Connection: close'\` (h2load resumes sessions, so it is not used for the rate).
 - **HTTP/1.1**: \`h2load --h1 -c ${H1_CONNECTIONS} -D ${DURATION} --warm-up-time ${WARMUP}\`. **HTTP/2**: \`h2load -c ${H2_CONNECTIONS} -m ${H2_STREAMS} -D ${DURATION} --warm-up-time ${WARMUP}\`
   (ALPN \`h2\`). Closed loop: p99 (from h2load's per-request log) is at saturation.
-- **Repetitions**: ${REPS}, every row for both proxies each time (which goes first alternates);
+- **Repetitions**: ${REPS}, every row for every proxy each time (which goes first rotates);
   medians, spread in the min-max columns; "per repetition": the range of graygate/nginx
-  within one repetition (the two runs back to back). "Proxy core busy": the proxy's CPU time
+  and of graygate/floor within one repetition (the runs back to back). "Per CPU": requests
+  (or handshakes) per second of proxy CPU, graygate's over nginx's and over the floor's. "Proxy core busy": the proxy's CPU time
   over the run's wall time (median); well below 100, the clients, not the proxy, set the rate.
-  Proxy CPU: user + system time of the proxy process (graygate, or the nginx worker) per
+  Proxy CPU: user + system time of the proxy process (graygate, the floor, or the nginx worker) per
   handshake or request, less disturbed by other work on the machine than rates are. Load
   average $load_before before, $load_after after.
 - How TLS is set up, and why OpenSSL: [tls.md](tls.md).

@@ -17,6 +17,22 @@ bench_setup() {
     trap 'exit 130' INT TERM
 }
 
+# The bare Pingora floor (examples/floor.rs) in $floor_bin: $FLOOR_BIN, else the one built
+# beside $GRAYGATE_BIN (dir/examples/floor), else a release build of this tree's.
+floor_binary() {
+    if [[ -n "${FLOOR_BIN:-}" ]]; then
+        floor_bin=$FLOOR_BIN
+    elif [[ -n "${GRAYGATE_BIN:-}" ]]; then
+        floor_bin=$(dirname "$GRAYGATE_BIN")/examples/floor
+    else
+        cargo build --release --locked --quiet --example floor
+        local target_dir
+        target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' || echo target)
+        floor_bin=$target_dir/release/examples/floor
+    fi
+    [[ -x "$floor_bin" ]] || { echo "no floor binary at $floor_bin (cargo build --release --example floor, or FLOOR_BIN)" >&2; exit 2; }
+}
+
 # The command prefix of every measured process, in the array $prio: `nice -n $NICE` when
 # $NICE is set and this user may use it, else nothing.
 measured_priority() {

@@ -3,8 +3,13 @@
 //!
 //! ```text
 //! target/release/examples/floor --listen 127.0.0.1:8080 --upstream 127.0.0.1:18001
+//! target/release/examples/floor --listen 127.0.0.1:8443 --upstream 127.0.0.1:18001 \
+//!     --tls-cert localhost.crt --tls-key localhost.key
 //! ```
 //!
+//! With `--tls-cert` and `--tls-key` the listener is Pingora's own TLS one
+//! (`TlsSettings::intermediate`, Mozilla's intermediate profile as graygate's listeners, with
+//! ALPN `h2` preferred over `http/1.1`): the floor of HTTPS and HTTP/2 (`bench/https.sh`).
 //! One upstream address, resolved once at start; one worker thread; upstream connections
 //! kept alive in Pingora's pool; downstream keep-alive of 60 s. The peer carries the same
 //! timeouts as a graygate group's defaults (connect 1 s, read, write and idle 60 s), the
@@ -17,6 +22,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
 use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
@@ -55,29 +61,57 @@ impl ProxyHttp for Floor {
     }
 }
 
-/// `--listen ADDR --upstream ADDR`, both `ip:port`.
-fn parse_args() -> Result<(SocketAddr, SocketAddr), String> {
-    let mut listen = None;
-    let mut upstream = None;
+/// What the command line asks for.
+struct Args {
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    /// The certificate chain and key files of a TLS listener.
+    tls: Option<(String, String)>,
+}
+
+const USAGE: &str =
+    "usage: floor --listen IP:PORT --upstream IP:PORT [--tls-cert FILE --tls-key FILE]";
+
+/// `--listen ADDR --upstream ADDR`, both `ip:port`, and optionally `--tls-cert FILE
+/// --tls-key FILE` together.
+fn parse_args() -> Result<Args, String> {
+    let (mut listen, mut upstream, mut cert, mut key) = (None, None, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
-        let addr: SocketAddr = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?;
+        let addr = || -> Result<SocketAddr, String> {
+            value.parse().map_err(|e| format!("{flag} {value}: {e}"))
+        };
         match flag.as_str() {
-            "--listen" => listen = Some(addr),
-            "--upstream" => upstream = Some(addr),
+            "--listen" => listen = Some(addr()?),
+            "--upstream" => upstream = Some(addr()?),
+            "--tls-cert" => cert = Some(value),
+            "--tls-key" => key = Some(value),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err(format!("--tls-cert and --tls-key go together\n{USAGE}")),
+    };
     match (listen, upstream) {
-        (Some(l), Some(u)) => Ok((l, u)),
-        _ => Err("usage: floor --listen IP:PORT --upstream IP:PORT".into()),
+        (Some(listen), Some(upstream)) => Ok(Args {
+            listen,
+            upstream,
+            tls,
+        }),
+        _ => Err(USAGE.into()),
     }
 }
 
 fn main() {
-    let (listen, upstream) = match parse_args() {
-        Ok(addrs) => addrs,
+    let Args {
+        listen,
+        upstream,
+        tls,
+    } = match parse_args() {
+        Ok(args) => args,
         Err(message) => {
             eprintln!("{message}");
             std::process::exit(2);
@@ -104,7 +138,20 @@ fn main() {
     options.write_timeout = Some(Duration::from_secs(60));
     options.idle_timeout = Some(Duration::from_secs(60));
     let mut proxy = http_proxy_service(&server.configuration, Floor { peer });
-    proxy.add_tcp(&listen.to_string());
+    match tls {
+        None => proxy.add_tcp(&listen.to_string()),
+        Some((cert, key)) => {
+            let mut settings = match TlsSettings::intermediate(&cert, &key) {
+                Ok(settings) => settings,
+                Err(e) => {
+                    eprintln!("floor: {e}");
+                    std::process::exit(2);
+                }
+            };
+            settings.enable_h2();
+            proxy.add_tls_with_settings(&listen.to_string(), None, settings);
+        }
+    }
     server.add_service(proxy);
     server.run_forever();
 }
