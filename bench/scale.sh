@@ -7,6 +7,8 @@
 #   bench/scale.sh                        # or: make bench
 #   REPS=2 DURATION=3 bench/scale.sh      # a quicker, noisier run
 #   CRITERION=0 bench/scale.sh            # the proxy runs only
+#   PROFILE=1 bench/scale.sh              # instructions per request under callgrind instead
+#                                         # (every rule set; KEEP_PROFILES=dir keeps the outputs)
 #   GRAYGATE_BIN=... SCALE_BENCH=... bench/scale.sh   # binaries built elsewhere (the
 #                                         # graygate binary, benches/scale.rs's bench binary)
 #
@@ -39,6 +41,13 @@ NICE=${NICE:--10}                 # niceness of every measured process, as in co
 # rules:hosts per graygate; 10000:10 tells the rules' memory and cost from the hosts'
 SIZES=${SIZES:-"10:10 100:100 1000:1000 10000:10 10000:2000"}
 GG_TOKEN=scale-bench   # the admin token of every graygate (start_graygate)
+# PROFILE=1: every graygate runs under valgrind's callgrind and, instead of timing anything,
+# the instructions the whole process executes (workers and background tasks) are counted
+# for PROFILE_SECONDS of `wrk -c8` on the same traffic, per request served: how the cost of
+# a request grows with the rules and hosts, free of the machine's noise. Nothing is written.
+PROFILE=${PROFILE:-0}
+PROFILE_SECONDS=${PROFILE_SECONDS:-15}
+if [[ "$PROFILE" == 1 ]]; then CRITERION=0; fi
 
 bash scripts/install-deps.sh bench
 if [[ -n "${GRAYGATE_BIN:-}" ]]; then
@@ -55,6 +64,9 @@ pids=()
 cleanup() {
     for pid in "${pids[@]+"${pids[@]}"}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    if [[ -n "${KEEP_PROFILES:-}" && -d "$work/callgrind" ]]; then
+        mkdir -p "$KEEP_PROFILES" && cp -a "$work/callgrind/." "$KEEP_PROFILES/" || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -99,6 +111,11 @@ PY
 fi
 
 # --- processes ---
+if [[ "$PROFILE" == 1 ]]; then
+    command -v valgrind >/dev/null || { echo "PROFILE=1 needs valgrind" >&2; exit 2; }
+    mkdir -m 1777 "$work/callgrind" && chmod 711 "$work"
+    wrap=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind/%p")
+fi
 backend=$(free_port)
 start_backend "$backend"
 declare -A port admin proxy_pid rules_of
@@ -146,6 +163,30 @@ got=$(curl -sf --max-time 5 -H "Host: app.example.com" -H "Cookie: uid=700003" "
 
 echo "warming up"
 for name in "${names[@]}"; do run_wrk throughput.lua "${port[$name]}" "$CONNECTIONS" 2; done
+
+if [[ "$PROFILE" == 1 ]]; then
+    declare -A served_of per_request
+    for name in "${names[@]}"; do
+        # A longer warm-up (every tenant's series, cells and pools touched), then the count.
+        run_wrk throughput.lua "${port[$name]}" 8 10
+        callgrind_control --zero "${proxy_pid[$name]}" >/dev/null 2>&1
+        run_wrk throughput.lua "${port[$name]}" 8 "$PROFILE_SECONDS"
+        read -r _ _ _ _ _ served <<<"$RESULT"
+        callgrind_control --dump "${proxy_pid[$name]}" >/dev/null 2>&1
+        sleep 1
+        instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$work/callgrind/${proxy_pid[$name]}".* | head -1)")
+        served_of[$name]=$served; per_request[$name]=$((instructions / served))
+        echo "($name) ${per_request[$name]} instructions per request over $served requests"
+    done
+    echo
+    echo "| rules | tenant hosts | requests | instructions per request | vs $smallest |"
+    echo "| ---: | ---: | ---: | ---: | ---: |"
+    for name in "${names[@]}"; do
+        IFS=: read -r n h <<<"${rules_of[$name]}"
+        echo "| $n | $h | ${served_of[$name]} | ${per_request[$name]} | $(ratio "${per_request[$name]}" "${per_request[$smallest]}")x |"
+    done
+    exit 0
+fi
 
 # --- memory ---
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
