@@ -321,16 +321,9 @@ declare -A label=(
 if [[ "$PROFILE" == 1 ]]; then
     declare -A served_of per_request
     for p in $PROFILE_PATHS; do
-        # Warm up (connections, caches), then count only the measured run.
-        run_wrk throughput.lua "${port[$p]}" 8 10
-        callgrind_control --zero "${proxy_pid[$p]}" >/dev/null 2>&1
-        run_wrk throughput.lua "${port[$p]}" 8 "$PROFILE_SECONDS"
-        read -r _ _ _ _ _ served <<<"$RESULT"
-        callgrind_control --dump "${proxy_pid[$p]}" >/dev/null 2>&1
-        sleep 1
-        instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$work/callgrind/${proxy_pid[$p]}".* | head -1)")
-        served_of[$p]=$served; per_request[$p]=$((instructions / served))
-        echo "(${p}) ${per_request[$p]} instructions per request over $served requests"
+        callgrind_count "${port[$p]}" "${proxy_pid[$p]}"
+        served_of[$p]=$SERVED; per_request[$p]=$PER_REQUEST
+        echo "(${p}) ${per_request[$p]} instructions per request over ${served_of[$p]} requests"
     done
     echo
     echo "| path | requests | instructions per request | vs (f) floor | vs (c) nginx map |"

@@ -190,6 +190,22 @@ run_wrk() { # $1 script, $2 port, $3 connections, $4 seconds
     RESULT=$(awk '/^RESULT/ {print $2, $3, $4, $5, $6, $7}' <<<"$out")
 }
 
+# Under callgrind (PROFILE=1): 10 s of warm-up on port $1 (connections, caches), then the
+# instructions process $2 executes, all its threads, during PROFILE_SECONDS of `wrk -c8`
+# with $work/throughput.lua, its outputs in $work/callgrind. Sets SERVED (requests) and
+# PER_REQUEST (instructions per request).
+callgrind_count() { # $1 port, $2 pid
+    local instructions
+    run_wrk throughput.lua "$1" 8 10
+    callgrind_control --zero "$2" >/dev/null 2>&1
+    run_wrk throughput.lua "$1" 8 "$PROFILE_SECONDS"
+    read -r _ _ _ _ _ SERVED <<<"$RESULT"
+    callgrind_control --dump "$2" >/dev/null 2>&1
+    sleep 1
+    instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$work/callgrind/$2".* | head -1)")
+    PER_REQUEST=$((instructions / SERVED))
+}
+
 # Replaces the section of bench/$1.sh in the file $2 by $3 (from its begin marker to its end
 # marker), or appends it.
 write_section() { # $1 script name, $2 file, $3 section text

@@ -168,16 +168,9 @@ for name in "${names[@]}"; do run_wrk throughput.lua "${port[$name]}" "$CONNECTI
 if [[ "$PROFILE" == 1 ]]; then
     declare -A served_of per_request
     for name in "${names[@]}"; do
-        # A longer warm-up (every tenant's series, cells and pools touched), then the count.
-        run_wrk throughput.lua "${port[$name]}" 8 10
-        callgrind_control --zero "${proxy_pid[$name]}" >/dev/null 2>&1
-        run_wrk throughput.lua "${port[$name]}" 8 "$PROFILE_SECONDS"
-        read -r _ _ _ _ _ served <<<"$RESULT"
-        callgrind_control --dump "${proxy_pid[$name]}" >/dev/null 2>&1
-        sleep 1
-        instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$work/callgrind/${proxy_pid[$name]}".* | head -1)")
-        served_of[$name]=$served; per_request[$name]=$((instructions / served))
-        echo "($name) ${per_request[$name]} instructions per request over $served requests"
+        callgrind_count "${port[$name]}" "${proxy_pid[$name]}"
+        served_of[$name]=$SERVED; per_request[$name]=$PER_REQUEST
+        echo "($name) ${per_request[$name]} instructions per request over ${served_of[$name]} requests"
     done
     echo
     echo "| rules | tenant hosts | requests | instructions per request | vs $smallest |"
