@@ -59,7 +59,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -
 if [[ -n "${GRAYGATE_BIN:-}" ]]; then
     bin=$GRAYGATE_BIN             # a binary built elsewhere (its commit: GRAYGATE_COMMIT)
 else
-    cargo build --release --locked --quiet --bin graygate --example floor
+    cargo build --release --locked --quiet --bin graygate
     bin=$target_dir/release/graygate
 fi
 # shellcheck source=bench/lib.sh

@@ -275,7 +275,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
     line="rep $rep:"
     for r in "${rows[@]}"; do
         # Rotate which proxy runs first.
-        order=("${proxies[@]:rep % 3}" "${proxies[@]:0:rep % 3}")
+        order=("${proxies[@]:rep % ${#proxies[@]}}" "${proxies[@]:0:rep % ${#proxies[@]}}")
         for p in "${order[@]}"; do
             measure "$r" "$p"
             line+=" $r ${label[$p]} $(awk '{printf "%d", $NF}' <<<"${rate[$r$p]}")/s p99 $(awk '{print $NF}' <<<"${p99[$r$p]}") ms;"

@@ -45,10 +45,10 @@ GG_TOKEN=scale-bench   # the admin token of every graygate (start_graygate)
 # the instructions the whole process executes (workers and background tasks) are counted
 # for PROFILE_SECONDS of `wrk -c8` on the same traffic, per request served: how the cost of
 # a request grows with the rules and hosts, free of the machine's noise. Nothing is written.
-((PAIRS >= 1)) || { echo "PAIRS must be at least 1 (the reload pairs; THROUGHPUT=0 skips the other runs)" >&2; exit 2; }
 PROFILE=${PROFILE:-0}
 PROFILE_SECONDS=${PROFILE_SECONDS:-15}
 if [[ "$PROFILE" == 1 ]]; then CRITERION=0; fi
+((PAIRS >= 1)) || { echo "PAIRS must be at least 1 (the reload pairs; THROUGHPUT=0 skips the other runs)" >&2; exit 2; }
 
 bash scripts/install-deps.sh bench
 if [[ -n "${GRAYGATE_BIN:-}" ]]; then
