@@ -47,6 +47,11 @@ GG_TOKEN=scale-bench   # the admin token of every graygate (start_graygate)
 # a request grows with the rules and hosts, free of the machine's noise. Nothing is written.
 PROFILE=${PROFILE:-0}
 PROFILE_SECONDS=${PROFILE_SECONDS:-15}
+# PROFILE_CACHE=1 (with PROFILE=1): callgrind simulates the caches too, with a last level of
+# the size of one core's L2 here (1 MiB), so each function's data reads that miss it are
+# counted (D1mr, DLmr in callgrind_annotate; KEEP_PROFILES=dir keeps the outputs): what a
+# larger working set costs, which instructions alone do not show.
+PROFILE_CACHE=${PROFILE_CACHE:-0}
 if [[ "$PROFILE" == 1 ]]; then CRITERION=0; fi
 ((PAIRS >= 1)) || { echo "PAIRS must be at least 1 (the reload pairs; THROUGHPUT=0 skips the other runs)" >&2; exit 2; }
 
@@ -116,6 +121,7 @@ if [[ "$PROFILE" == 1 ]]; then
     command -v valgrind >/dev/null || { echo "PROFILE=1 needs valgrind" >&2; exit 2; }
     mkdir -m 1777 "$work/callgrind" && chmod 711 "$work"
     wrap=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind/%p")
+    if [[ "$PROFILE_CACHE" == 1 ]]; then wrap+=(--cache-sim=yes --LL=1048576,16,64); fi
 fi
 backend=$(free_port)
 start_backend "$backend"

@@ -22,12 +22,13 @@
 //!   looks a cell up. Cells are never removed; their number is bounded by the configuration
 //!   names ever loaded, never by request data.
 //! - **Request path**: [`Cell::record`] is one `fetch_add` for the latency bucket, one more for a
-//!   5xx, one per goal attempt and one per conversion, then a store of the cell's `moved` flag
-//!   (a tick reads only the cells whose flag it finds set, so that 6,000 idle cells cost it
-//!   6,000 loads, not 1.9 million). No lock, no allocation, no system call. About 12 ns on one
-//!   core, 44 ns with two goal attempts and a conversion (`cargo bench --bench stats`). A busy
-//!   cell's counters are shared by every worker, so under load their cache lines move between
-//!   cores and each `fetch_add` costs more.
+//!   5xx, one per goal attempt and one per conversion, then a `fetch_or` of the chunks it wrote
+//!   into the cell's `moved` mask (a tick reads only the cells whose mask it finds set, and in
+//!   them only those chunks: 6,000 idle cells cost it 6,000 loads, a busy cell a few cache
+//!   lines). No lock, no allocation, no system call. About 12 ns on one core, 44 ns with two
+//!   goal attempts and a conversion (`cargo bench --bench stats`). A busy cell's counters are
+//!   shared by every worker, so under load their cache lines move between cores and each
+//!   `fetch_add` costs more.
 //! - **Exact counts**: the counters only grow, and each tick stores how much they grew since the
 //!   last one, so every increment lands in exactly one second: the first whose tick reads it.
 //!   A request's counters are separate atomics, so a tick may read its latency and miss its 5xx
@@ -43,12 +44,14 @@
 //! - **Locks**: one mutex, taken by the ticker, by queries and by registration, never by
 //!   `record`.
 //!
-//! **Memory**: a cell holds 314 counters (one 5xx, [`BUCKETS`] latency buckets, 64 goal slots
-//! × 2): 2,512 bytes of atomics plus the same again for its values at the last tick, about
-//! 5 KiB. A second of history costs 32 bytes, plus 16 bytes per counter that moved in it: per
-//! cell with traffic, one per latency bucket hit, one for 5xx, two per goal counted; at most
-//! 314 × 16 bytes (5 KiB) per cell, typically 10 to 40 entries (160 to 640 bytes). Ten busy
-//! cells over the default 10 minutes: about 2 to 4 MiB. A cell without traffic costs no history.
+//! **Memory**: a cell holds 186 counters (one 5xx, [`BUCKETS`] latency buckets), 1,496 bytes
+//! of atomics, and once the process has goals 128 more (64 goal slots × 2, 1 KiB) made apart.
+//! Its values at the last tick take as much again from its first record on (an idle cell has
+//! none): 1.5 KiB for a cell without traffic, 3 to 5 KiB for one with. A second of history
+//! costs 32 bytes, plus 16 bytes per counter that moved in it: per cell with traffic, one per
+//! latency bucket hit, one for 5xx, two per goal counted; at most 314 × 16 bytes (5 KiB) per
+//! cell, typically 10 to 40 entries (160 to 640 bytes). Ten busy cells over the default 10
+//! minutes: about 2 to 4 MiB. A cell without traffic costs no history.
 //! The seconds kept are those the longest window needs, and never more than `history` + 2.
 
 mod cell;
@@ -75,7 +78,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Serialize, Serializer};
 
-use cell::COUNTERS;
+use cell::{CHUNK, COUNTERS};
 use goals::GoalNames;
 use history::{Entry, History};
 
@@ -135,7 +138,9 @@ struct Registered {
     scope: Scope,
     version: Arc<str>,
     cell: Arc<Cell>,
-    at_tick: Box<[u64; COUNTERS]>,
+    /// The first counters of the cell as the last tick read them: none before its first
+    /// record, then as many as the cell holds ([`Cell::len`]); a counter beyond was 0.
+    at_tick: Vec<u64>,
 }
 
 impl Stats {
@@ -175,6 +180,9 @@ impl Stats {
         let id = inner.cells.len();
         let version: Arc<str> = version.into();
         let cell = Arc::new(Cell::new());
+        if !inner.goals.names().is_empty() {
+            cell.count_goals();
+        }
         inner
             .index
             .entry(scope.clone())
@@ -184,7 +192,7 @@ impl Stats {
             scope: scope.clone(),
             version,
             cell: cell.clone(),
-            at_tick: Box::new([0; COUNTERS]),
+            at_tick: Vec::new(),
         });
         cell
     }
@@ -192,9 +200,16 @@ impl Stats {
     /// Maps a generation's goals (names by goal index) to stats slots, giving new names a slot.
     ///
     /// A name keeps its slot for the process's lifetime; past 64 distinct names a new goal is
-    /// not counted (logged once).
+    /// not counted (logged once). From the first goal on, every cell has goal counters.
     pub fn goal_map<S: AsRef<str>>(&self, goals: impl IntoIterator<Item = S>) -> GoalMap {
-        self.lock().goals.map(goals)
+        let mut inner = self.lock();
+        let map = inner.goals.map(goals);
+        if !inner.goals.names().is_empty() {
+            for registered in &inner.cells {
+                registered.cell.count_goals();
+            }
+        }
+        map
     }
 
     /// The goal names by stats slot.
@@ -211,19 +226,29 @@ impl Stats {
         let Inner { cells, history, .. } = &mut *inner;
         let mut entries = Vec::new();
         for (id, registered) in cells.iter_mut().enumerate() {
-            if !registered.cell.take_moved() {
+            let mut chunks = registered.cell.take_moved();
+            if chunks == 0 {
                 continue;
             }
-            for (counter, at_tick) in registered.at_tick.iter_mut().enumerate() {
-                let value = registered.cell.load(counter);
-                if value != *at_tick {
-                    entries.push(Entry {
-                        // Each cell holds 5 KiB: fewer than 2^32 of them fit in memory.
-                        cell: id as u32,
-                        counter: counter as u32,
-                        delta: value.wrapping_sub(*at_tick),
-                    });
-                    *at_tick = value;
+            registered.at_tick.resize(registered.cell.len(), 0);
+            // Chunk by chunk, in order: the entries stay sorted by counter.
+            while chunks != 0 {
+                let first = chunks.trailing_zeros() as usize * CHUNK;
+                chunks &= chunks - 1;
+                let last = (first + CHUNK).min(registered.at_tick.len());
+                for counter in first..last {
+                    let value = registered.cell.load(counter);
+                    let at_tick = &mut registered.at_tick[counter];
+                    if value != *at_tick {
+                        entries.push(Entry {
+                            // Each cell holds 1.5 KiB at least: fewer than 2^32 of them fit
+                            // in memory.
+                            cell: id as u32,
+                            counter: counter as u32,
+                            delta: value.wrapping_sub(*at_tick),
+                        });
+                        *at_tick = value;
+                    }
                 }
             }
         }
@@ -290,12 +315,9 @@ impl Inner {
     fn figures(&self, id: usize, window: Duration, now: Instant) -> Figures {
         let registered = &self.cells[id];
         let mut counters = [0; COUNTERS];
-        for (counter, (sum, at_tick)) in counters
-            .iter_mut()
-            .zip(registered.at_tick.iter())
-            .enumerate()
-        {
-            *sum = registered.cell.load(counter).wrapping_sub(*at_tick);
+        for (counter, sum) in counters.iter_mut().enumerate() {
+            let at_tick = registered.at_tick.get(counter).copied().unwrap_or(0);
+            *sum = registered.cell.load(counter).wrapping_sub(at_tick);
         }
         let covered = self
             .history

@@ -383,8 +383,24 @@ fn memory_follows_traffic() {
     }
     assert_eq!(stats.lock().history.size(), (60, 60 * 3));
     assert_eq!(std::mem::size_of::<Entry>(), 16);
-    // 314 counters and the `moved` flag (padded to 8 bytes).
-    assert_eq!(std::mem::size_of::<Cell>(), 314 * 8 + 8);
+    // The `moved` mask, 186 counters, and the place of the goal counters
+    // (made only once the process has goals).
+    assert_eq!(std::mem::size_of::<Cell>(), 8 + 186 * 8 + 16);
+    // The busy cell's values at the last tick; none for the idle ones.
+    let at_tick: Vec<usize> = stats.lock().cells.iter().map(|c| c.at_tick.len()).collect();
+    assert_eq!(at_tick, [186, 0, 0]);
+    // Goals give every cell, old and new, its goal counters; ticks then read them too.
+    let _ = stats.goal_map(["signup"]);
+    busy.record(200, ms(1), 0b1, 0b1);
+    stats.cell(&web, "d").record(200, ms(1), 0b1, 0);
+    next_second(&stats, &clock);
+    let at_tick: Vec<usize> = stats.lock().cells.iter().map(|c| c.at_tick.len()).collect();
+    assert_eq!(at_tick, [314, 0, 0, 314]);
+    let goal = |v: &str| {
+        let figures = stats.window(&web, v, SECOND).expect("registered");
+        figures.goal("signup").map(|g| (g.attempts, g.conversions))
+    };
+    assert_eq!((goal("a"), goal("d")), (Some((1, 1)), Some((1, 0))));
 }
 
 /// A tick reads only the cells recorded since the last one, and loses no count of the others:
@@ -399,7 +415,7 @@ fn ticks_skip_idle_cells_and_lose_nothing() {
     idle.record(500, ms(1), 0, 0);
     next_second(&stats, &clock);
     assert!(
-        !busy.take_moved() && !idle.take_moved(),
+        busy.take_moved() == 0 && idle.take_moved() == 0,
         "the tick took both flags"
     );
     busy.record(200, ms(1), 0, 0);
