@@ -130,127 +130,17 @@ if [[ "$PROFILE" == 1 ]]; then
     mkdir -m 1777 "$work/callgrind" && chmod 711 "$work"
     wrap=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind/%p")
 fi
-services="services:
-  web:
-    hosts: [\"*\"]
-    groups:
-      stable: { peers: [\"127.0.0.1:$backend\"] }
-      canary: { peers: [\"127.0.0.1:$backend\"] }"
-start_graygate a "${port[a]}" "$admin_a" "versions: { stable: {}, canary: {} }
-default: stable
-identity:
-  uid: [cookie:uid, header:X-User-Id]
-  tier: { sources: [cookie:tier], paid_uids: [10001, 10002], default: trial }
-$services
-rules:
-  - { name: shield-paid, when: { tier: paid }, version: stable }
-  - { name: assigned, version: \$assigned }
-  - { name: tail-30pct, when: { uid_tail: [1, 2, 3] }, version: canary }
-  - { name: split-10pct, split: { by: uid, weights: { canary: 10, stable: 90 } } }" \
-    "redis: { url: \"redis://127.0.0.1:$redis/0\", lookup_timeout: 20ms, cache_ttl: ${CACHE_TTL}s }"
-start_graygate b "${port[b]}" "$admin_b" "versions: { stable: {}, canary: {} }
-default: stable
-$services
-rules: []" ""
-start_graygate g "${port[g]}" "$admin_g" "versions: { stable: {}, canary: {} }
-default: stable
-identity:
-  uid: [cookie:uid, header:X-User-Id]
-  tier: { sources: [cookie:tier], paid_uids: [10001, 10002], default: trial }
-$services
-rules:
-  - { name: shield-paid, when: { tier: paid }, version: stable }
-  - { name: tail-30pct, when: { uid_tail: [1, 2, 3] }, version: canary }
-  - { name: split-10pct, split: { by: uid, weights: { canary: 10, stable: 90 } } }" ""
+start_graygate a "${port[a]}" "$admin_a" "$(peer_rules "$backend" assigned)" "$(peer_redis "$redis" "$CACHE_TTL")"
+start_graygate b "${port[b]}" "$admin_b" "$(peer_rules "$backend" pass)" ""
+start_graygate g "${port[g]}" "$admin_g" "$(peer_rules "$backend" chain)" ""
 # (f): the floor, one worker on core 0 like the others.
 "${prio[@]}" taskset -c 0 "${wrap[@]}" "$floor_bin" --listen "127.0.0.1:${port[f]}" --upstream "127.0.0.1:$backend" 2>"$work/floor.log" & pids+=($!)
 wait_port "${port[f]}" 600
 proxy_pid[f]=$!
 
-nginx_proxy() { # $1 name, $2 port, $3 http-level config, $4 location-level config
-    mkdir -p "$work/$1"
-    cat > "$work/$1/nginx.conf" <<NGINX
-load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-worker_processes 1;$([[ "$PROFILE" == 1 ]] && echo " master_process off;")
-daemon off;
-pid $work/$1/nginx.pid;
-error_log $work/$1/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    upstream stable { server 127.0.0.1:$backend; keepalive 128; keepalive_requests 1000000; }
-    upstream canary { server 127.0.0.1:$backend; keepalive 128; keepalive_requests 1000000; }
-    lua_package_path "/usr/share/lua/5.1/?.lua;;";
-$3
-    server {
-        listen 127.0.0.1:$2 backlog=4096;
-        keepalive_requests 1000000;
-        location / {
-            set \$gg_version stable;
-$4
-            proxy_pass http://\$gg_version;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Graygate-Version \$gg_version;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-        }
-    }
-}
-NGINX
-    "${prio[@]}" taskset -c 0 "${wrap[@]}" nginx -c "$work/$1/nginx.conf" -p "$work/$1" & pids+=($!)
-    wait_port "$2" 600
-    # The worker; under callgrind nginx runs as one process (master_process off), since a
-    # worker that changed user cannot be reached by callgrind_control.
-    if [[ "$PROFILE" == 1 ]]; then proxy_pid[$1]=$!; else proxy_pid[$1]=$(pgrep -P "$!"); fi
-}
-# (c): the decision in nginx's own variables. `map` evaluates lazily, so the version is
-# computed when proxy_pass asks for it.
-nginx_proxy c "${port[c]}" '
-    map $cookie_tier $gg_paid { paid 1; default 0; }
-    map $cookie_uid $gg_tail { "~^[0-9]*([0-9])$" $1; default x; }
-    split_clients "split-10pct:${cookie_uid}" $gg_split { 10% canary; * stable; }
-    map "$gg_paid$gg_tail" $gg_map { "~^1" stable; "~^0[123]$" canary; default $gg_split; }' \
-    '            set $gg_version $gg_map;'
-# (d) and (e): the decision in Lua, one Redis GET per request (d) or per cache miss (e).
-lua_decide() { # $1: "cache" to put a shared-dict cache in front of Redis
-    local lookup
-    if [[ "$1" == cache ]]; then
-        lookup="local cache = ngx.shared.gray
-                local v = cache:get(uid)
-                if v == nil then
-                    v = redis_get(uid)
-                    if v ~= nil then cache:set(uid, v, $CACHE_TTL) end
-                end"
-    else
-        lookup="local v = redis_get(uid)"
-    fi
-    cat <<LUA
-            rewrite_by_lua_block {
-                local uid = ngx.var.cookie_uid
-                if uid == nil or not string.find(uid, "^[0-9]+\$") then return end
-                if ngx.var.cookie_tier == "paid" then return end
-                local function redis_get(uid)
-                    local red = redis:new()
-                    red:set_timeout(20)
-                    local ok = red:connect("127.0.0.1", $redis)
-                    if not ok then return nil end
-                    local v = red:get("gray:version:" .. uid)
-                    red:set_keepalive(60000, 64)
-                    if v == ngx.null then return "-" end
-                    return v
-                end
-                $lookup
-                if v == "canary" or v == "stable" then ngx.var.gg_version = v return end
-                local tail = string.sub(uid, -1)
-                if tail == "1" or tail == "2" or tail == "3" then ngx.var.gg_version = "canary" return end
-                if ngx.crc32_long("split-10pct:" .. uid) % 100 < 10 then ngx.var.gg_version = "canary" end
-            }
-LUA
-}
-nginx_proxy d "${port[d]}" '    init_by_lua_block { redis = require "nginx.redis" }' "$(lua_decide none)"
-nginx_proxy e "${port[e]}" '    init_by_lua_block { redis = require "nginx.redis" }
-    lua_shared_dict gray 16m;' "$(lua_decide cache)"
+start_nginx_peer c "${port[c]}" map
+start_nginx_peer d "${port[d]}" lua-redis
+start_nginx_peer e "${port[e]}" lua-dict
 
 # --- the traffic ---
 cat > "$work/uids.lua" <<LUA
@@ -300,16 +190,8 @@ check_routes() {
     [[ $(curl -sf --max-time 5 -w '%{http_code}' -o /dev/null "http://127.0.0.1:${port[f]}/") == 200 ]] || { echo "(f) does not proxy" >&2; bad=1; }
     return $bad
 }
-declare -A label=(
-    [direct]="backend direct (no proxy)"
-    [a]="(a) graygate, full filter chain + cached Redis lookup"
-    [b]="(b) graygate pass-through"
-    [c]="(c) nginx, map + split_clients on the cookie"
-    [d]="(d) nginx + Lua, one Redis GET per request"
-    [e]="(e) nginx + Lua, shared-dict cache"
-    [f]="(f) bare Pingora floor (examples/floor.rs)"
-    [g]="(g) graygate, full filter chain, no store"
-)
+declare -A label=([direct]="backend direct (no proxy)")
+for p in "${!peer_label[@]}"; do label[$p]=${peer_label[$p]}; done
 # Under callgrind a lookup can outlast lookup_timeout and fail open: no routing check there.
 [[ "$PROFILE" == 1 ]] || check_routes || {
     echo "routing check failed: see above; (a)'s store lookups:" >&2

@@ -160,14 +160,19 @@ uid_rate() {
 
 # A graygate named $1 on port $2 (admin on $3) with the rules file $4 and extra config $5,
 # one worker pinned to core 0, under the caller's "${wrap[@]}"; its pid in the caller's
-# proxy_pid[$1]. With the caller's GG_TOKEN set, the admin API takes that bearer token.
-start_graygate() { # $1 name, $2 port, $3 admin port, $4 rules yaml, $5 extra conf
-    local token_env=""
+# proxy_pid[$1]. With $6 ("certificate key", PEM files), a TLS listener instead of a plain
+# one. With the caller's GG_TOKEN set, the admin API takes that bearer token.
+start_graygate() { # $1 name, $2 port, $3 admin port, $4 rules yaml, $5 extra conf, $6 TLS "cert key"
+    local token_env="" listen="listen: [\"127.0.0.1:$2\"]" cert key
     [[ -n "${GG_TOKEN:-}" ]] && token_env=", token_env: GG_BENCH_TOKEN"
+    if [[ -n "${6:-}" ]]; then
+        read -r cert key <<<"$6"
+        listen="listeners: [{ name: https, listen: \"127.0.0.1:$2\", tls: { certificates: [{ cert: \"$cert\", key: \"$key\" }] } }]"
+    fi
     mkdir -p "$work/$1/rules"
     printf '%s\n' "$4" > "$work/$1/rules/rules.yaml"
     cat > "$work/$1/graygate.yaml" <<CONF
-listen: ["127.0.0.1:$2"]
+$listen
 admin: { listen: "127.0.0.1:$3"$token_env }
 rules: rules
 access_log: off
@@ -178,6 +183,155 @@ CONF
     # A minute; ten under valgrind (10,000 rules load in minutes there, with cache simulation)
     wait_port "$2" $((${#wrap[@]} ? 6000 : 600))
     proxy_pid[$1]=$!
+}
+
+# The peers compared with nginx by compare.sh and https.sh, by the same letters in both
+# tables; the Redis-backed ones look up `gray:version:<uid>`.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+declare -A peer_label=(
+    [a]="(a) graygate, full filter chain + cached Redis lookup"
+    [b]="(b) graygate pass-through"
+    [c]="(c) nginx, map + split_clients on the cookie"
+    [d]="(d) nginx + Lua, one Redis GET per request"
+    [e]="(e) nginx + Lua, shared-dict cache"
+    [f]="(f) bare Pingora floor (examples/floor.rs)"
+    [g]="(g) graygate, full filter chain, no store"
+)
+
+# The rules file of a graygate peer, upstream the backend on port $1:
+#   pass:     (b), no identity and no rules;
+#   chain:    (g), uid from the `uid` cookie (or X-User-Id), tier from the `tier` cookie, and
+#             shield-paid (tier), tail-30pct (uid tail 1-3), split-10pct (uid split);
+#   assigned: (a), chain with the stored assignment (`$assigned`) after the shield (the
+#             Redis settings go in graygate.yaml, see peer_redis).
+peer_rules() { # $1 backend port, $2 pass | chain | assigned
+    local identity="" rules="rules: []" assigned=""
+    # shellcheck disable=SC2016 # $assigned is graygate's, not the shell's
+    [[ $2 != assigned ]] || assigned=$'\n  - { name: assigned, version: $assigned }'
+    if [[ $2 != pass ]]; then
+        identity="identity:
+  uid: [cookie:uid, header:X-User-Id]
+  tier: { sources: [cookie:tier], paid_uids: [10001, 10002], default: trial }"
+        rules="rules:
+  - { name: shield-paid, when: { tier: paid }, version: stable }$assigned
+  - { name: tail-30pct, when: { uid_tail: [1, 2, 3] }, version: canary }
+  - { name: split-10pct, split: { by: uid, weights: { canary: 10, stable: 90 } } }"
+    fi
+    cat <<RULES
+versions: { stable: {}, canary: {} }
+default: stable
+$identity
+services:
+  web:
+    hosts: ["*"]
+    groups:
+      stable: { peers: ["127.0.0.1:$1"] }
+      canary: { peers: ["127.0.0.1:$1"] }
+$rules
+RULES
+}
+
+# graygate.yaml's store for (a): Redis on port $1, lookups cached for $2 seconds.
+peer_redis() { # $1 Redis port, $2 cache TTL in seconds
+    echo "redis: { url: \"redis://127.0.0.1:$1/0\", lookup_timeout: 20ms, cache_ttl: ${2}s }"
+}
+
+# An nginx peer named $1 on port $2, one worker pinned to core 0 under the caller's
+# "${wrap[@]}" (PROFILE=1: `master_process off`, for callgrind), upstream keep-alive to the
+# caller's $backend; its worker's pid in proxy_pid[$1]. It decides the version by $3:
+#   map:       (c), nginx's own variables: map + split_clients on the cookies (`map` evaluates
+#              lazily, so the version is computed when proxy_pass asks for it);
+#   lua-redis: (d), the decision of (a) in Lua, one Redis GET per request (lua-resty-redis,
+#              pooled connections) to the caller's $redis;
+#   lua-dict:  (e), (d) with a lua_shared_dict cache in front of Redis (TTL the caller's
+#              $CACHE_TTL seconds, misses cached too).
+# With $4 (server-level ssl_* directives) it listens with `ssl http2`.
+start_nginx_peer() { # $1 name, $2 port, $3 map | lua-redis | lua-dict, $4 TLS directives
+    local http_conf location_conf tls="" tls_conf="" lookup=""
+    case $3 in
+        map)
+            # shellcheck disable=SC2016 # nginx's variables, not the shell's
+            http_conf='    map $cookie_tier $gg_paid { paid 1; default 0; }
+    map $cookie_uid $gg_tail { "~^[0-9]*([0-9])$" $1; default x; }
+    split_clients "split-10pct:${cookie_uid}" $gg_split { 10% canary; * stable; }
+    map "$gg_paid$gg_tail" $gg_map { "~^1" stable; "~^0[123]$" canary; default $gg_split; }'
+            # shellcheck disable=SC2016
+            location_conf='            set $gg_version $gg_map;'
+            ;;
+        lua-redis | lua-dict)
+            http_conf='    init_by_lua_block { redis = require "nginx.redis" }'
+            lookup="local v = redis_get(uid)"
+            if [[ $3 == lua-dict ]]; then
+                http_conf+=$'\n    lua_shared_dict gray 16m;'
+                lookup="local cache = ngx.shared.gray
+                local v = cache:get(uid)
+                if v == nil then
+                    v = redis_get(uid)
+                    if v ~= nil then cache:set(uid, v, $CACHE_TTL) end
+                end"
+            fi
+            location_conf=$(cat <<LUA
+            rewrite_by_lua_block {
+                local uid = ngx.var.cookie_uid
+                if uid == nil or not string.find(uid, "^[0-9]+\$") then return end
+                if ngx.var.cookie_tier == "paid" then return end
+                local function redis_get(uid)
+                    local red = redis:new()
+                    red:set_timeout(20)
+                    local ok = red:connect("127.0.0.1", $redis)
+                    if not ok then return nil end
+                    local v = red:get("gray:version:" .. uid)
+                    red:set_keepalive(60000, 64)
+                    if v == ngx.null then return "-" end
+                    return v
+                end
+                $lookup
+                if v == "canary" or v == "stable" then ngx.var.gg_version = v return end
+                local tail = string.sub(uid, -1)
+                if tail == "1" or tail == "2" or tail == "3" then ngx.var.gg_version = "canary" return end
+                if ngx.crc32_long("split-10pct:" .. uid) % 100 < 10 then ngx.var.gg_version = "canary" end
+            }
+LUA
+)
+            ;;
+        *) echo "start_nginx_peer: unknown decision '$3'" >&2; exit 2 ;;
+    esac
+    [[ -z "${4:-}" ]] || { tls=" ssl http2"; tls_conf=$'\n'$4; }
+    mkdir -p "$work/$1"
+    cat > "$work/$1/nginx.conf" <<NGINX
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+worker_processes 1;$([[ "${PROFILE:-0}" == 1 ]] && echo " master_process off;")
+daemon off;
+pid $work/$1/nginx.pid;
+error_log $work/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    upstream stable { server 127.0.0.1:$backend; keepalive 128; keepalive_requests 1000000; }
+    upstream canary { server 127.0.0.1:$backend; keepalive 128; keepalive_requests 1000000; }
+    lua_package_path "/usr/share/lua/5.1/?.lua;;";
+$http_conf
+    server {
+        listen 127.0.0.1:$2$tls backlog=4096;$tls_conf
+        keepalive_requests 1000000;
+        location / {
+            set \$gg_version stable;
+$location_conf
+            proxy_pass http://\$gg_version;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Graygate-Version \$gg_version;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        }
+    }
+}
+NGINX
+    "${prio[@]}" taskset -c 0 "${wrap[@]}" nginx -c "$work/$1/nginx.conf" -p "$work/$1" & pids+=($!)
+    wait_port "$2" 600
+    # The worker; under callgrind nginx runs as one process (master_process off), since a
+    # worker that changed user cannot be reached by callgrind_control.
+    if [[ "${PROFILE:-0}" == 1 ]]; then proxy_pid[$1]=$!; else proxy_pid[$1]=$(pgrep -P "$!"); fi
 }
 
 # wrk on core 1 with the script $work/$1 (which prints ERRORS and RESULT lines) against port
