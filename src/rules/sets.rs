@@ -3,8 +3,11 @@
 //! ([`super::index`]) and the service table's hosts and path prefixes.
 //!
 //! A [`StrTable`] keeps every key in one string buffer and finds it through a
-//! [`hashbrown::HashTable`] of positions: about the key's bytes plus 10 bytes an entry,
-//! where a `HashSet<Box<str>>` costs a 16-byte slot and an allocation of its own per key.
+//! [`hashbrown::HashTable`] of slots that hold the key's place in the buffer: about the key's
+//! bytes plus 18 bytes an entry, where a `HashSet<Box<str>>` costs a 16-byte slot and an
+//! allocation of its own per key. A lookup that finds its key reads three cache lines (the
+//! control bytes, the slot, the key's bytes); with positions alone in the slots it read the
+//! table of key ends too, a fourth, which with thousands of tenants is a miss each time.
 //! Host tables compare without regard to ASCII case (hashing lowercases a copy on the stack),
 //! so a request's host needs no lowercase copy. [`HostSet`] answers `host:` lists (exact names
 //! by one lookup, `*.suffix` names by one lookup per suffix length present where the host has
@@ -25,9 +28,23 @@ pub struct StrTable {
     text: String,
     /// Where key `i` ends in `text` (it starts where key `i - 1` ends).
     ends: Vec<u32>,
-    table: HashTable<u32>,
+    table: HashTable<Slot>,
     state: DefaultHashBuilder,
     caseless: bool,
+}
+
+/// A key in the hash table: its position, and its bytes in `text`.
+#[derive(Clone, Copy)]
+struct Slot {
+    position: u32,
+    start: u32,
+    end: u32,
+}
+
+impl Slot {
+    fn key<'t>(&self, text: &'t str) -> &'t str {
+        &text[self.start as usize..self.end as usize]
+    }
 }
 
 impl fmt::Debug for StrTable {
@@ -96,16 +113,21 @@ impl StrTable {
         if let Some(i) = self.get(key) {
             return Ok(i);
         }
+        let start = u32::try_from(self.text.len()).map_err(|_| TableFull)?;
         let end = u32::try_from(self.text.len() + key.len()).map_err(|_| TableFull)?;
-        let i = u32::try_from(self.ends.len()).map_err(|_| TableFull)?;
+        let position = u32::try_from(self.ends.len()).map_err(|_| TableFull)?;
         self.text.push_str(key);
         self.ends.push(end);
-        let (text, ends, state, caseless) = (&self.text, &self.ends, &self.state, self.caseless);
+        let (text, state, caseless) = (&self.text, &self.state, self.caseless);
         let hash = hash_of(state, caseless, key);
-        self.table.insert_unique(hash, i, |&j| {
-            hash_of(state, caseless, key_at(text, ends, j))
-        });
-        Ok(i)
+        let slot = Slot {
+            position,
+            start,
+            end,
+        };
+        self.table
+            .insert_unique(hash, slot, |s| hash_of(state, caseless, s.key(text)));
+        Ok(position)
     }
 
     /// The position of `key`, if present.
@@ -115,10 +137,8 @@ impl StrTable {
         }
         let hash = hash_of(&self.state, self.caseless, key);
         self.table
-            .find(hash, |&j| {
-                same(self.caseless, key_at(&self.text, &self.ends, j), key)
-            })
-            .copied()
+            .find(hash, |s| same(self.caseless, s.key(&self.text), key))
+            .map(|s| s.position)
     }
 
     /// The key at position `i`.
@@ -145,9 +165,9 @@ impl StrTable {
     pub fn shrink(&mut self) {
         self.text.shrink_to_fit();
         self.ends.shrink_to_fit();
-        let (text, ends, state, caseless) = (&self.text, &self.ends, &self.state, self.caseless);
+        let (text, state, caseless) = (&self.text, &self.state, self.caseless);
         self.table
-            .shrink_to_fit(|&j| hash_of(state, caseless, key_at(text, ends, j)));
+            .shrink_to_fit(|s| hash_of(state, caseless, s.key(text)));
     }
 }
 

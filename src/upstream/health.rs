@@ -4,7 +4,10 @@
 //! whatever [`ServiceTable`] the current generation holds (asked of a [`TableSource`] at every
 //! tick), starts the probes that are due, and exports each peer's health in place: every
 //! second, the peers of the pools probed since the last export (a table of 6,000 peers
-//! whose probes are 10 s apart exports about 600 a second, not 6,000).
+//! whose probes are 10 s apart exports about 600 a second, not 6,000). A peer without a
+//! health check is healthy for its table's lifetime: its gauge is set once, when the table
+//! is resolved, and the export never reads its pool again (6,000 cold cache lines a second
+//! for 2,000 tenant services without probes).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -36,6 +39,7 @@ pub struct HealthChecker {
 struct Exported {
     /// The table they were resolved for.
     table: Arc<ServiceTable>,
+    /// The peers of pools with a health check (the others' gauges are set at resolve).
     gauges: Vec<PeerGauge>,
     /// Their label values, to drop the series of peers a later table no longer has.
     labels: HashSet<[String; 3]>,
@@ -75,14 +79,20 @@ impl HealthChecker {
                         group.version_name.to_string(),
                         peer.to_string(),
                     ];
-                    if labels.insert(values.clone()) {
-                        gauges.push(PeerGauge {
-                            gauge: gauge.with_label_values(&values),
-                            pool: Arc::clone(&group.pool),
-                            peer: *peer,
-                            shown: None,
-                        });
+                    if !labels.insert(values.clone()) {
+                        continue;
                     }
+                    let peer_gauge = gauge.with_label_values(&values);
+                    if group.pool.spec().health_check.is_none() {
+                        peer_gauge.set(group.pool.is_healthy(*peer) as i64);
+                        continue;
+                    }
+                    gauges.push(PeerGauge {
+                        gauge: peer_gauge,
+                        pool: Arc::clone(&group.pool),
+                        peer: *peer,
+                        shown: None,
+                    });
                 }
             }
         }
