@@ -53,14 +53,22 @@ two_version_rules() { # $1 backend port, $2 the rest
 versions: { stable: {}, canary: {} }
 default: stable
 identity: { uid: [header:X-User-Id] }
+$(web_service "$1")
+$2
+RULES
+}
+
+# The one service of the two-version rule sets: every host, stable and canary both on the
+# backend at port $1.
+web_service() { # $1 backend port
+    cat <<SERVICE
 services:
   web:
     hosts: ["*"]
     groups:
       stable: { peers: ["127.0.0.1:$1"] }
       canary: { peers: ["127.0.0.1:$1"] }
-$2
-RULES
+SERVICE
 }
 
 # A free TCP port on loopback.
@@ -221,12 +229,7 @@ peer_rules() { # $1 backend port, $2 pass | chain | assigned
 versions: { stable: {}, canary: {} }
 default: stable
 $identity
-services:
-  web:
-    hosts: ["*"]
-    groups:
-      stable: { peers: ["127.0.0.1:$1"] }
-      canary: { peers: ["127.0.0.1:$1"] }
+$(web_service "$1")
 $rules
 RULES
 }

@@ -4,7 +4,7 @@
 //!
 //! A [`StrTable`] keeps every key in one string buffer and finds it through a
 //! [`hashbrown::HashTable`] of slots that hold the key's place in the buffer: about the key's
-//! bytes plus 18 bytes an entry, where a `HashSet<Box<str>>` costs a 16-byte slot and an
+//! bytes plus 19 bytes an entry, where a `HashSet<Box<str>>` costs a 16-byte slot and an
 //! allocation of its own per key. A lookup that finds its key reads three cache lines (the
 //! control bytes, the slot, the key's bytes); with positions alone in the slots it read the
 //! table of key ends too, a fourth, which with thousands of tenants is a miss each time.
