@@ -193,6 +193,26 @@ CONF
     proxy_pid[$1]=$!
 }
 
+# What every nginx peer does to forward (bench/lib.sh start_nginx_peer, bench/threads.sh): the
+# two upstreams on the backend at port $1, kept alive, for the http block; then, with
+# `nginx_forwarding`, the location's proxying to the upstream named by $gg_version with the
+# headers graygate adds.
+nginx_upstreams() { # $1 backend port
+    cat <<NGINX
+    upstream stable { server 127.0.0.1:$1; keepalive 128; keepalive_requests 1000000; }
+    upstream canary { server 127.0.0.1:$1; keepalive 128; keepalive_requests 1000000; }
+NGINX
+}
+nginx_forwarding() {
+    # shellcheck disable=SC2016 # nginx's variables, not the shell's
+    printf '%s\n' \
+        '            proxy_pass http://$gg_version;' \
+        '            proxy_http_version 1.1;' \
+        '            proxy_set_header Connection "";' \
+        '            proxy_set_header X-Graygate-Version $gg_version;' \
+        '            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;'
+}
+
 # The peers compared with nginx by compare.sh and https.sh, by the same letters in both
 # tables; the Redis-backed ones look up `gray:version:<uid>`.
 # shellcheck disable=SC2034 # used by the scripts that source this file
@@ -311,8 +331,7 @@ error_log $work/$1/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
-    upstream stable { server 127.0.0.1:$backend; keepalive 128; keepalive_requests 1000000; }
-    upstream canary { server 127.0.0.1:$backend; keepalive 128; keepalive_requests 1000000; }
+$(nginx_upstreams "$backend")
     lua_package_path "/usr/share/lua/5.1/?.lua;;";
 $http_conf
     server {
@@ -321,11 +340,7 @@ $http_conf
         location / {
             set \$gg_version stable;
 $location_conf
-            proxy_pass http://\$gg_version;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Graygate-Version \$gg_version;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+$(nginx_forwarding)
         }
     }
 }

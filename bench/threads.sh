@@ -59,18 +59,13 @@ error_log $work/$p/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
-    upstream stable { server 127.0.0.1:$backend; keepalive 128; keepalive_requests 1000000; }
-    upstream canary { server 127.0.0.1:$backend; keepalive 128; keepalive_requests 1000000; }
+$(nginx_upstreams "$backend")
     map \$http_x_user_id \$gg_version { "~[123]\$" canary; default stable; }
     server {
         listen 127.0.0.1:${port[$p]} backlog=4096;
         keepalive_requests 1000000;
         location / {
-            proxy_pass http://\$gg_version;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Graygate-Version \$gg_version;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+$(nginx_forwarding)
         }
     }
 }
