@@ -343,7 +343,7 @@ answered, in alternating order): p99 ${quiet} ms without reloads, ${loaded} ms w
 median of the pairs' differences ${delta} ms, the reloading run worse in $worse of $PAIRS pairs;
 p50 ${quiet50} / ${loaded50} ms. Per-pair p99 without: ${p99[quiet]}ms; with: ${p99[reloading]}ms.
 $reloads reloads, each answered in a median of ${reload_ms:-?} ms (worst ${reload_worst} ms), compiled on
-the reload thread at nice +10 on the worker's core; generation ${generation:-?} serving at the end.
+the reload thread (the idle scheduling class; before f53ac2b nice +10) on the worker's core; generation ${generation:-?} serving at the end.
 
 $(printf '%s\n' "${verdicts[@]}")
 
