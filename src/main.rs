@@ -325,7 +325,7 @@ fn check(conf: &std::path::Path) -> ExitCode {
                 rules.rules.len(),
                 rules.goals.len(),
                 rules.rollouts.len(),
-                loaded.files.len(),
+                loaded.origin.files.len(),
                 rules.version(rules.default).name,
                 tls_listeners
             );

@@ -131,9 +131,9 @@ fn rules_summary(snapshot: &Snapshot) -> serde_json::Value {
     let rules = &snapshot.rules;
     json!({
         "generation": snapshot.generation,
-        "content_hash": format!("{:016x}", snapshot.content_hash),
+        "content_hash": format!("{:016x}", snapshot.origin.content_hash),
         "loaded_at": humantime::format_rfc3339_seconds(snapshot.loaded_at).to_string(),
-        "files": snapshot.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+        "files": snapshot.origin.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
         "default": &*rules.version(rules.default).name,
         "versions": rules.versions.iter().map(|v| json!({
             "name": &*v.name, "description": v.description, "selectable": v.selectable, "restricted": v.restricted,

@@ -322,7 +322,7 @@ impl Fleet {
             id: self.id.clone(),
             address: self.address.clone(),
             graygate_version: env!("CARGO_PKG_VERSION").to_string(),
-            rules_hash: format!("{:016x}", snapshot.content_hash),
+            rules_hash: format!("{:016x}", snapshot.origin.content_hash),
             generation: snapshot.generation,
             started_unix_ms: self.started_unix_ms,
             at_unix_ms: unix_ms(),

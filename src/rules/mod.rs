@@ -11,7 +11,7 @@ pub mod model;
 pub mod raw;
 pub mod sets;
 
-pub use compile::{compile, load, LoadedRules, RuleSource};
+pub use compile::{compile, load, read, LoadedRules, RuleSource, RulesOrigin};
 pub use decide::{decide, explain, Decision, Explanation};
 
 /// Helpers for tests: compile YAML text and build requests.

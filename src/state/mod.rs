@@ -30,7 +30,7 @@ use crate::facts::VersionId;
 use crate::metrics::{GenerationSeries, Metrics, SeriesLayout};
 use crate::rules::decide::Decision;
 use crate::rules::model::{Listeners, RuleSet};
-use crate::rules::{self, LoadedRules};
+use crate::rules::{self, LoadedRules, RulesOrigin};
 use crate::stats::{Cell, GoalMap, Scope, Stats};
 use crate::upstream::{ServiceId, ServiceTable};
 pub use runtime::{AppliedState, Override, RuntimeState};
@@ -44,10 +44,8 @@ pub struct Snapshot {
     pub rules: Arc<RuleSet>,
     /// Services and their live groups.
     pub services: Arc<ServiceTable>,
-    /// XXH64 of the rules files.
-    pub content_hash: u64,
-    /// The files read.
-    pub files: Vec<PathBuf>,
+    /// The files it was compiled from, and the hash of their content.
+    pub origin: RulesOrigin,
     /// When this generation was loaded.
     pub loaded_at: SystemTime,
     /// The runtime state, resolved against this generation's names.
@@ -140,7 +138,7 @@ impl Snapshot {
         )
         .map_err(|e| {
             let mut diags = Diagnostics::default();
-            let file = loaded.files.first().cloned().unwrap_or_default();
+            let file = loaded.origin.files.first().cloned().unwrap_or_default();
             diags.push(
                 Severity::Error,
                 &Arc::from(file.as_path()),
@@ -156,8 +154,7 @@ impl Snapshot {
             series: Arc::new(prepare_series(metrics, &rules, &services)),
             rules: Arc::new(rules),
             services: Arc::new(services),
-            content_hash: loaded.content_hash,
-            files: loaded.files,
+            origin: loaded.origin,
             loaded_at: SystemTime::now(),
         })
     }
@@ -168,8 +165,7 @@ impl Snapshot {
             generation: self.generation,
             rules: Arc::clone(&self.rules),
             services: Arc::clone(&self.services),
-            content_hash: self.content_hash,
-            files: self.files.clone(),
+            origin: self.origin.clone(),
             loaded_at: self.loaded_at,
             runtime: runtime.apply(&self.rules),
             stats: Arc::clone(&self.stats),
@@ -298,14 +294,17 @@ impl SnapshotStore {
 
     /// Loads, validates and compiles the rules again and swaps them in, with the runtime
     /// state kept; on any error the current snapshot keeps serving and every error is
-    /// returned. Files whose content did not change leave the current snapshot in place.
+    /// returned. Files whose content did not change leave the current snapshot in place,
+    /// found so before compiling (the file watch and `POST /-/reload` after one edit cost
+    /// one compile, not two).
     pub fn reload(&self) -> Result<Reloaded, Diagnostics> {
         let runtime = self.lock_runtime();
         let previous = self.current();
-        let loaded = rules::load(&self.rules_path, &self.listeners)?;
-        if loaded.content_hash == previous.content_hash && loaded.files == previous.files {
+        let sources = rules::read(&self.rules_path)?;
+        if previous.origin.is_unchanged_in(&sources) {
             return Ok(Reloaded::Unchanged(previous));
         }
+        let loaded = rules::compile(&sources, &self.listeners)?;
         for warning in loaded.warnings.items() {
             log::warn!("{warning}");
         }

@@ -64,15 +64,50 @@ pub struct LoadedRules {
     pub model: RoutingModel,
     /// Warnings found (no errors: those reject the load).
     pub warnings: Diagnostics,
+    /// The files it was compiled from.
+    pub origin: RulesOrigin,
+}
+
+/// What a generation was compiled from: enough to tell, from the files read again, that
+/// nothing changed without compiling them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RulesOrigin {
     /// The files read, in merge order.
     pub files: Vec<PathBuf>,
-    /// XXH64 of every file's path and content, the files the rules name (`tls.ca`) included.
+    /// XXH64 of every file's name and content, the files the rules name (`tls.ca`) included.
     pub content_hash: u64,
+    /// The files the rules named (`tls.ca`): as written, and where they were read.
+    named: Vec<(String, PathBuf)>,
+}
+
+impl RulesOrigin {
+    /// Whether `sources`, just read, are the files this was compiled from with the same
+    /// content, and the files the rules name, read again, too: a reload that finds so keeps
+    /// the generation serving without compiling anything.
+    pub fn is_unchanged_in(&self, sources: &[RuleSource]) -> bool {
+        if !self.files.iter().eq(sources.iter().map(|s| &s.path)) {
+            return false;
+        }
+        let mut named = Vec::new();
+        for (written, path) in &self.named {
+            match std::fs::read(path) {
+                Ok(bytes) => push_named(&mut named, written, &bytes),
+                Err(_) => return false,
+            }
+        }
+        content_hash(sources, &named) == self.content_hash
+    }
 }
 
 /// Reads the rules file, or every `*.yaml` / `*.yml` file of the rules directory in name
 /// order, and compiles them against the config's `listeners`.
 pub fn load(path: &Path, listeners: &Listeners) -> Result<LoadedRules, Diagnostics> {
+    compile(&read(path)?, listeners)
+}
+
+/// Reads the rules file, or every `*.yaml` / `*.yml` file of the rules directory in name
+/// order.
+pub fn read(path: &Path) -> Result<Vec<RuleSource>, Diagnostics> {
     let file: Arc<Path> = Arc::from(path);
     let mut diags = Diagnostics::default();
     let paths = if path.is_dir() {
@@ -127,7 +162,7 @@ pub fn load(path: &Path, listeners: &Listeners) -> Result<LoadedRules, Diagnosti
     if diags.has_errors() {
         return Err(diags);
     }
-    compile(&sources, listeners)
+    Ok(sources)
 }
 
 /// Validates and compiles rules files already read, against the config's `listeners` (what
@@ -150,15 +185,18 @@ pub fn compile(sources: &[RuleSource], listeners: &Listeners) -> Result<LoadedRu
         Some(model) if !c.diags.has_errors() => Ok(LoadedRules {
             model,
             warnings: c.diags,
-            files: sources.iter().map(|s| s.path.clone()).collect(),
-            content_hash: content_hash(sources, &c.included),
+            origin: RulesOrigin {
+                files: sources.iter().map(|s| s.path.clone()).collect(),
+                content_hash: content_hash(sources, &c.included),
+                named: c.named,
+            },
         }),
         _ => Err(c.diags),
     }
 }
 
 /// XXH64 of every file's name and content, each followed by a NUL, then of the files the
-/// rules named (`included`, already in that form). Names, not paths: the same rules loaded
+/// rules named (`included`, already in that form: [`push_named`]). Names, not paths: the same rules loaded
 /// from another directory (another instance of the fleet) have the same hash; a reload still
 /// compares the paths apart.
 fn content_hash(sources: &[RuleSource], included: &[u8]) -> u64 {
@@ -172,6 +210,16 @@ fn content_hash(sources: &[RuleSource], included: &[u8]) -> u64 {
     }
     input.extend_from_slice(included);
     xxh64(&input, 0)
+}
+
+/// Adds a file the rules named to the `included` part of a content hash: its name as
+/// written (the same rules in another directory hash the same) and its bytes, each followed
+/// by a NUL.
+fn push_named(included: &mut Vec<u8>, written: &str, bytes: &[u8]) {
+    included.extend_from_slice(written.as_bytes());
+    included.push(0);
+    included.extend_from_slice(bytes);
+    included.push(0);
 }
 
 /// Where an item came from: its file and its path inside that file.
@@ -229,8 +277,10 @@ struct Compiler {
     /// Version names, once the versions are compiled.
     version_names: HashMap<String, VersionId>,
     /// The path and bytes of every other file the rules read (`tls.ca`), each followed by a
-    /// NUL: part of the content hash.
+    /// NUL: part of the content hash ([`push_named`]).
     included: Vec<u8>,
+    /// Those files: as written, and where they were read.
+    named: Vec<(String, PathBuf)>,
     /// The config's proxy listeners.
     listeners: Listeners,
     /// Rollout names, once the rollouts are compiled (those without errors).

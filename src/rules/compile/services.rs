@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 
-use super::{is_dotted_name, is_name, At, Compiler};
+use super::{is_dotted_name, is_name, push_named, At, Compiler};
 use crate::facts::VersionId;
 use pingora::tls::x509::X509;
 use xxhash_rust::xxh64::xxh64;
@@ -296,12 +296,9 @@ impl Compiler {
         if certs.is_empty() {
             return Err(format!("\"{shown}\" holds no PEM certificate"));
         }
-        // As written: the same rules in another directory hash the same.
-        self.included
-            .extend_from_slice(written.to_string_lossy().as_bytes());
-        self.included.push(0);
-        self.included.extend_from_slice(&pem);
-        self.included.push(0);
+        let written = written.to_string_lossy();
+        push_named(&mut self.included, &written, &pem);
+        self.named.push((written.into_owned(), path.clone()));
         Ok(CaBundle {
             content_hash: xxh64(&pem, 0),
             path,
@@ -614,13 +611,19 @@ mod upstream_tests {
             first.model.services[0].groups[0].public_addresses,
             vec!["https://127.0.0.1:1"]
         );
-        // The same files again: the same hash. A new CA alone: a new hash and a new spec.
+        // The same files again: the same hash, and the origin finds them unchanged without
+        // compiling. A new CA alone: a new hash and a new spec, and the origin sees it.
         let again = compile_in(dir.path(), &yaml).unwrap();
-        assert_eq!(again.content_hash, first.content_hash);
+        assert_eq!(again.origin, first.origin);
+        let sources = crate::rules::read(&dir.path().join("rules.yaml")).unwrap();
+        assert!(first.origin.is_unchanged_in(&sources));
         std::fs::write(dir.path().join("tls/ca.pem"), ca_pem("second")).unwrap();
+        assert!(!first.origin.is_unchanged_in(&sources));
         let renewed = compile_in(dir.path(), &yaml).unwrap();
-        assert_ne!(renewed.content_hash, first.content_hash);
+        assert_ne!(renewed.origin.content_hash, first.origin.content_hash);
         assert_ne!(renewed.model.services[0].groups[0].spec, *spec);
+        std::fs::remove_file(dir.path().join("tls/ca.pem")).unwrap();
+        assert!(!renewed.origin.is_unchanged_in(&sources), "a CA file gone");
     }
 
     #[test]
