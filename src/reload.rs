@@ -48,6 +48,8 @@ pub struct Reloader {
     store: Arc<SnapshotStore>,
     metrics: Arc<Metrics>,
     certificates: Vec<Arc<TlsEndpoint>>,
+    /// Where every reload runs, one after another.
+    thread: IdleThread,
 }
 
 impl Reloader {
@@ -57,6 +59,7 @@ impl Reloader {
             store,
             metrics,
             certificates: Vec::new(),
+            thread: IdleThread::new("graygate-reload"),
         }
     }
 
@@ -66,23 +69,22 @@ impl Reloader {
         self
     }
 
-    /// [`Reloader::reload`] on a thread of its own, started for it, in the idle scheduling
-    /// class (see [`lower_priority`]); `done` gets the report there. Compiling reads
-    /// files and may resolve peer names, so it stays off the async workers; and compiling
-    /// 10,000 rules keeps a core busy for a few hundred milliseconds, which on a core it
-    /// shares with a request worker must not delay requests.
+    /// [`Reloader::reload`] on the reload thread, a thread in the idle scheduling class
+    /// (see [`lower_priority`]) that runs reloads one after another; `done` gets the report
+    /// there. Compiling reads files and may resolve peer names, so it stays off the async
+    /// workers; and compiling 10,000 rules keeps a core busy for a few hundred milliseconds,
+    /// which on a core it shares with a request worker must not delay requests. One thread
+    /// for every reload, not one each: its stack and its allocator's pages are reused, where
+    /// a new thread's are mapped and unmapped, page-table work that here delayed the wakeup
+    /// of the worker on its core (docs/performance.md).
     pub fn spawn(
         self: Arc<Self>,
         trigger: &'static str,
         done: impl FnOnce(ReloadReport) + Send + 'static,
     ) -> std::io::Result<()> {
-        std::thread::Builder::new()
-            .name("graygate-reload".into())
-            .spawn(move || {
-                lower_priority();
-                done(self.reload(trigger));
-            })
-            .map(drop)
+        let reloader = Arc::clone(&self);
+        self.thread
+            .run(Box::new(move || done(reloader.reload(trigger))))
     }
 
     /// [`Reloader::spawn`], awaited; `None` when the thread could not start or ended
@@ -240,6 +242,57 @@ impl WatchedPaths {
             || path
                 .file_name()
                 .is_some_and(|name| name.to_string_lossy().starts_with(".."))
+    }
+}
+
+/// A job for an [`IdleThread`].
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread in the idle scheduling class ([`lower_priority`]) that runs jobs one after
+/// another, started with the first. A job that panics is logged and the next one runs. It
+/// ends when its owner is dropped and the queued jobs have run.
+struct IdleThread {
+    name: &'static str,
+    /// The queue of the running thread, if one was started and has not ended.
+    jobs: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+}
+
+impl IdleThread {
+    fn new(name: &'static str) -> Self {
+        IdleThread {
+            name,
+            jobs: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Queues `job`, starting the thread if none runs.
+    fn run(&self, job: Job) -> std::io::Result<()> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let job = match jobs.as_ref() {
+            Some(queue) => match queue.send(job) {
+                Ok(()) => return Ok(()),
+                // The thread is gone: the job comes back for a new one.
+                Err(std::sync::mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (queue, queued) = std::sync::mpsc::channel::<Job>();
+        let name = self.name;
+        std::thread::Builder::new()
+            .name(self.name.into())
+            .spawn(move || {
+                lower_priority();
+                for job in queued {
+                    // What a job locks recovers from a poisoned lock (as reloads do).
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        log::error!("a job of thread {name} panicked; the next one runs");
+                    }
+                }
+            })?;
+        // The new thread holds the receiver until this sender and its clones are gone.
+        let _ = queue.send(job);
+        *jobs = Some(queue);
+        Ok(())
     }
 }
 
@@ -426,6 +479,38 @@ mod tests {
         .expect("the thread ends");
         assert_eq!(policy, idle);
         assert_ne!(thread_schedule_policy().expect("own policy"), idle);
+    }
+
+    /// Jobs run one after another on one thread, not the caller's, and in the idle class;
+    /// a job that panics does not stop the ones after it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_idle_thread_runs_jobs_in_order_and_outlives_a_panic() {
+        use thread_priority::unix::{
+            thread_schedule_policy, NormalThreadSchedulePolicy, ThreadSchedulePolicy,
+        };
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        let thread = IdleThread::new("test-idle");
+        let (tx, rx) = std::sync::mpsc::channel();
+        for n in 0..4 {
+            let tx = tx.clone();
+            thread
+                .run(Box::new(move || {
+                    if n == 2 {
+                        panic!("a job that panics (expected in this test)");
+                    }
+                    let policy = thread_schedule_policy().expect("own policy");
+                    tx.send((n, std::thread::current().id(), policy)).unwrap();
+                }))
+                .unwrap();
+        }
+        let ran: Vec<_> = (0..3)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).expect("a job ran"))
+            .collect();
+        assert_eq!(ran.iter().map(|r| r.0).collect::<Vec<_>>(), [0, 1, 3]);
+        assert!(ran.iter().all(|r| r.1 == ran[0].1), "one thread: {ran:?}");
+        assert_ne!(ran[0].1, std::thread::current().id());
+        assert!(ran.iter().all(|r| r.2 == idle), "{ran:?}");
     }
 
     #[test]
