@@ -219,24 +219,15 @@ done
 # them). Reported: the median p99 of each kind and the median of the pairs' differences.
 IFS=: read -r big_n big_h <<<"${rules_of[$largest]}"
 for v in 1 2; do python3 bench/tenants.py "$big_n" "$big_h" "127.0.0.1:$backend" "$v" > "$work/variant$v.yaml"; done
-reloader() { # until killed: a variant in place, POST /-/reload, RELOAD_EVERY s of rest
-    local v=1
-    while :; do
-        cp "$work/variant$v.yaml" "$work/$largest/rules/rules.yaml.new"
-        mv "$work/$largest/rules/rules.yaml.new" "$work/$largest/rules/rules.yaml"
-        curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -X POST -H "Authorization: Bearer $GG_TOKEN" \
-            "http://127.0.0.1:${admin[$largest]}/-/reload" >> "$work/reloads.txt"
-        v=$((3 - v))
-        sleep "$RELOAD_EVERY"
-    done
-}
 quiet_run() {
     run_wrk paced.lua "${port[$largest]}" "$LAT_CONNECTIONS" "$LAT_DURATION"
     read -r _ q50 q99 _ <<<"$RESULT"
 }
 reloading_run() {
-    taskset -c 1 bash -c "$(declare -f reloader); $(declare -p work largest admin GG_TOKEN RELOAD_EVERY); reloader" &
+    taskset -c 1 python3 bench/reloader.py "http://127.0.0.1:${admin[$largest]}/-/reload" "$GG_TOKEN" \
+        "$work/$largest/rules/rules.yaml" "$work/variant1.yaml" "$work/variant2.yaml" "$RELOAD_EVERY" "$work/reloads.txt" &
     reloader_pid=$!; pids+=("$reloader_pid")
+    sleep 0.3 # its start-up done before the measured run (its first reload comes later)
     run_wrk paced.lua "${port[$largest]}" "$LAT_CONNECTIONS" "$LAT_DURATION"
     kill "$reloader_pid" 2>/dev/null || true; wait "$reloader_pid" 2>/dev/null || true
     read -r _ l50 l99 _ <<<"$RESULT"
