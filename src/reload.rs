@@ -1,7 +1,8 @@
 //! Hot reload of the rules: a file watch (debounced), `SIGHUP`, and `POST /-/reload`.
 //!
-//! Every trigger ends in [`Reloader::reload`]: load, validate, compile, swap atomically
-//! (see [`SnapshotStore::reload`]). Requests in flight keep the generation they loaded in
+//! Every trigger ends in [`Reloader::reload`] on the one reload thread, in the idle
+//! scheduling class: read, compare with the serving generation's files, validate, compile,
+//! swap atomically (see [`SnapshotStore::reload`]). Requests in flight keep the generation they loaded in
 //! `new_ctx`; an invalid rule set leaves the last good one serving, logs every error with
 //! file and line, and counts `graygate_rules_reload_total{result="error"}`.
 

@@ -295,9 +295,9 @@ impl AdminApp {
         }
     }
 
-    /// `POST /-/reload`. Compiling reads files and may resolve peer names: it runs on a
-    /// thread of its own at a lower priority ([`Reloader::spawn`]), as the file-watch path
-    /// does, never on an async worker.
+    /// `POST /-/reload`. Compiling reads files and may resolve peer names: it runs on the
+    /// reload thread, in the idle class ([`Reloader::spawn`]), as the file-watch path does,
+    /// never on an async worker.
     async fn reload(&self) -> Reply {
         let Some(report) = Arc::clone(&self.reloader)
             .reload_in_thread("admin API")
