@@ -2,9 +2,9 @@
 //!
 //! Every trigger ends in [`Reloader::reload`] on the one reload thread, in the idle
 //! scheduling class: read, compare with the serving generation's files, validate, compile,
-//! swap atomically (see [`SnapshotStore::reload`]). Requests in flight keep the generation they loaded in
-//! `new_ctx`; an invalid rule set leaves the last good one serving, logs every error with
-//! file and line, and counts `graygate_rules_reload_total{result="error"}`.
+//! swap atomically (see [`SnapshotStore::reload`]). Requests in flight keep the generation
+//! they loaded in `new_ctx`; an invalid rule set leaves the last good one serving, logs every
+//! error with file and line, and counts `graygate_rules_reload_total{result="error"}`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

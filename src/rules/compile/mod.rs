@@ -196,9 +196,9 @@ pub fn compile(sources: &[RuleSource], listeners: &Listeners) -> Result<LoadedRu
 }
 
 /// XXH64 of every file's name and content, each followed by a NUL, then of the files the
-/// rules named (`included`, already in that form: [`push_named`]). Names, not paths: the same rules loaded
-/// from another directory (another instance of the fleet) have the same hash; a reload still
-/// compares the paths apart.
+/// rules named (`included`, already in that form: [`push_named`]). Names, not paths: the
+/// same rules loaded from another directory (another instance of the fleet) have the same
+/// hash; a reload still compares the paths apart.
 fn content_hash(sources: &[RuleSource], included: &[u8]) -> u64 {
     let mut input = Vec::new();
     for source in sources {
