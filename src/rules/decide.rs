@@ -6,8 +6,8 @@
 //! [`explain`] runs the very same evaluation with a trace of every rule, for `graygate
 //! explain` and the admin API; [`decide`] runs it with a trace that compiles away, over the
 //! rules the [rule index](super::index) names as candidates for the request (the others'
-//! key conditions cannot hold). [`decide_linear`] tries every rule: the reference the
-//! index is tested against.
+//! key conditions cannot hold), skipping the key condition the index proved. [`decide_linear`]
+//! tries every rule and every condition: the reference the index is tested against.
 
 use std::fmt;
 
@@ -161,21 +161,23 @@ pub enum Missing {
 
 /// Decides the version for a request, or names the first store fact a reached rule needs.
 pub fn decide(rules: &RuleSet, facts: &Facts) -> Result<Decision, Missing> {
-    let candidates = rules.index.candidates(facts);
-    let candidates = candidates.filter_map(|i| rules.rules.get(i).map(|rule| (i, rule)));
+    let candidates = rules.index.candidates(facts).filter_map(|c| {
+        let rule = rules.rules.get(c.position)?;
+        Some((c.position, rule, c.proven))
+    });
     evaluate(rules, facts, candidates, &mut ())
 }
 
 /// [`decide`] trying every rule in turn, without the index: the reference it is tested
 /// against (and what [`explain`] runs).
 pub fn decide_linear(rules: &RuleSet, facts: &Facts) -> Result<Decision, Missing> {
-    evaluate(rules, facts, rules.rules.iter().enumerate(), &mut ())
+    evaluate(rules, facts, in_turn(rules), &mut ())
 }
 
 /// Decides and explains every rule's part in the decision.
 pub fn explain(rules: &RuleSet, facts: &Facts) -> Result<Explanation, Missing> {
     let mut steps = Vec::with_capacity(rules.rules.len());
-    let decision = evaluate(rules, facts, rules.rules.iter().enumerate(), &mut steps)?;
+    let decision = evaluate(rules, facts, in_turn(rules), &mut steps)?;
     for rule in &rules.rules[steps.len()..] {
         steps.push(Step {
             rule: rule.name.to_string(),
@@ -198,11 +200,22 @@ fn needs(condition: &Condition, facts: &Facts) -> Option<Missing> {
     }
 }
 
-/// Tries `candidates` (rule positions, in rule order) top to bottom.
+/// Every rule in turn, none of its conditions known to hold: what [`evaluate`] tries
+/// without the index.
+fn in_turn(rules: &RuleSet) -> impl Iterator<Item = (usize, &Rule, Option<usize>)> {
+    rules
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| (i, rule, None))
+}
+
+/// Tries `candidates` (rule positions, in rule order, each with the condition the index
+/// proved, which is not evaluated again) top to bottom.
 fn evaluate<'r>(
     rules: &'r RuleSet,
     facts: &Facts,
-    candidates: impl Iterator<Item = (usize, &'r Rule)>,
+    candidates: impl Iterator<Item = (usize, &'r Rule, Option<usize>)>,
     trace: &mut impl Trace,
 ) -> Result<Decision, Missing> {
     if let Some(version) = facts.override_version {
@@ -212,8 +225,13 @@ fn evaluate<'r>(
             reason: Reason::Override,
         });
     }
-    'rules: for (index, rule) in candidates {
-        for condition in &rule.conditions {
+    'rules: for (index, rule, proven) in candidates {
+        for (c, condition) in rule.conditions.iter().enumerate() {
+            // The index found the request under this condition's keys: it holds, and as
+            // a key it needs no store fact.
+            if proven == Some(c) {
+                continue;
+            }
             if let Some(missing) = needs(condition, facts) {
                 return Err(missing);
             }

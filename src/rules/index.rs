@@ -20,6 +20,13 @@
 //! 10 rules or 10,000; only the candidates are evaluated, by the very code that evaluates
 //! every rule in turn, so the first candidate that decides is the first rule that decides.
 //!
+//! A candidate found under a key also carries its key condition as *proven*: the lookup that
+//! found it is that condition's own test (the same tables, the same request fields), so
+//! `decide` does not evaluate it again; with thousands of tenants that test is the rule's
+//! costliest step, a hash lookup into memory no other request touched lately. A header
+//! condition on two headers is only partly proven (its key is one header's value) and is
+//! evaluated in full.
+//!
 //! Skipping a rule is sound because its key condition does not hold for the request, and
 //! linear evaluation would have stopped at that condition too: a key is only taken from the
 //! conditions before the first one that may need a store fact (`tier`, `internal`, or a `not`
@@ -32,9 +39,34 @@ use http::header::HeaderName;
 use http::Method;
 use smallvec::SmallVec;
 
+use super::matcher::MAX_VALUE_LEN;
 use super::model::{Condition, Rule, ValueMatch};
 use super::sets::{PrefixMap, StrTable, SuffixTable, TableFull};
 use crate::facts::Facts;
+
+/// A rule filed under a key: its position, and the condition of the rule that the key's
+/// lookup proves to hold ([`Filed::UNPROVEN`] for a rule without a key, or a key that checks
+/// only part of its condition: one value of a multi-header condition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Filed {
+    rule: u32,
+    proven: u32,
+}
+
+impl Filed {
+    const UNPROVEN: u32 = u32::MAX;
+}
+
+/// A candidate rule for a request: its position, and which of its conditions the index has
+/// already checked (a rule under `always` has none); [`decide`](super::decide::decide) does
+/// not evaluate that one again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// The rule's position.
+    pub position: usize,
+    /// The index, in the rule's conditions, of its key condition when the key proved it.
+    pub proven: Option<usize>,
+}
 
 /// Rule positions under one key: a span of [`RuleIndex::ids`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -60,7 +92,7 @@ impl Keyed {
 #[derive(Clone, Default)]
 pub struct RuleIndex {
     /// Every rule's position, grouped by key; each group sorted.
-    ids: Box<[u32]>,
+    ids: Box<[Filed]>,
     /// Rules without a key condition: candidates for every request.
     always: Span,
     hosts: Keyed,
@@ -111,8 +143,11 @@ struct Builder {
 }
 
 /// One way to file a rule: keys of one condition (possibly of two kinds, for a host list of
-/// exact and suffix names).
-type Option_ = Vec<(Kind, u32)>;
+/// exact and suffix names), and whether finding one of them proves the whole condition.
+struct Option_ {
+    keys: Vec<(Kind, u32)>,
+    proves: bool,
+}
 
 impl Builder {
     fn count(&mut self, kind: Kind, key: u32) -> &mut u32 {
@@ -130,6 +165,7 @@ impl Builder {
     /// The ways `condition` can file a rule, its keys added to the tables.
     fn option(&mut self, condition: &Condition) -> Result<Option<Option_>, TableFull> {
         let mut keys = Vec::new();
+        let mut proves = true;
         match condition {
             Condition::Host(set) if !set.any => {
                 for host in set.exact.keys() {
@@ -145,6 +181,8 @@ impl Builder {
                 }
             }
             Condition::Header(pairs) => {
+                // A value of one header; the others, if any, are left to `holds`.
+                proves = pairs.len() == 1;
                 let Some((name, values)) = pairs.iter().find_map(|(name, m)| match m {
                     ValueMatch::AnyOf(values) => Some((name, values)),
                     _ => None,
@@ -186,7 +224,7 @@ impl Builder {
         }
         keys.sort_unstable_by_key(|&(kind, key)| (slot(kind), kind_extra(kind), key));
         keys.dedup();
-        Ok(Some(keys))
+        Ok(Some(Option_ { keys, proves }))
     }
 }
 
@@ -228,7 +266,12 @@ impl RuleIndex {
 
     /// An index that files every rule under `always`: linear evaluation.
     pub fn every_rule(rules: usize) -> RuleIndex {
-        let ids: Box<[u32]> = (0..rules as u32).collect();
+        let ids: Box<[Filed]> = (0..rules as u32)
+            .map(|rule| Filed {
+                rule,
+                proven: Filed::UNPROVEN,
+            })
+            .collect();
         RuleIndex {
             always: Span {
                 start: 0,
@@ -243,28 +286,32 @@ impl RuleIndex {
         u32::try_from(rules.len()).map_err(|_| TableFull)?;
         let mut b = Builder::default();
         // Every way each rule could be filed, and how many rules share each key.
-        let mut options: Vec<Vec<Option_>> = Vec::with_capacity(rules.len());
+        // (condition, option) per rule.
+        let mut options: Vec<Vec<(usize, Option_)>> = Vec::with_capacity(rules.len());
         for rule in rules {
             let mut mine = Vec::new();
-            for condition in rule.conditions.iter() {
+            for (c, condition) in rule.conditions.iter().enumerate() {
                 if may_need_store(condition) {
                     break;
                 }
-                if let Some(keys) = b.option(condition)? {
-                    for &(kind, key) in &keys {
+                if let Some(option) = b.option(condition)? {
+                    for &(kind, key) in &option.keys {
                         *b.count(kind, key) += 1;
                     }
-                    mine.push(keys);
+                    mine.push((c, option));
                 }
             }
             options.push(mine);
         }
         // Each rule under the key condition whose busiest key has the fewest rules.
-        let mut filed: Vec<(Kind, u32, u32)> = Vec::new();
+        let mut filed: Vec<(Kind, u32, Filed)> = Vec::new();
         let mut always = Vec::new();
         for (position, mine) in options.into_iter().enumerate() {
-            let best = mine.into_iter().min_by_key(|keys| {
-                keys.iter()
+            let rule = position as u32;
+            let best = mine.into_iter().min_by_key(|(_, option)| {
+                option
+                    .keys
+                    .iter()
                     .map(|&(kind, key)| *b.count(kind, key))
                     .max()
                     .unwrap_or(0)
@@ -272,17 +319,26 @@ impl RuleIndex {
             match best {
                 // A key condition with no key (`uid_in: []`) never holds: the rule is never
                 // a candidate, as it never decides.
-                Some(keys) => {
-                    filed.extend(keys.into_iter().map(|(k, key)| (k, key, position as u32)))
+                Some((c, option)) => {
+                    let proven = if option.proves {
+                        u32::try_from(c).map_err(|_| TableFull)?
+                    } else {
+                        Filed::UNPROVEN
+                    };
+                    let filed_as = Filed { rule, proven };
+                    filed.extend(option.keys.into_iter().map(|(k, key)| (k, key, filed_as)))
                 }
-                None => always.push(position as u32),
+                None => always.push(Filed {
+                    rule,
+                    proven: Filed::UNPROVEN,
+                }),
             }
         }
-        filed.sort_unstable_by_key(|&(kind, key, rule)| (slot(kind), kind_extra(kind), key, rule));
+        filed.sort_unstable_by_key(|&(kind, key, f)| (slot(kind), kind_extra(kind), key, f.rule));
         filed.dedup();
 
-        let mut ids: Vec<u32> = Vec::with_capacity(filed.len() + always.len());
-        let mut push = |list: &mut dyn Iterator<Item = u32>| {
+        let mut ids: Vec<Filed> = Vec::with_capacity(filed.len() + always.len());
+        let mut push = |list: &mut dyn Iterator<Item = Filed>| {
             let start = ids.len() as u32;
             ids.extend(list);
             Span {
@@ -302,7 +358,7 @@ impl RuleIndex {
         let mut header_keyed: Vec<Keyed> = b.headers.iter().map(|_| Keyed::default()).collect();
         for group in filed.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
             let (kind, key, _) = group[0];
-            let span = push(&mut group.iter().map(|&(_, _, rule)| rule));
+            let span = push(&mut group.iter().map(|&(_, _, f)| f));
             match kind {
                 Kind::Host => {
                     index.hosts.keys.insert(b.hosts.key(key))?;
@@ -355,7 +411,7 @@ impl RuleIndex {
         Ok(index)
     }
 
-    fn list(&self, span: Span) -> &[u32] {
+    fn list(&self, span: Span) -> &[Filed] {
         self.ids
             .get(span.start as usize..span.end as usize)
             .unwrap_or_default()
@@ -365,7 +421,7 @@ impl RuleIndex {
     /// condition holds, and every rule without one.
     pub fn candidates(&self, facts: &Facts) -> Candidates<'_> {
         let req = &facts.req;
-        let mut lists: SmallVec<[&[u32]; 8]> = SmallVec::new();
+        let mut lists: SmallVec<[&[Filed]; 8]> = SmallVec::new();
         let mut add = |span: Span| {
             let list = self.list(span);
             if !list.is_empty() {
@@ -385,7 +441,10 @@ impl RuleIndex {
             }
         }
         for (name, keyed) in &self.headers {
-            if let Some(span) = req.header(name).and_then(|v| keyed.span(v)) {
+            // A value `holds` would not read (too long) is not looked up either, so that
+            // a key found proves its condition.
+            let value = req.header(name).filter(|v| v.len() <= MAX_VALUE_LEN);
+            if let Some(span) = value.and_then(|v| keyed.span(v)) {
                 add(span);
             }
         }
@@ -403,20 +462,28 @@ impl RuleIndex {
 
 /// The candidate rules of one request, in rule order: a merge of sorted lists.
 pub struct Candidates<'a> {
-    lists: SmallVec<[&'a [u32]; 8]>,
+    lists: SmallVec<[&'a [Filed]; 8]>,
 }
 
 impl Iterator for Candidates<'_> {
-    type Item = usize;
+    type Item = Candidate;
 
-    fn next(&mut self) -> Option<usize> {
-        let next = self.lists.iter().filter_map(|l| l.first()).min().copied()?;
+    fn next(&mut self) -> Option<Candidate> {
+        let next = *self
+            .lists
+            .iter()
+            .filter_map(|l| l.first())
+            .min_by_key(|f| f.rule)?;
+        // A rule in two lists is there under two keys of one condition: the same `Filed`.
         for list in self.lists.iter_mut() {
-            if list.first() == Some(&next) {
+            if list.first().is_some_and(|f| f.rule == next.rule) {
                 *list = &list[1..];
             }
         }
-        Some(next as usize)
+        Some(Candidate {
+            position: next.rule as usize,
+            proven: (next.proven != Filed::UNPROVEN).then_some(next.proven as usize),
+        })
     }
 }
 
@@ -430,6 +497,8 @@ mod tests {
     use crate::facts::{Assigned, Facts, RequestView, Uid, VersionId};
     use crate::rules::decide::{decide, decide_linear, explain};
     use crate::rules::testing::model;
+
+    use super::Candidate;
 
     const HEAD: &str = "versions: { stable: {}, canary: {}, dev: { restricted: true } }\ndefault: stable\nservices:\n  web:\n    hosts: [\"*\"]\n    groups: { stable: { peers: [\"127.0.0.1:1\"] } }\nrules:\n";
 
@@ -465,10 +534,13 @@ mod tests {
         );
         let prefix = list(&["/", "/api", "/api/v2", "/b", "/é"], 2);
         let method = list(&["GET", "POST", "PUT"], 2);
+        // The header map: one header (a key that proves the condition) or two (a key that
+        // checks one of them).
         let tenant = prop_oneof![
-            list_of(&["t1", "t2", "t3"], 1, 2),
-            Just("{ prefix: t }".to_string()),
-            Just("\"*\"".to_string()),
+            list_of(&["t1", "t2", "t3"], 1, 2).prop_map(|t| format!("X-Tenant: {t}")),
+            list_of(&["t1", "t2"], 1, 2).prop_map(|t| format!("X-Tenant: {t}, X-Beta: yes")),
+            Just("X-Tenant: { prefix: t }".to_string()),
+            Just("X-Tenant: \"*\"".to_string()),
         ];
         let uid_in = list(&["1", "2", "3", "u4"], 3);
         let store = prop_oneof![
@@ -494,7 +566,7 @@ mod tests {
                 parts.extend(host.map(|h| format!("host: {h}")));
                 parts.extend(prefix.map(|p| format!("path_prefix: {p}")));
                 parts.extend(method.map(|m| format!("method: {m}")));
-                parts.extend(tenant.map(|t| format!("header: {{ X-Tenant: {t} }}")));
+                parts.extend(tenant.map(|t| format!("header: {{ {t} }}")));
                 parts.extend(uid_in.map(|u| format!("uid_in: {u}")));
                 parts.extend(store.map(str::to_string));
                 format!("{{ {} }}", parts.join(", "))
@@ -519,6 +591,7 @@ mod tests {
         path: &'static str,
         method: &'static str,
         tenant: Option<&'static str>,
+        beta: bool,
         uid: Option<&'static str>,
         paid: bool,
         tier_unresolved: bool,
@@ -547,17 +620,27 @@ mod tests {
             proptest::option::of(proptest::sample::select(
                 &["1", "2", "3", "u4", "5", "12"][..],
             )),
-            any::<(bool, bool, bool, bool)>(),
+            any::<(bool, bool, bool, bool, bool)>(),
             0u8..4,
             proptest::option::of(0u16..3),
         )
             .prop_map(
-                |(host, path, method, tenant, uid, (paid, tu, internal, iu), assigned, channel)| {
+                |(
+                    host,
+                    path,
+                    method,
+                    tenant,
+                    uid,
+                    (beta, paid, tu, internal, iu),
+                    assigned,
+                    channel,
+                )| {
                     Request {
                         host,
                         path,
                         method,
                         tenant,
+                        beta,
                         uid,
                         paid,
                         tier_unresolved: tu,
@@ -590,6 +673,9 @@ mod tests {
                 let mut headers = HeaderMap::new();
                 if let Some(t) = r.tenant {
                     headers.insert("x-tenant", HeaderValue::from_static(t));
+                }
+                if r.beta {
+                    headers.insert("x-beta", HeaderValue::from_static("yes"));
                 }
                 let method = http::Method::from_bytes(r.method.as_bytes()).unwrap();
                 let facts = Facts {
@@ -652,8 +738,21 @@ mod tests {
             arrival: Default::default(),
         };
         let facts = Facts::gather(&model.rules.identity, view);
-        let candidates: Vec<usize> = model.rules.index.candidates(&facts).collect();
-        // hdr7 (position 15) by its tenant header, `last` (position 2000) without a key.
-        assert_eq!(candidates, vec![15, 2000]);
+        let candidates: Vec<Candidate> = model.rules.index.candidates(&facts).collect();
+        // hdr7 (position 15) by its tenant header, which the lookup proved (its second
+        // condition), `last` (position 2000) without a key.
+        assert_eq!(
+            candidates,
+            vec![
+                Candidate {
+                    position: 15,
+                    proven: Some(1)
+                },
+                Candidate {
+                    position: 2000,
+                    proven: None
+                }
+            ]
+        );
     }
 }

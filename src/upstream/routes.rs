@@ -3,12 +3,15 @@
 //!
 //! The rule (SPEC: services) is: among the services whose hosts match, the longest path
 //! prefix wins; on a tie, the most specific host (exact, then the longer `*.suffix`, then
-//! `*`). [`Routes`] keeps, for every host pattern, a [`PrefixMap`] of its prefixes:
-//! exact hosts in one table and `*.suffix` hosts in another (both without regard to case),
-//! `*` on its own. A lookup takes the exact host's longest prefix, each matching suffix's
-//! (one lookup per suffix length present where the host has a dot) and `*`'s, and keeps the
-//! best by (prefix length, specificity). [`Routes::find_linear`] is the reference: the sorted
-//! list tried in turn, which a property test compares with the indexed lookup.
+//! `*`). [`Routes`] finds exact hosts in one table and `*.suffix` hosts in another (both
+//! without regard to case), `*` on its own, and keeps each pattern's prefixes: a pattern with
+//! a few (nearly every tenant host has just `/`) as a short list in one shared array, longest
+//! first, tried in turn (two cache lines read, where a map reads about eight); one with more
+//! as a [`PrefixMap`] (one lookup per prefix length present). A lookup takes the exact host's
+//! longest prefix, each matching suffix's (one lookup per suffix length present where the
+//! host has a dot) and `*`'s, and keeps the best by (prefix length, specificity).
+//! [`Routes::find_linear`] is the reference: the sorted list tried in turn, which property
+//! tests compare with the indexed lookup.
 
 use crate::rules::model::HostPattern;
 use crate::rules::sets::{PrefixMap, StrTable, SuffixTable, TableFull};
@@ -20,12 +23,45 @@ pub type ServiceId = usize;
 #[derive(Debug, Default)]
 pub struct Routes {
     exact: StrTable,
-    exact_prefixes: Vec<PrefixMap<ServiceId>>,
+    exact_prefixes: Vec<Prefixes>,
     suffixes: SuffixTable,
-    suffix_prefixes: Vec<PrefixMap<ServiceId>>,
-    any: PrefixMap<ServiceId>,
+    suffix_prefixes: Vec<Prefixes>,
+    any: Prefixes,
+    /// The routes of the hosts with few prefixes, each host's longest first.
+    few: Vec<FewRoute>,
+    /// The bytes of their prefixes.
+    few_text: String,
     /// (host, prefix, service): longest prefix first, then the most specific host.
     linear: Vec<(HostPattern, Box<str>, ServiceId)>,
+}
+
+/// A host pattern with at most this many prefixes tries them in turn: one cache line of
+/// routes and one of prefix bytes, where a hash map of prefixes reads about eight (its
+/// header, lengths, control bytes, slot, key and value), each a miss when the host is one
+/// of thousands.
+const FEW: usize = 8;
+
+/// The prefixes of one host pattern.
+#[derive(Debug)]
+enum Prefixes {
+    /// At most [`FEW`]: a span of [`Routes::few`], longest first.
+    Few { start: u32, end: u32 },
+    /// More: one lookup per prefix length present.
+    Many(Box<PrefixMap<ServiceId>>),
+}
+
+impl Default for Prefixes {
+    fn default() -> Self {
+        Prefixes::Few { start: 0, end: 0 }
+    }
+}
+
+/// A route of a host with few prefixes: its prefix's place in [`Routes::few_text`].
+#[derive(Debug, Clone, Copy)]
+struct FewRoute {
+    start: u32,
+    end: u32,
+    service: ServiceId,
 }
 
 impl Routes {
@@ -44,38 +80,85 @@ impl Routes {
             suffixes: SuffixTable::new(),
             ..Routes::default()
         };
+        // Each pattern's prefixes, longest first; the first service written for a pair
+        // keeps it, as in the sorted list.
+        let mut exact: Vec<PrefixMap<ServiceId>> = Vec::new();
+        let mut suffix: Vec<PrefixMap<ServiceId>> = Vec::new();
+        let mut any = PrefixMap::default();
         for (host, prefix, id) in &linear {
             let prefixes = match host {
                 HostPattern::Exact(name) => {
                     let i = table.exact.insert(name)? as usize;
-                    if i == table.exact_prefixes.len() {
-                        table.exact_prefixes.push(PrefixMap::default());
+                    if i == exact.len() {
+                        exact.push(PrefixMap::default());
                     }
-                    &mut table.exact_prefixes[i]
+                    &mut exact[i]
                 }
-                HostPattern::Suffix(suffix) => {
-                    let i = table.suffixes.insert(suffix)? as usize;
-                    if i == table.suffix_prefixes.len() {
-                        table.suffix_prefixes.push(PrefixMap::default());
+                HostPattern::Suffix(name) => {
+                    let i = table.suffixes.insert(name)? as usize;
+                    if i == suffix.len() {
+                        suffix.push(PrefixMap::default());
                     }
-                    &mut table.suffix_prefixes[i]
+                    &mut suffix[i]
                 }
-                HostPattern::Any => &mut table.any,
+                HostPattern::Any => &mut any,
             };
-            // The first service written for the pair keeps it, as in the sorted list.
             prefixes.entry(prefix, || *id)?;
         }
         table.exact.shrink();
         table.suffixes.shrink();
-        for map in table
-            .exact_prefixes
-            .iter_mut()
-            .chain(table.suffix_prefixes.iter_mut())
-        {
-            map.shrink();
-        }
+        table.exact_prefixes = exact
+            .into_iter()
+            .map(|map| table.prefixes(map))
+            .collect::<Result<_, _>>()?;
+        table.suffix_prefixes = suffix
+            .into_iter()
+            .map(|map| table.prefixes(map))
+            .collect::<Result<_, _>>()?;
+        table.any = table.prefixes(any)?;
+        table.few.shrink_to_fit();
+        table.few_text.shrink_to_fit();
         table.linear = linear;
         Ok(table)
+    }
+
+    /// One pattern's prefixes, as a span of [`Routes::few`] when there are few.
+    fn prefixes(&mut self, mut map: PrefixMap<ServiceId>) -> Result<Prefixes, TableFull> {
+        if map.len() > FEW {
+            map.shrink();
+            return Ok(Prefixes::Many(Box::new(map)));
+        }
+        let mut routes: Vec<(&str, ServiceId)> = map.iter().map(|(p, &id)| (p, id)).collect();
+        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        let start = u32::try_from(self.few.len()).map_err(|_| TableFull)?;
+        for (prefix, service) in routes {
+            let from = u32::try_from(self.few_text.len()).map_err(|_| TableFull)?;
+            self.few_text.push_str(prefix);
+            let to = u32::try_from(self.few_text.len()).map_err(|_| TableFull)?;
+            self.few.push(FewRoute {
+                start: from,
+                end: to,
+                service,
+            });
+        }
+        let end = u32::try_from(self.few.len()).map_err(|_| TableFull)?;
+        Ok(Prefixes::Few { start, end })
+    }
+
+    /// The service of the longest of `prefixes` that `path` starts with, with its length.
+    fn longest(&self, prefixes: &Prefixes, path: &str) -> Option<(usize, ServiceId)> {
+        match prefixes {
+            Prefixes::Few { start, end } => self
+                .few
+                .get(*start as usize..*end as usize)?
+                .iter()
+                .find_map(|r| {
+                    let prefix = self.few_text.get(r.start as usize..r.end as usize)?;
+                    path.starts_with(prefix)
+                        .then_some((prefix.len(), r.service))
+                }),
+            Prefixes::Many(map) => map.longest(path).map(|(len, &id)| (len, id)),
+        }
     }
 
     /// The service for a host (without port, any case) and path.
@@ -84,20 +167,23 @@ impl Routes {
         // never tie: equal prefix lengths that both prefix the path are the same prefix, and
         // two patterns of one specificity matching one host are the same pattern.
         let mut best: Option<(usize, usize, ServiceId)> = None;
-        let mut offer = |found: Option<(usize, &ServiceId)>, specificity: usize| {
-            if let Some((len, &id)) = found {
+        let mut offer = |found: Option<(usize, ServiceId)>, specificity: usize| {
+            if let Some((len, id)) = found {
                 if best.is_none_or(|(l, s, _)| (len, specificity) > (l, s)) {
                     best = Some((len, specificity, id));
                 }
             }
         };
         if let Some(i) = self.exact.get(host) {
-            offer(self.exact_prefixes[i as usize].longest(path), usize::MAX);
+            offer(
+                self.longest(&self.exact_prefixes[i as usize], path),
+                usize::MAX,
+            );
         }
         for (i, len) in self.suffixes.matching(host) {
-            offer(self.suffix_prefixes[i as usize].longest(path), len);
+            offer(self.longest(&self.suffix_prefixes[i as usize], path), len);
         }
-        offer(self.any.longest(path), 0);
+        offer(self.longest(&self.any, path), 0);
         best.map(|(_, _, id)| id)
     }
 
@@ -174,6 +260,24 @@ mod tests {
             requests in proptest::collection::vec(("[aAbB.]{0,7}", "/[ab/é]{0,4}"), 1..16),
         ) {
             let r = Routes::new(table.into_iter().map(|(h, p, id)| (h, p.into(), id)).collect()).unwrap();
+            for (host, path) in &requests {
+                prop_assert_eq!(r.find(host, path), r.find_linear(host, path), "{} {}", host, path);
+            }
+        }
+
+        /// The same with many prefixes on few patterns: hosts past `FEW` prefixes (a map
+        /// of prefixes) beside hosts with few (a list tried in turn).
+        #[test]
+        fn many_prefixes_agree_with_the_linear_lookup(
+            table in proptest::collection::vec(
+                (proptest::sample::select(&["a", "b.a", "*.a", "*"][..]), "/[ab/]{0,3}", 0usize..6),
+                0..48,
+            ),
+            requests in proptest::collection::vec(("[ab.]{0,4}", "/[ab/]{0,4}"), 1..16),
+        ) {
+            let list: Vec<(&str, &str, ServiceId)> =
+                table.iter().map(|(h, p, id)| (*h, p.as_str(), *id)).collect();
+            let r = routes(&list);
             for (host, path) in &requests {
                 prop_assert_eq!(r.find(host, path), r.find_linear(host, path), "{} {}", host, path);
             }
