@@ -780,10 +780,12 @@ impl ProxyHttp for Gateway {
                 // A rollout's rule: its arm, by the decided version (what its checks judge).
                 // A version whose group could not serve (no healthy peer, refused connections:
                 // another group answered) failed the request, whatever the other group said.
+                // (The deciding rule was just read by `decide`: asking it costs no miss.)
                 let arm = route
                     .decision
                     .rule
-                    .and_then(|rule| snapshot.stats.rollout_arm(rule, route.decision.version));
+                    .and_then(|rule| rules.rules.get(rule)?.rollout())
+                    .and_then(|id| snapshot.stats.rollout_arm(id, route.decision.version));
                 if let Some(cell) = arm {
                     let fell_back =
                         route.withdrawn_to.is_none() && route.serving != route.decision.version;

@@ -55,10 +55,10 @@ impl Pusher {
         let rules = &snapshot.rules;
         let mut buckets = Vec::with_capacity(rules.rollouts.len());
         let mut seen = BTreeSet::new();
-        for rollout in &rules.rollouts {
+        for (id, rollout) in rules.rollouts.iter().enumerate() {
             let mut fields = Vec::new();
             for version in [rollout.version, rollout.baseline] {
-                let Some(cell) = snapshot.stats.rollout_arm(rollout.rule, version) else {
+                let Some(cell) = snapshot.stats.rollout_arm(id, version) else {
                     continue;
                 };
                 let name = Arc::clone(&rules.version(version).name);

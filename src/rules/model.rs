@@ -485,6 +485,16 @@ pub struct Rule {
     pub action: Action,
 }
 
+impl Rule {
+    /// The rollout this rule moves, if it is a rollout's rule.
+    pub fn rollout(&self) -> Option<RolloutId> {
+        match self.action {
+            Action::Rollout(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
 /// Which response statuses count as a goal's conversion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusMatch {

@@ -29,7 +29,7 @@ use crate::diagnostics::{Diagnostics, Severity};
 use crate::facts::VersionId;
 use crate::metrics::{GenerationSeries, Metrics, SeriesLayout};
 use crate::rules::decide::Decision;
-use crate::rules::model::{Listeners, RuleSet};
+use crate::rules::model::{Listeners, RolloutId, RuleSet};
 use crate::rules::{self, LoadedRules, RulesOrigin};
 use crate::stats::{Cell, GoalMap, Scope, Stats};
 use crate::upstream::{ServiceId, ServiceTable};
@@ -60,11 +60,14 @@ pub struct Snapshot {
 /// looks a cell up (the cells themselves are keyed by name and outlive generations).
 #[derive(Debug)]
 pub struct StatsCells {
-    /// `cells[service][version]`: the cell of the service's group for that version.
-    cells: Vec<Vec<Option<Arc<Cell>>>>,
-    /// `arms[rule]`: for a rollout's rule, the cells of its two arms (the rollout's version,
-    /// then its baseline), counting only the requests that rule decided.
-    arms: Vec<Option<Box<RolloutArms>>>,
+    /// `cells[service * versions + version]`: the cell of the service's group for that
+    /// version (one flat table: a request reads one slot, not a row's header and then a row).
+    cells: Box<[Option<Arc<Cell>>]>,
+    /// The number of versions: the row length of `cells`.
+    versions: usize,
+    /// `arms[rollout]`: the cells of the rollout's two arms (its version, then its
+    /// baseline), counting only the requests its rule decided.
+    arms: Box<[RolloutArms]>,
     /// The generation's goals mapped to stats goal slots.
     pub goals: GoalMap,
 }
@@ -79,44 +82,50 @@ struct RolloutArms {
 
 impl StatsCells {
     fn resolve(stats: &Stats, rules: &RuleSet, services: &ServiceTable) -> StatsCells {
-        let cells = services
-            .services
+        let versions = rules.versions.len();
+        let mut cells = vec![None; services.services.len() * versions];
+        for (s, service) in services.services.iter().enumerate() {
+            let scope = Scope::Service(Arc::clone(&service.name));
+            for group in service.groups() {
+                cells[s * versions + group.version.index()] =
+                    Some(stats.cell(&scope, &group.version_name));
+            }
+        }
+        let arms = rules
+            .rollouts
             .iter()
-            .map(|service| {
-                let scope = Scope::Service(Arc::clone(&service.name));
-                let mut row = vec![None; rules.versions.len()];
-                for group in service.groups() {
-                    row[group.version.index()] = Some(stats.cell(&scope, &group.version_name));
+            .map(|rollout| {
+                let scope = Scope::Rule(Arc::clone(&rules.rules[rollout.rule].name));
+                let cell = |v: VersionId| stats.cell(&scope, &rules.version(v).name);
+                RolloutArms {
+                    version: rollout.version,
+                    cells: [cell(rollout.version), cell(rollout.baseline)],
                 }
-                row
             })
             .collect();
-        let mut arms: Vec<Option<Box<RolloutArms>>> = vec![None; rules.rules.len()];
-        for rollout in &rules.rollouts {
-            let scope = Scope::Rule(Arc::clone(&rules.rules[rollout.rule].name));
-            let cell = |v: VersionId| stats.cell(&scope, &rules.version(v).name);
-            arms[rollout.rule] = Some(Box::new(RolloutArms {
-                version: rollout.version,
-                cells: [cell(rollout.version), cell(rollout.baseline)],
-            }));
-        }
         StatsCells {
-            cells,
+            cells: cells.into(),
+            versions,
             arms,
             goals: stats.goal_map(rules.goals.iter().map(|g| &*g.name)),
         }
     }
 
-    /// The cell counting the requests rule `rule` decided for `version`, when the rule is a
-    /// rollout's (whose two arms are counted apart from the services' figures).
-    pub fn rollout_arm(&self, rule: usize, version: VersionId) -> Option<&Cell> {
-        let arms = self.arms.get(rule)?.as_deref()?;
+    /// The cell counting the requests rollout `rollout`'s rule decided for `version` (the
+    /// rollout's two arms are counted apart from the services' figures).
+    pub fn rollout_arm(&self, rollout: RolloutId, version: VersionId) -> Option<&Cell> {
+        let arms = self.arms.get(rollout)?;
         Some(&arms.cells[usize::from(version != arms.version)])
     }
 
     /// The cell counting `service`'s requests served by `version`'s group.
     pub fn cell(&self, service: ServiceId, version: VersionId) -> Option<&Cell> {
-        self.cells.get(service)?.get(version.index())?.as_deref()
+        if version.index() >= self.versions {
+            return None;
+        }
+        self.cells
+            .get(service * self.versions + version.index())?
+            .as_deref()
     }
 }
 
