@@ -231,12 +231,13 @@ async fn request_path_allocations() {
     let metrics = Arc::new(Metrics::new());
     let lookups = Lookups::new(store, Arc::clone(&metrics));
     let versions: Vec<&str> = rules.versions.iter().map(|v| &*v.name).collect();
+    let rule_slots = decide::Decision::rule_slot_names(rules);
     let series = GenerationSeries::new(
         Arc::clone(&metrics),
         &SeriesLayout {
             versions: &versions,
             services: &[("web", (0..versions.len()).collect())],
-            rules: decide::Decision::rule_slots(rules),
+            rules: &rule_slots,
             goals: &[],
         },
     );

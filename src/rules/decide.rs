@@ -81,9 +81,11 @@ impl Decision {
         }
     }
 
-    /// How many rule slots a generation of `rules` has (see [`Decision::rule_slot`]).
-    pub fn rule_slots(rules: &RuleSet) -> usize {
-        rules.rules.len() + 2
+    /// The names of a generation's rule slots, by [`Decision::rule_slot`]: the rules, then
+    /// `default` and `override` (what [`Decision::rule_name`] says of each).
+    pub fn rule_slot_names(rules: &RuleSet) -> Vec<&str> {
+        let rule_names = rules.rules.iter().map(|rule| &*rule.name);
+        rule_names.chain(["default", "override"]).collect()
     }
 
     /// The deciding rule's name, `override` or `default`.

@@ -203,10 +203,11 @@ fn prepare_series(
             metrics.prepare_cookies(&version.name, cookies::actions(&version.cookies));
         }
     }
+    let rule_slots = Decision::rule_slot_names(rules);
     let layout = SeriesLayout {
         versions: &versions,
         services: &groups,
-        rules: Decision::rule_slots(rules),
+        rules: &rule_slots,
         goals: &goals,
     };
     GenerationSeries::new(Arc::clone(metrics), &layout)

@@ -4,17 +4,23 @@
 //! fixed words, never from request data, so the number of series is bounded by the config.
 //!
 //! The series a proxied request counts in are found by index, not by label: each rules
-//! generation has a [`GenerationSeries`], a table of the handles of its services' groups,
-//! its rules' decisions and its goals, each resolved the first time it is needed (or created
-//! at 0 with the generation), so that `logging` hashes no label value.
+//! generation has a [`GenerationSeries`]. Its requests, durations and decisions are counted
+//! in the generation's own flat tables ([`requests`]: one record of a cache line or two per
+//! group, one counter per rule and version), exported by one collector that keeps the totals
+//! of retired generations; its goals by handles of labelled series resolved when the
+//! generation is built. `logging` hashes no label value and follows no pointer per series.
 
+mod requests;
+
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+pub use requests::{GenerationCounts, GroupCounts, RequestFamilies, DURATION_BOUNDS};
 
 /// One answered request as the metrics see it: configuration names and fixed words only.
 #[derive(Debug, Clone, Copy)]
@@ -58,14 +64,12 @@ pub const UNMATCHED: &str = "unmatched";
 /// Every series graygate exports.
 pub struct Metrics {
     registry: Registry,
-    /// `graygate_requests_total{service,version,status_class}`
-    pub requests: IntCounterVec,
-    /// `graygate_request_duration_seconds{service,version}`
-    pub request_duration: HistogramVec,
+    /// `graygate_requests_total{service,version,status_class}`,
+    /// `graygate_request_duration_seconds{service,version}` and
+    /// `graygate_decisions_total{rule,version}`: counted in each generation's tables.
+    pub request_families: RequestFamilies,
     /// `graygate_upstream_errors_total{service,version,kind}`
     pub upstream_errors: IntCounterVec,
-    /// `graygate_decisions_total{rule,version}`
-    pub decisions: IntCounterVec,
     /// `graygate_fallbacks_total{service,from,to,reason}`
     pub fallbacks: IntCounterVec,
     /// `graygate_goal_total{goal,version}`: conversions.
@@ -126,20 +130,14 @@ impl Metrics {
                 .expect("unique metric name");
             c
         };
-        let requests = counter(
-            "graygate_requests_total",
-            "Requests answered, per service, served version and status class.",
-            &["service", "version", "status_class"],
-        );
+        let request_families = RequestFamilies::new();
+        registry
+            .register(Box::new(request_families.clone()))
+            .expect("unique metric name");
         let upstream_errors = counter(
             "graygate_upstream_errors_total",
             "Upstream failures, per service, version and kind.",
             &["service", "version", "kind"],
-        );
-        let decisions = counter(
-            "graygate_decisions_total",
-            "Routing decisions, per deciding rule and version.",
-            &["rule", "version"],
         );
         let fallbacks = counter(
             "graygate_fallbacks_total",
@@ -201,20 +199,6 @@ impl Metrics {
             "Rules reloads, per result.",
             &["result"],
         );
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "graygate_request_duration_seconds",
-                "Time from request to the end of the response, per service and version.",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["service", "version"],
-        )
-        .expect("static metric definition");
-        registry
-            .register(Box::new(request_duration.clone()))
-            .expect("unique metric name");
         let rules_generation = IntGauge::new(
             "graygate_rules_generation",
             "The rules generation serving now.",
@@ -294,10 +278,8 @@ impl Metrics {
         }
         Metrics {
             registry,
-            requests,
-            request_duration,
+            request_families,
             upstream_errors,
-            decisions,
             fallbacks,
             goals,
             goal_attempts,
@@ -397,9 +379,6 @@ impl Default for Metrics {
 /// The status classes, in the order of [`class_index`].
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// The status classes a group's series are created with before its first request.
-const PREPARED_CLASSES: [usize; 4] = [1, 2, 3, 4];
-
 /// The retry reasons a group's series are created with.
 const RETRY_REASONS: [&str; 3] = ["connect", "reused_connection", "reset"];
 
@@ -419,35 +398,22 @@ pub fn status_class(status: u16) -> &'static str {
     STATUS_CLASSES[class_index(status)]
 }
 
-/// The handles of one group's request series (one service, one serving version).
-#[derive(Debug, Default)]
-struct GroupSeries {
-    /// `graygate_requests_total`, by status class.
-    requests: [OnceLock<IntCounter>; 5],
-    /// `graygate_request_duration_seconds`.
-    duration: OnceLock<Histogram>,
-}
-
 /// The handles of one goal's series for one version: attempts, then conversions.
 type GoalSeries = OnceLock<(IntCounter, IntCounter)>;
 
-/// The request series of one rules generation, by index: what `logging` counts in. A slot
-/// holds the handle of one labelled series, found in its family the first time a request
-/// needs it (or at 0 when the generation is built, for the series [`GenerationSeries::new`]
-/// prepares); after that, counting is an atomic add. Generations built from the same
-/// [`Metrics`] share the series themselves: only the handles are per generation.
+/// The request series of one rules generation, by index: what `logging` counts in. Requests,
+/// durations and decisions go to the generation's own tables ([`GenerationCounts`], exported
+/// by [`RequestFamilies`] and folded into its totals when the generation is dropped); a goal
+/// slot holds the handle of one labelled series, found in its family when the generation is
+/// built. Generations built from the same [`Metrics`] share the series themselves.
 pub struct GenerationSeries {
     metrics: Arc<Metrics>,
-    /// The number of versions: the row length of every table below.
+    /// The number of versions: the row length of `goals`.
     versions: usize,
-    /// `[service * versions + served]`.
-    groups: Box<[GroupSeries]>,
-    /// `[rule * versions + decided]`, `rule` as in [`SeriesAt::rule`].
-    decisions: Box<[OnceLock<IntCounter>]>,
+    /// Requests, durations and decisions.
+    counts: Arc<GenerationCounts>,
     /// `[goal * versions + decided]`.
     goals: Box<[GoalSeries]>,
-    /// `graygate_requests_total{service="unmatched",version="unmatched"}`, by status class.
-    unmatched: [OnceLock<IntCounter>; 5],
 }
 
 /// The shape of a generation, for its [`GenerationSeries`]: names by index.
@@ -456,8 +422,8 @@ pub struct SeriesLayout<'a> {
     pub versions: &'a [&'a str],
     /// Per service: its name and the versions it has a group for.
     pub services: &'a [(&'a str, Vec<usize>)],
-    /// How many rule slots: the rules, then `default` and `override`.
-    pub rules: usize,
+    /// The rule slots' names: the rules, then `default` and `override`.
+    pub rules: &'a [&'a str],
     /// The goals' names.
     pub goals: &'a [&'a str],
 }
@@ -466,7 +432,7 @@ impl std::fmt::Debug for GenerationSeries {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GenerationSeries")
             .field("versions", &self.versions)
-            .field("groups", &self.groups.len())
+            .field("counts", &self.counts)
             .finish_non_exhaustive()
     }
 }
@@ -477,27 +443,22 @@ impl GenerationSeries {
     /// request classes and retries, every goal's attempts and conversions per version.
     pub fn new(metrics: Arc<Metrics>, layout: &SeriesLayout<'_>) -> GenerationSeries {
         let versions = layout.versions.len();
-        fn slots<T>(n: usize) -> Box<[OnceLock<T>]> {
-            (0..n).map(|_| OnceLock::new()).collect()
-        }
-        let groups: Box<[GroupSeries]> = (0..layout.services.len() * versions)
-            .map(|_| GroupSeries::default())
-            .collect();
+        let counts = metrics.request_families.generation(&requests::Layout {
+            versions: layout.versions,
+            services: layout.services,
+            rules: layout.rules,
+        });
         let series = GenerationSeries {
-            groups,
-            decisions: slots(layout.rules * versions),
-            goals: slots(layout.goals.len() * versions),
-            unmatched: Default::default(),
+            counts,
+            goals: (0..layout.goals.len() * versions)
+                .map(|_| OnceLock::new())
+                .collect(),
             versions,
             metrics,
         };
-        for (s, (service, with_group)) in layout.services.iter().enumerate() {
+        for (service, with_group) in layout.services {
             for &v in with_group {
                 let version = layout.versions[v];
-                let group = &series.groups[s * versions + v];
-                for class in PREPARED_CLASSES {
-                    series.request_counter(&group.requests[class], service, version, class);
-                }
                 for reason in RETRY_REASONS {
                     series
                         .metrics
@@ -514,20 +475,6 @@ impl GenerationSeries {
         series
     }
 
-    fn request_counter<'s>(
-        &self,
-        slot: &'s OnceLock<IntCounter>,
-        service: &str,
-        version: &str,
-        class: usize,
-    ) -> &'s IntCounter {
-        slot.get_or_init(|| {
-            self.metrics
-                .requests
-                .with_label_values(&[service, version, STATUS_CLASSES[class]])
-        })
-    }
-
     fn goal_counters(&self, slot: usize, goal: &str, version: &str) -> &(IntCounter, IntCounter) {
         self.goals[slot].get_or_init(|| {
             let labels = [goal, version];
@@ -541,35 +488,19 @@ impl GenerationSeries {
     /// Counts one answered request: its status class, its duration, its decision and its
     /// upstream failure, if any.
     pub fn record(&self, a: &Answered) {
+        let class = (a.status > 0).then(|| class_index(a.status));
         let Some(at) = a.at else {
-            if a.status > 0 {
-                let class = class_index(a.status);
-                self.request_counter(&self.unmatched[class], UNMATCHED, UNMATCHED, class)
-                    .inc();
+            if let Some(class) = class {
+                self.metrics.request_families.record_unmatched(class);
             }
             return;
         };
-        let group = &self.groups[at.service * self.versions + at.served];
-        if a.status > 0 {
-            let class = class_index(a.status);
-            self.request_counter(&group.requests[class], a.service, a.served, class)
-                .inc();
+        if let Some(group) = self.counts.group(at.service, at.served) {
+            group.record(class, a.elapsed);
         }
-        self.decisions[at.rule * self.versions + at.decided]
-            .get_or_init(|| {
-                self.metrics
-                    .decisions
-                    .with_label_values(&[a.rule, a.decided])
-            })
-            .inc();
-        group
-            .duration
-            .get_or_init(|| {
-                self.metrics
-                    .request_duration
-                    .with_label_values(&[a.service, a.served])
-            })
-            .observe(a.elapsed.as_secs_f64());
+        if let Some(decision) = self.counts.decision(at.rule, at.decided) {
+            decision.fetch_add(1, Relaxed);
+        }
         if let Some(kind) = a.upstream_error {
             self.metrics
                 .record_upstream_error(a.service, a.served, kind);
@@ -587,6 +518,13 @@ impl GenerationSeries {
     }
 }
 
+impl Drop for GenerationSeries {
+    /// No request holds the generation any more: its counts join the series' totals.
+    fn drop(&mut self) {
+        self.metrics.request_families.retire(&self.counts);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,7 +537,7 @@ mod tests {
             &SeriesLayout {
                 versions: &["stable", "canary"],
                 services: &[("web", vec![0, 1]), ("api", vec![0])],
-                rules: 4,
+                rules: &["r1", "r2", "default", "override"],
                 goals: &["signup"],
             },
         )
@@ -669,5 +607,63 @@ mod tests {
             !text.contains(r#"graygate_request_duration_seconds_count{service="unmatched""#),
             "a request answered before routing has no duration series"
         );
+    }
+
+    #[test]
+    fn a_retired_generations_counts_stay_in_their_series() {
+        let metrics = Arc::new(Metrics::new());
+        let services = [("web", vec![0, 1])];
+        let layout = |rules| SeriesLayout {
+            versions: &["stable", "canary"],
+            services: &services,
+            rules,
+            goals: &[],
+        };
+        let answered = |rule, elapsed_ms| Answered {
+            at: Some(SeriesAt {
+                service: 0,
+                served: 1,
+                decided: 1,
+                rule: 0,
+            }),
+            service: "web",
+            served: "canary",
+            decided: "canary",
+            rule,
+            status: 200,
+            elapsed: Duration::from_millis(elapsed_ms),
+            upstream_error: None,
+        };
+        let first = GenerationSeries::new(
+            Arc::clone(&metrics),
+            &layout(&["r1", "default", "override"]),
+        );
+        first.record(&answered("r1", 2));
+        // The next generation renames the rule: r1's series keeps its count.
+        let second = GenerationSeries::new(
+            Arc::clone(&metrics),
+            &layout(&["r9", "default", "override"]),
+        );
+        second.record(&answered("r9", 20));
+        let both = String::from_utf8(metrics.render()).unwrap();
+        drop(first);
+        let after = String::from_utf8(metrics.render()).unwrap();
+        for text in [&both, &after] {
+            for line in [
+                r#"graygate_requests_total{service="web",status_class="2xx",version="canary"} 2"#,
+                r#"graygate_requests_total{service="web",status_class="2xx",version="stable"} 0"#,
+                r#"graygate_decisions_total{rule="r1",version="canary"} 1"#,
+                r#"graygate_decisions_total{rule="r9",version="canary"} 1"#,
+                r#"graygate_request_duration_seconds_bucket{service="web",version="canary",le="0.0025"} 1"#,
+                r#"graygate_request_duration_seconds_bucket{service="web",version="canary",le="0.025"} 2"#,
+                r#"graygate_request_duration_seconds_sum{service="web",version="canary"} 0.022"#,
+                r#"graygate_request_duration_seconds_count{service="web",version="canary"} 2"#,
+            ] {
+                assert!(text.contains(line), "{line} missing from\n{text}");
+            }
+        }
+        assert_eq!(both, after, "retiring a generation changes no series");
+        drop(second);
+        assert_eq!(String::from_utf8(metrics.render()).unwrap(), after);
     }
 }
