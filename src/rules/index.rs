@@ -75,18 +75,8 @@ struct Span {
     end: u32,
 }
 
-/// Keys of one kind, each with the span of its rules.
-#[derive(Debug, Clone, Default)]
-struct Keyed {
-    keys: StrTable,
-    spans: Vec<Span>,
-}
-
-impl Keyed {
-    fn span(&self, key: &str) -> Option<Span> {
-        self.keys.get(key).map(|i| self.spans[i as usize])
-    }
-}
+/// Keys of one kind, each with the span of its rules in its slot.
+type Keyed = StrTable<Span>;
 
 /// Which rules a request may match; see the module documentation.
 #[derive(Clone, Default)]
@@ -96,8 +86,7 @@ pub struct RuleIndex {
     /// Rules without a key condition: candidates for every request.
     always: Span,
     hosts: Keyed,
-    suffixes: SuffixTable,
-    suffix_spans: Vec<Span>,
+    suffixes: SuffixTable<Span>,
     uids: Keyed,
     headers: Vec<(HeaderName, Keyed)>,
     prefixes: PrefixMap<Span>,
@@ -109,9 +98,9 @@ impl fmt::Debug for RuleIndex {
         f.debug_struct("RuleIndex")
             .field("rules", &self.ids.len())
             .field("always", &(self.always.end - self.always.start))
-            .field("hosts", &self.hosts.keys.len())
+            .field("hosts", &self.hosts.len())
             .field("suffixes", &self.suffixes.table.len())
-            .field("uids", &self.uids.keys.len())
+            .field("uids", &self.uids.len())
             .field("headers", &self.headers.len())
             .finish_non_exhaustive()
     }
@@ -352,7 +341,7 @@ impl RuleIndex {
             ..RuleIndex::default()
         };
         index.suffixes = SuffixTable::new();
-        index.hosts.keys = StrTable::caseless();
+        index.hosts = StrTable::caseless();
         let mut prefix_spans: Vec<Option<Span>> = vec![None; b.prefixes.len()];
         let mut method_spans: Vec<(usize, Span)> = Vec::new();
         let mut header_keyed: Vec<Keyed> = b.headers.iter().map(|_| Keyed::default()).collect();
@@ -361,20 +350,18 @@ impl RuleIndex {
             let span = push(&mut group.iter().map(|&(_, _, f)| f));
             match kind {
                 Kind::Host => {
-                    index.hosts.keys.insert(b.hosts.key(key))?;
-                    index.hosts.spans.push(span);
+                    index.hosts.insert_with(b.hosts.key(key), span)?;
                 }
                 Kind::Suffix => {
-                    index.suffixes.insert(b.suffixes.table.key(key))?;
-                    index.suffix_spans.push(span);
+                    index
+                        .suffixes
+                        .insert_with(b.suffixes.table.key(key), span)?;
                 }
                 Kind::Uid => {
-                    index.uids.keys.insert(b.uids.key(key))?;
-                    index.uids.spans.push(span);
+                    index.uids.insert_with(b.uids.key(key), span)?;
                 }
                 Kind::Header(h) => {
-                    header_keyed[h].keys.insert(b.headers[h].1.key(key))?;
-                    header_keyed[h].spans.push(span);
+                    header_keyed[h].insert_with(b.headers[h].1.key(key), span)?;
                 }
                 Kind::Prefix => prefix_spans[key as usize] = Some(span),
                 Kind::Method(m) => method_spans.push((m, span)),
@@ -393,7 +380,7 @@ impl RuleIndex {
             .headers
             .into_iter()
             .zip(header_keyed)
-            .filter(|(_, keyed)| !keyed.spans.is_empty())
+            .filter(|(_, keyed)| !keyed.is_empty())
             .map(|((name, _), keyed)| (name, keyed))
             .collect();
         for keyed in index
@@ -402,8 +389,7 @@ impl RuleIndex {
             .map(|(_, k)| k)
             .chain([&mut index.hosts, &mut index.uids])
         {
-            keyed.keys.shrink();
-            keyed.spans.shrink_to_fit();
+            keyed.shrink();
         }
         index.suffixes.shrink();
         index.prefixes.shrink();
@@ -429,14 +415,14 @@ impl RuleIndex {
             }
         };
         add(self.always);
-        if let Some(span) = self.hosts.span(req.host) {
+        if let Some(span) = self.hosts.payload(req.host) {
             add(span);
         }
-        for (i, _) in self.suffixes.matching(req.host) {
-            add(self.suffix_spans[i as usize]);
+        for (span, _) in self.suffixes.matching(req.host) {
+            add(span);
         }
         if let Some(uid) = &facts.uid {
-            if let Some(span) = self.uids.span(&uid.text) {
+            if let Some(span) = self.uids.payload(&uid.text) {
                 add(span);
             }
         }
@@ -444,7 +430,7 @@ impl RuleIndex {
             // A value `holds` would not read (too long) is not looked up either, so that
             // a key found proves its condition.
             let value = req.header(name).filter(|v| v.len() <= MAX_VALUE_LEN);
-            if let Some(span) = value.and_then(|v| keyed.span(v)) {
+            if let Some(span) = value.and_then(|v| keyed.payload(v)) {
                 add(span);
             }
         }

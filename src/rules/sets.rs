@@ -23,32 +23,35 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use super::model::HostPattern;
 
 /// Strings in one buffer, each found by a hash lookup; the position of a key (its order of
-/// insertion) indexes side tables.
+/// insertion) indexes side tables. A small `Copy` payload `P` per key (what the key leads to:
+/// a span of rules, a host's prefixes) can sit in the key's slot instead, where the lookup
+/// that found the key has already read it: one cache line fewer than a side table.
 #[derive(Clone, Default)]
-pub struct StrTable {
+pub struct StrTable<P = ()> {
     text: String,
     /// Where key `i` ends in `text` (it starts where key `i - 1` ends).
     ends: Vec<u32>,
-    table: HashTable<Slot>,
+    table: HashTable<Slot<P>>,
     state: DefaultHashBuilder,
     caseless: bool,
 }
 
-/// A key in the hash table: its position, and its bytes in `text`.
+/// A key in the hash table: its position, its bytes in `text`, its payload.
 #[derive(Clone, Copy)]
-struct Slot {
+struct Slot<P> {
     position: u32,
     start: u32,
     end: u32,
+    payload: P,
 }
 
-impl Slot {
+impl<P> Slot<P> {
     fn key<'t>(&self, text: &'t str) -> &'t str {
         &text[self.start as usize..self.end as usize]
     }
 }
 
-impl fmt::Debug for StrTable {
+impl<P> fmt::Debug for StrTable<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StrTable")
             .field("keys", &self.ends.len())
@@ -95,22 +98,29 @@ fn same(caseless: bool, a: &str, b: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableFull;
 
-impl StrTable {
+impl<P: Copy + Default> StrTable<P> {
     /// An empty table comparing keys exactly.
-    pub fn new() -> StrTable {
+    pub fn new() -> StrTable<P> {
         StrTable::default()
     }
 
     /// An empty table comparing keys without regard to ASCII case (host names).
-    pub fn caseless() -> StrTable {
+    pub fn caseless() -> StrTable<P> {
         StrTable {
             caseless: true,
             ..StrTable::default()
         }
     }
 
-    /// The position of `key`, added if new.
+    /// The position of `key`, added (with the default payload) if new.
     pub fn insert(&mut self, key: &str) -> Result<u32, TableFull> {
+        self.insert_with(key, P::default())
+    }
+}
+
+impl<P: Copy> StrTable<P> {
+    /// The position of `key`, added with `payload` if new (a key present keeps its own).
+    pub fn insert_with(&mut self, key: &str, payload: P) -> Result<u32, TableFull> {
         if let Some(i) = self.get(key) {
             return Ok(i);
         }
@@ -125,6 +135,7 @@ impl StrTable {
             position,
             start,
             end,
+            payload,
         };
         self.table
             .insert_unique(hash, slot, |s| hash_of(state, caseless, s.key(text)));
@@ -133,13 +144,21 @@ impl StrTable {
 
     /// The position of `key`, if present.
     pub fn get(&self, key: &str) -> Option<u32> {
+        self.slot(key).map(|s| s.position)
+    }
+
+    /// The payload of `key`, if present.
+    pub fn payload(&self, key: &str) -> Option<P> {
+        self.slot(key).map(|s| s.payload)
+    }
+
+    fn slot(&self, key: &str) -> Option<&Slot<P>> {
         if self.ends.is_empty() {
             return None;
         }
         let hash = hash_of(&self.state, self.caseless, key);
         self.table
             .find(hash, |s| same(self.caseless, s.key(&self.text), key))
-            .map(|s| s.position)
     }
 
     /// The key at position `i`.
@@ -211,16 +230,16 @@ impl StrSet {
 /// `*.suffix` host patterns, stored as `.suffix`, with the lengths present so that a host is
 /// looked up only at those lengths (and only where it has a dot there).
 #[derive(Debug, Clone, Default)]
-pub struct SuffixTable {
-    /// The suffixes, `.example.com`, without regard to case.
-    pub table: StrTable,
+pub struct SuffixTable<P = ()> {
+    /// The suffixes, `.example.com`, without regard to case, each with its payload.
+    pub table: StrTable<P>,
     /// The distinct suffix lengths, longest first.
     lens: Vec<usize>,
 }
 
-impl SuffixTable {
+impl<P: Copy + Default> SuffixTable<P> {
     /// An empty table.
-    pub fn new() -> SuffixTable {
+    pub fn new() -> SuffixTable<P> {
         SuffixTable {
             table: StrTable::caseless(),
             lens: Vec::new(),
@@ -229,21 +248,31 @@ impl SuffixTable {
 
     /// The position of `suffix` (`.example.com`), added if new.
     pub fn insert(&mut self, suffix: &str) -> Result<u32, TableFull> {
+        self.insert_with(suffix, P::default())
+    }
+}
+
+impl<P: Copy> SuffixTable<P> {
+    /// The position of `suffix`, added with `payload` if new.
+    pub fn insert_with(&mut self, suffix: &str, payload: P) -> Result<u32, TableFull> {
         if let Err(at) = self.lens.binary_search_by(|l| suffix.len().cmp(l)) {
             self.lens.insert(at, suffix.len());
         }
-        self.table.insert(suffix)
+        self.table.insert_with(suffix, payload)
     }
 
-    /// The positions of the suffixes `host` ends with (the host longer than the suffix, as
+    /// The payloads of the suffixes `host` ends with (the host longer than the suffix, as
     /// [`HostPattern::matches`] has it), longest suffix first, with each suffix's length.
-    pub fn matching<'a>(&'a self, host: &'a str) -> impl Iterator<Item = (u32, usize)> + 'a {
+    pub fn matching<'a>(&'a self, host: &'a str) -> impl Iterator<Item = (P, usize)> + 'a {
         let bytes = host.as_bytes();
         self.lens
             .iter()
             .filter(move |&&len| len < bytes.len() && bytes[bytes.len() - len] == b'.')
             // A '.' byte starts a character: the slice is on a boundary.
-            .filter_map(move |&len| self.table.get(&host[host.len() - len..]).map(|i| (i, len)))
+            .filter_map(move |&len| {
+                let suffix = &host[host.len() - len..];
+                self.table.payload(suffix).map(|p| (p, len))
+            })
     }
 
     /// Whether no suffix is stored.
@@ -395,7 +424,7 @@ mod tests {
 
     #[test]
     fn tables_find_what_was_inserted_and_hosts_ignore_case() {
-        let mut exact = StrTable::new();
+        let mut exact: StrTable = StrTable::new();
         assert_eq!(exact.insert("a"), Ok(0));
         assert_eq!(exact.insert("bc"), Ok(1));
         assert_eq!(exact.insert("a"), Ok(0));
@@ -403,12 +432,22 @@ mod tests {
             (exact.get("bc"), exact.get("BC"), exact.get("")),
             (Some(1), None, None)
         );
-        let mut hosts = StrTable::caseless();
-        hosts.insert("www.example.com").unwrap();
+        // Payloads: found with their key; a key inserted again keeps its first.
+        let mut hosts: StrTable<u16> = StrTable::caseless();
+        hosts.insert_with("www.example.com", 7).unwrap();
         assert_eq!(hosts.get("WWW.Example.COM"), Some(0));
+        assert_eq!(hosts.payload("WWW.Example.COM"), Some(7));
         let long = "x".repeat(200);
-        hosts.insert(&long).unwrap();
+        hosts.insert_with(&long, 8).unwrap();
+        assert_eq!(hosts.insert_with(&long, 9), Ok(1));
         assert_eq!(hosts.get(&long.to_ascii_uppercase()), Some(1));
+        assert_eq!(hosts.payload(&long), Some(8));
+        assert_eq!(hosts.payload("example.com"), None);
+        let mut suffixes: SuffixTable<u16> = SuffixTable::new();
+        suffixes.insert_with(".example.com", 1).unwrap();
+        suffixes.insert_with(".com", 2).unwrap();
+        let found: Vec<_> = suffixes.matching("a.EXAMPLE.com").collect();
+        assert_eq!(found, vec![(1, 12), (2, 4)]);
     }
 
     #[test]

@@ -22,15 +22,17 @@ pub type ServiceId = usize;
 /// Every (host, prefix) route of a service table, indexed.
 #[derive(Debug, Default)]
 pub struct Routes {
-    exact: StrTable,
-    exact_prefixes: Vec<Prefixes>,
-    suffixes: SuffixTable,
-    suffix_prefixes: Vec<Prefixes>,
+    /// Exact hosts, each with its prefixes in its slot.
+    exact: StrTable<Prefixes>,
+    /// `*.suffix` hosts, the same.
+    suffixes: SuffixTable<Prefixes>,
     any: Prefixes,
-    /// The routes of the hosts with few prefixes, each host's longest first.
+    /// The routes of the patterns with few prefixes, each pattern's longest first.
     few: Vec<FewRoute>,
     /// The bytes of their prefixes.
     few_text: String,
+    /// The prefixes of the patterns with many.
+    many: Vec<PrefixMap<ServiceId>>,
     /// (host, prefix, service): longest prefix first, then the most specific host.
     linear: Vec<(HostPattern, Box<str>, ServiceId)>,
 }
@@ -41,13 +43,13 @@ pub struct Routes {
 /// of thousands.
 const FEW: usize = 8;
 
-/// The prefixes of one host pattern.
-#[derive(Debug)]
+/// The prefixes of one host pattern, small enough to sit in the pattern's hash slot.
+#[derive(Debug, Clone, Copy)]
 enum Prefixes {
     /// At most [`FEW`]: a span of [`Routes::few`], longest first.
     Few { start: u32, end: u32 },
-    /// More: one lookup per prefix length present.
-    Many(Box<PrefixMap<ServiceId>>),
+    /// More: a map of [`Routes::many`] (one lookup per prefix length present).
+    Many(u32),
 }
 
 impl Default for Prefixes {
@@ -75,58 +77,58 @@ impl Routes {
                 .cmp(&a.1.len())
                 .then(b.0.specificity().cmp(&a.0.specificity()))
         });
+        // Each pattern's prefixes; the first service written for a pair keeps it, as in
+        // the sorted list.
+        let mut exact_hosts: StrTable = StrTable::caseless();
+        let mut exact: Vec<PrefixMap<ServiceId>> = Vec::new();
+        let mut suffix_hosts: StrTable = StrTable::caseless();
+        let mut suffix: Vec<PrefixMap<ServiceId>> = Vec::new();
+        let mut any = PrefixMap::default();
+        for (host, prefix, id) in &linear {
+            let (hosts, maps, name) = match host {
+                HostPattern::Exact(name) => (&mut exact_hosts, &mut exact, name),
+                HostPattern::Suffix(name) => (&mut suffix_hosts, &mut suffix, name),
+                HostPattern::Any => {
+                    any.entry(prefix, || *id)?;
+                    continue;
+                }
+            };
+            let i = hosts.insert(name)? as usize;
+            if i == maps.len() {
+                maps.push(PrefixMap::default());
+            }
+            maps[i].entry(prefix, || *id)?;
+        }
         let mut table = Routes {
             exact: StrTable::caseless(),
             suffixes: SuffixTable::new(),
             ..Routes::default()
         };
-        // Each pattern's prefixes, longest first; the first service written for a pair
-        // keeps it, as in the sorted list.
-        let mut exact: Vec<PrefixMap<ServiceId>> = Vec::new();
-        let mut suffix: Vec<PrefixMap<ServiceId>> = Vec::new();
-        let mut any = PrefixMap::default();
-        for (host, prefix, id) in &linear {
-            let prefixes = match host {
-                HostPattern::Exact(name) => {
-                    let i = table.exact.insert(name)? as usize;
-                    if i == exact.len() {
-                        exact.push(PrefixMap::default());
-                    }
-                    &mut exact[i]
-                }
-                HostPattern::Suffix(name) => {
-                    let i = table.suffixes.insert(name)? as usize;
-                    if i == suffix.len() {
-                        suffix.push(PrefixMap::default());
-                    }
-                    &mut suffix[i]
-                }
-                HostPattern::Any => &mut any,
-            };
-            prefixes.entry(prefix, || *id)?;
+        for (host, map) in exact_hosts.keys().zip(exact) {
+            let prefixes = table.prefixes(map)?;
+            table.exact.insert_with(host, prefixes)?;
         }
+        for (suffix_host, map) in suffix_hosts.keys().zip(suffix) {
+            let prefixes = table.prefixes(map)?;
+            table.suffixes.insert_with(suffix_host, prefixes)?;
+        }
+        table.any = table.prefixes(any)?;
         table.exact.shrink();
         table.suffixes.shrink();
-        table.exact_prefixes = exact
-            .into_iter()
-            .map(|map| table.prefixes(map))
-            .collect::<Result<_, _>>()?;
-        table.suffix_prefixes = suffix
-            .into_iter()
-            .map(|map| table.prefixes(map))
-            .collect::<Result<_, _>>()?;
-        table.any = table.prefixes(any)?;
         table.few.shrink_to_fit();
         table.few_text.shrink_to_fit();
+        table.many.shrink_to_fit();
         table.linear = linear;
         Ok(table)
     }
 
-    /// One pattern's prefixes, as a span of [`Routes::few`] when there are few.
+    /// One pattern's prefixes: a span of [`Routes::few`] when there are few.
     fn prefixes(&mut self, mut map: PrefixMap<ServiceId>) -> Result<Prefixes, TableFull> {
         if map.len() > FEW {
             map.shrink();
-            return Ok(Prefixes::Many(Box::new(map)));
+            let at = u32::try_from(self.many.len()).map_err(|_| TableFull)?;
+            self.many.push(map);
+            return Ok(Prefixes::Many(at));
         }
         let mut routes: Vec<(&str, ServiceId)> = map.iter().map(|(p, &id)| (p, id)).collect();
         routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
@@ -146,18 +148,21 @@ impl Routes {
     }
 
     /// The service of the longest of `prefixes` that `path` starts with, with its length.
-    fn longest(&self, prefixes: &Prefixes, path: &str) -> Option<(usize, ServiceId)> {
+    fn longest(&self, prefixes: Prefixes, path: &str) -> Option<(usize, ServiceId)> {
         match prefixes {
             Prefixes::Few { start, end } => self
                 .few
-                .get(*start as usize..*end as usize)?
+                .get(start as usize..end as usize)?
                 .iter()
                 .find_map(|r| {
                     let prefix = self.few_text.get(r.start as usize..r.end as usize)?;
                     path.starts_with(prefix)
                         .then_some((prefix.len(), r.service))
                 }),
-            Prefixes::Many(map) => map.longest(path).map(|(len, &id)| (len, id)),
+            Prefixes::Many(at) => {
+                let map = self.many.get(at as usize)?;
+                map.longest(path).map(|(len, &id)| (len, id))
+            }
         }
     }
 
@@ -174,16 +179,13 @@ impl Routes {
                 }
             }
         };
-        if let Some(i) = self.exact.get(host) {
-            offer(
-                self.longest(&self.exact_prefixes[i as usize], path),
-                usize::MAX,
-            );
+        if let Some(prefixes) = self.exact.payload(host) {
+            offer(self.longest(prefixes, path), usize::MAX);
         }
-        for (i, len) in self.suffixes.matching(host) {
-            offer(self.longest(&self.suffix_prefixes[i as usize], path), len);
+        for (prefixes, len) in self.suffixes.matching(host) {
+            offer(self.longest(prefixes, path), len);
         }
-        offer(self.longest(&self.any, path), 0);
+        offer(self.longest(self.any, path), 0);
         best.map(|(_, _, id)| id)
     }
 
