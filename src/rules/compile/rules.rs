@@ -104,7 +104,7 @@ impl Compiler {
                 .map(Action::Version),
             (None, Some(split), None) => self
                 .split(&at.child("split"), what, name, split)
-                .map(Action::Split),
+                .map(|split| Action::Split(Box::new(split))),
             (None, None, Some(rollout)) => {
                 let id = self.rollout_names.get(&rollout).copied();
                 if id.is_none() && !self.rollout_defined.contains_key(&rollout) {
