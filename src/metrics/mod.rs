@@ -20,7 +20,8 @@ use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-pub use requests::{GenerationCounts, GroupCounts, RequestFamilies, DURATION_BOUNDS};
+use requests::GenerationCounts;
+pub use requests::RequestFamilies;
 
 /// One answered request as the metrics see it: configuration names and fixed words only.
 #[derive(Debug, Clone, Copy)]
@@ -443,11 +444,7 @@ impl GenerationSeries {
     /// request classes and retries, every goal's attempts and conversions per version.
     pub fn new(metrics: Arc<Metrics>, layout: &SeriesLayout<'_>) -> GenerationSeries {
         let versions = layout.versions.len();
-        let counts = metrics.request_families.generation(&requests::Layout {
-            versions: layout.versions,
-            services: layout.services,
-            rules: layout.rules,
-        });
+        let counts = metrics.request_families.generation(layout);
         let series = GenerationSeries {
             counts,
             goals: (0..layout.goals.len() * versions)

@@ -23,10 +23,10 @@ use std::time::Duration;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Counter, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 
-use super::{STATUS_CLASSES, UNMATCHED};
+use super::{SeriesLayout, STATUS_CLASSES, UNMATCHED};
 
 /// The upper bounds of `graygate_request_duration_seconds`'s buckets (SPEC), in seconds.
-pub const DURATION_BOUNDS: [f64; 13] = [
+const DURATION_BOUNDS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
@@ -99,16 +99,6 @@ struct Totals {
     buckets: [u64; BUCKETS],
 }
 
-/// The names of one generation's tables, by index.
-pub struct Layout<'a> {
-    /// The versions' names.
-    pub versions: &'a [&'a str],
-    /// Per service: its name and the versions it has a group for.
-    pub services: &'a [(&'a str, Vec<usize>)],
-    /// The rule slots' names: the rules, then `default` and `override`.
-    pub rules: &'a [&'a str],
-}
-
 /// One generation's tables. Counted in through [`GenerationCounts::group`] and
 /// [`GenerationCounts::decision`]; retired by [`RequestFamilies::retire`].
 #[derive(Debug)]
@@ -125,7 +115,7 @@ pub struct GenerationCounts {
 }
 
 impl GenerationCounts {
-    fn new(layout: &Layout<'_>) -> GenerationCounts {
+    fn new(layout: &SeriesLayout<'_>) -> GenerationCounts {
         let versions = layout.versions.len();
         let mut prepared = vec![false; layout.services.len() * versions];
         for (s, (_, with_group)) in layout.services.iter().enumerate() {
@@ -149,18 +139,18 @@ impl GenerationCounts {
 
     /// The counts of `service`'s group of version `served` (indices of this generation).
     pub fn group(&self, service: usize, served: usize) -> Option<&GroupCounts> {
-        if served >= self.versions.len() {
-            return None;
-        }
-        self.groups.get(service * self.versions.len() + served)
+        self.by_version(&self.groups, service, served)
     }
 
     /// The counter of rule slot `rule` deciding version `decided`.
     pub fn decision(&self, rule: usize, decided: usize) -> Option<&AtomicU64> {
-        if decided >= self.versions.len() {
-            return None;
-        }
-        self.decisions.get(rule * self.versions.len() + decided)
+        self.by_version(&self.decisions, rule, decided)
+    }
+
+    /// Entry `[row * versions + version]` of one of the tables.
+    fn by_version<'t, T>(&self, table: &'t [T], row: usize, version: usize) -> Option<&'t T> {
+        let versions = self.versions.len();
+        (version < versions).then(|| table.get(row * versions + version))?
     }
 
     /// Adds every group's counts (the prepared ones even at 0) to `groups`, every decision
@@ -278,7 +268,7 @@ impl RequestFamilies {
     }
 
     /// The tables of a new generation of `layout`'s shape, exported from now on.
-    pub fn generation(&self, layout: &Layout<'_>) -> Arc<GenerationCounts> {
+    pub fn generation(&self, layout: &SeriesLayout<'_>) -> Arc<GenerationCounts> {
         let counts = Arc::new(GenerationCounts::new(layout));
         self.kept().live.push(Arc::clone(&counts));
         counts
