@@ -35,6 +35,9 @@ LAT_CONNECTIONS=${LAT_CONNECTIONS:-50}
 RELOAD_EVERY=${RELOAD_EVERY:-1}   # seconds between a reload's answer and the next reload
 PAIRS=${PAIRS:-8}                 # pairs of fixed-rate runs, without and with reloads
 THROUGHPUT=${THROUGHPUT:-1}       # 0: skip the throughput runs (the reload pairs only)
+PAIRED_LAUNCHES=${PAIRED_LAUNCHES:-3} # launches of the paired throughput runs (0: none)
+PAIRED_ROUNDS=${PAIRED_ROUNDS:-6} # rounds per launch
+PAIRED_DURATION=${PAIRED_DURATION:-3} # seconds per paired round
 OUT=${OUT:-docs/benchmarks.md}
 CRITERION=${CRITERION:-1}         # 0: skip benches/scale.rs
 NICE=${NICE:--10}                 # niceness of every measured process, as in compare.sh
@@ -210,6 +213,54 @@ for ((r = 1; r <= REPS * THROUGHPUT; r++)); do
     echo "$line"
 done
 
+# --- throughput, paired ---
+# The runs above are taken one after another, and on this kind of machine one 5-s run of one
+# graygate moves by up to 30%: the host's load changes within seconds. Two processes loaded
+# at the same time on one core live through the same moments, so the ratio of their request
+# rates is the ratio of their costs per request with that noise cancelled. Each process also
+# draws its own luck at start (where its memory lands; about 3% either way), which runs of
+# one process never average out: every launch starts a fresh pair. A launch: the smallest
+# and the largest rule set, both pinned to core 0 (CFS gives each half of it), a wrk each on
+# core 1, PAIRED_ROUNDS rounds of PAIRED_DURATION s; its ratio is the median of its rounds'.
+# The pair shares the core's caches and TLB, which costs the larger working set more than
+# running alone does: a conservative estimate. A control launch pairs two smallest rule sets
+# (the method's own bias, ideally 1.00).
+paired_launch() { # $1 tag, $2 rules:hosts of A, $3 rules:hosts of B; sets LAUNCH_RATIO and LAUNCH_ROUNDS
+    local a="$1-a" b="$1-b" r ra rb ratios="" na ha nb hb
+    IFS=: read -r na ha <<<"$2"; IFS=: read -r nb hb <<<"$3"
+    port[$a]=$(free_port); admin[$a]=$(free_port); port[$b]=$(free_port); admin[$b]=$(free_port)
+    start_graygate "$a" "${port[$a]}" "${admin[$a]}" "$(python3 bench/tenants.py "$na" "$ha" "127.0.0.1:$backend")" ""
+    start_graygate "$b" "${port[$b]}" "${admin[$b]}" "$(python3 bench/tenants.py "$nb" "$hb" "127.0.0.1:$backend")" ""
+    run_wrk throughput.lua "${port[$a]}" "$CONNECTIONS" 2; run_wrk throughput.lua "${port[$b]}" "$CONNECTIONS" 2
+    for ((r = 1; r <= PAIRED_ROUNDS; r++)); do
+        (run_wrk throughput.lua "${port[$a]}" "$CONNECTIONS" "$PAIRED_DURATION" && echo "$RESULT") > "$work/paired-a" &
+        local wa=$!
+        (run_wrk throughput.lua "${port[$b]}" "$CONNECTIONS" "$PAIRED_DURATION" && echo "$RESULT") > "$work/paired-b" &
+        local wb=$!
+        if ! wait "$wa" || ! wait "$wb"; then echo "a paired run failed" >&2; exit 1; fi
+        read -r ra _ < "$work/paired-a"; read -r rb _ < "$work/paired-b"
+        ratios+="$(ratio "$rb" "$ra") "
+    done
+    kill "${proxy_pid[$a]}" "${proxy_pid[$b]}" 2>/dev/null || true
+    wait "${proxy_pid[$a]}" "${proxy_pid[$b]}" 2>/dev/null || true
+    # shellcheck disable=SC2086
+    LAUNCH_RATIO=$(median $ratios); LAUNCH_ROUNDS=$ratios
+}
+paired="" paired_report="(not run: PAIRED_LAUNCHES=0)"
+if ((PAIRED_LAUNCHES > 0 && THROUGHPUT)); then
+    paired_report=""
+    for ((l = 1; l <= PAIRED_LAUNCHES; l++)); do
+        paired_launch "pair$l" "${rules_of[$smallest]}" "${rules_of[$largest]}"
+        paired+="$LAUNCH_RATIO "
+        paired_report+="launch $l: ${LAUNCH_RATIO}x (rounds: ${LAUNCH_ROUNDS% }); "
+        echo "paired launch $l, $largest / $smallest: ${LAUNCH_RATIO}x (rounds ${LAUNCH_ROUNDS})"
+    done
+    paired_launch control "${rules_of[$smallest]}" "${rules_of[$smallest]}"
+    control=$LAUNCH_RATIO
+    paired_report+="control ($smallest / $smallest): ${control}x (rounds: ${LAUNCH_ROUNDS% })"
+    echo "paired control, $smallest / $smallest: ${control}x (rounds ${LAUNCH_ROUNDS})"
+fi
+
 # --- reload under load ---
 # PAIRS pairs of fixed-rate runs of LAT_DURATION s on the largest graygate, one without
 # reloads and one with a reload started every RELOAD_EVERY s after the last one answered,
@@ -288,6 +339,16 @@ if ((THROUGHPUT)); then
     judge "throughput with ${rules_of[$largest]%%:*} rules and ${rules_of[$largest]##*:} hosts vs ${rules_of[$smallest]%%:*} rules, target at least 0.95x" \
         "$(ratio "$(median ${rps[$largest]})" "$base_rps")" "$(ratio "$best_large" "$best_small")" "r >= 0.95"
 fi
+if [[ -n "$paired" ]]; then
+    # shellcheck disable=SC2086
+    paired_median=$(median $paired)
+    # shellcheck disable=SC2086
+    paired_range=$(range %s $paired)
+    what="paired throughput with ${rules_of[$largest]%%:*} rules and ${rules_of[$largest]##*:} hosts vs ${rules_of[$smallest]%%:*} rules (both at once on one core; median of $PAIRED_LAUNCHES launches, range $paired_range; control ${control}x), target at least 0.95x"
+    if awk -v r="$paired_median" 'BEGIN { exit !(r >= 0.95) }'; then verdicts+=("PASS: $what: ${paired_median}x")
+    else verdicts+=("FAIL: $what: ${paired_median}x"); ok=0
+    fi
+fi
 # shellcheck disable=SC2086
 best_quiet=$(printf '%s\n' ${p99[quiet]} | sort -g | head -1); best_loaded=$(printf '%s\n' ${p99[reloading]} | sort -g | head -1)
 best_delta=$(awk -v a="$best_loaded" -v b="$best_quiet" 'BEGIN { printf "%.2f", a - b }')
@@ -328,6 +389,9 @@ $loading
 
 $table
 
+Paired, ${rules_of[$largest]%%:*} rules and ${rules_of[$largest]##*:} hosts against ${rules_of[$smallest]%%:*} rules loaded at the same time on one core (a fresh pair per
+launch, $PAIRED_ROUNDS rounds of ${PAIRED_DURATION} s; each launch's median of its rounds' ratios): $paired_report.
+
 Reload under load, ${rules_of[$largest]%%:*} rules and ${rules_of[$largest]##*:} services at ~$RATE requests/s ($PAIRS pairs of ${LAT_DURATION}-s runs, one without
 reloads and one with a new generation written and \`POST /-/reload\` ${RELOAD_EVERY} s after the previous one
 answered, in alternating order): p99 ${quiet} ms without reloads, ${loaded} ms with them (medians);
@@ -341,6 +405,9 @@ $(printf '%s\n' "${verdicts[@]}")
 - **Setup**: every graygate with \`server.threads: 1\`, \`access_log: off\`, pinned to core 0; the nginx
   backend and wrk pinned to core 1; loopback; niceness ${NICE:-0}. Throughput: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s\`,
   $REPS interleaved repetitions (order rotated), medians. The same 4,000 requests for every rule set.
+  Paired: the two graygates both on core 0 and a wrk each on core 1, run at once: the host's
+  noise falls on both alike, while the pair shares core 0's caches and TLB (harder on the larger
+  working set than running alone: a conservative figure).
 - **RSS**: VmRSS after loading and a warm-up run; per rule: minus the graygate with no rules
   and one service (${rss[empty]} KiB), divided by the rules (a row with many hosts counts its
   services in too: compare the rows of equal rules).
