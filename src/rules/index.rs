@@ -15,7 +15,8 @@
 //! Of the conditions a rule has, the key is the one whose keys are shared by the fewest
 //! rules (per-tenant hosts over a host every rule names), so a request's candidates are the
 //! rules of its own host, uid, tenant header, path and method. For each key the index holds
-//! the sorted rule positions; [`RuleIndex::candidates`] merges the lists that apply to the
+//! the sorted rule positions (a key of one rule holds it in its own hash slot, so that finding
+//! the key has read it); [`RuleIndex::candidates`] merges the lists that apply to the
 //! request with `always`, in rule order and without duplicates. The lookups cost the same for
 //! 10 rules or 10,000; only the candidates are evaluated, by the very code that evaluates
 //! every rule in turn, so the first candidate that decides is the first rule that decides.
@@ -68,15 +69,30 @@ pub struct Candidate {
     pub proven: Option<usize>,
 }
 
-/// Rule positions under one key: a span of [`RuleIndex::ids`].
+/// Rule positions: a span of [`RuleIndex::ids`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Span {
     start: u32,
     end: u32,
 }
 
-/// Keys of one kind, each with the span of its rules in its slot.
-type Keyed = StrTable<Span>;
+/// The rules under one key, in the key's slot: the one rule of a key that files one (a
+/// tenant's host, uid or header value, most often), or a span of [`RuleIndex::ids`]. A key
+/// of one rule thus leads to it without reading `ids`, a cache line fewer per lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listed {
+    One(Filed),
+    Many(Span),
+}
+
+impl Default for Listed {
+    fn default() -> Listed {
+        Listed::Many(Span::default())
+    }
+}
+
+/// Keys of one kind, each with its rules in its slot.
+type Keyed = StrTable<Listed>;
 
 /// Which rules a request may match; see the module documentation.
 #[derive(Clone, Default)]
@@ -84,20 +100,20 @@ pub struct RuleIndex {
     /// Every rule's position, grouped by key; each group sorted.
     ids: Box<[Filed]>,
     /// Rules without a key condition: candidates for every request.
-    always: Span,
+    always: Listed,
     hosts: Keyed,
-    suffixes: SuffixTable<Span>,
+    suffixes: SuffixTable<Listed>,
     uids: Keyed,
     headers: Vec<(HeaderName, Keyed)>,
-    prefixes: PrefixMap<Span>,
-    methods: Vec<(Method, Span)>,
+    prefixes: PrefixMap<Listed>,
+    methods: Vec<(Method, Listed)>,
 }
 
 impl fmt::Debug for RuleIndex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RuleIndex")
             .field("rules", &self.ids.len())
-            .field("always", &(self.always.end - self.always.start))
+            .field("always", &self.list(&self.always).len())
             .field("hosts", &self.hosts.len())
             .field("suffixes", &self.suffixes.table.len())
             .field("uids", &self.uids.len())
@@ -262,10 +278,10 @@ impl RuleIndex {
             })
             .collect();
         RuleIndex {
-            always: Span {
+            always: Listed::Many(Span {
                 start: 0,
                 end: ids.len() as u32,
-            },
+            }),
             ids,
             ..RuleIndex::default()
         }
@@ -335,46 +351,49 @@ impl RuleIndex {
                 end: ids.len() as u32,
             }
         };
-        let always = push(&mut always.into_iter());
+        let always = Listed::Many(push(&mut always.into_iter()));
         let mut index = RuleIndex {
             always,
             ..RuleIndex::default()
         };
         index.suffixes = SuffixTable::new();
         index.hosts = StrTable::caseless();
-        let mut prefix_spans: Vec<Option<Span>> = vec![None; b.prefixes.len()];
-        let mut method_spans: Vec<(usize, Span)> = Vec::new();
+        let mut prefix_listed: Vec<Option<Listed>> = vec![None; b.prefixes.len()];
+        let mut method_lists: Vec<(usize, Listed)> = Vec::new();
         let mut header_keyed: Vec<Keyed> = b.headers.iter().map(|_| Keyed::default()).collect();
         for group in filed.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
-            let (kind, key, _) = group[0];
-            let span = push(&mut group.iter().map(|&(_, _, f)| f));
+            let (kind, key, first) = group[0];
+            let listed = match group {
+                [_] => Listed::One(first),
+                _ => Listed::Many(push(&mut group.iter().map(|&(_, _, f)| f))),
+            };
             match kind {
                 Kind::Host => {
-                    index.hosts.insert_with(b.hosts.key(key), span)?;
+                    index.hosts.insert_with(b.hosts.key(key), listed)?;
                 }
                 Kind::Suffix => {
                     index
                         .suffixes
-                        .insert_with(b.suffixes.table.key(key), span)?;
+                        .insert_with(b.suffixes.table.key(key), listed)?;
                 }
                 Kind::Uid => {
-                    index.uids.insert_with(b.uids.key(key), span)?;
+                    index.uids.insert_with(b.uids.key(key), listed)?;
                 }
                 Kind::Header(h) => {
-                    header_keyed[h].insert_with(b.headers[h].1.key(key), span)?;
+                    header_keyed[h].insert_with(b.headers[h].1.key(key), listed)?;
                 }
-                Kind::Prefix => prefix_spans[key as usize] = Some(span),
-                Kind::Method(m) => method_spans.push((m, span)),
+                Kind::Prefix => prefix_listed[key as usize] = Some(listed),
+                Kind::Method(m) => method_lists.push((m, listed)),
             }
         }
         for (prefix, id) in b.prefixes.iter() {
-            if let Some(span) = prefix_spans[*id as usize] {
-                *index.prefixes.entry(prefix, Span::default)? = span;
+            if let Some(listed) = prefix_listed[*id as usize] {
+                *index.prefixes.entry(prefix, Listed::default)? = listed;
             }
         }
-        index.methods = method_spans
+        index.methods = method_lists
             .into_iter()
-            .map(|(m, span)| (b.methods[m].clone(), span))
+            .map(|(m, listed)| (b.methods[m].clone(), listed))
             .collect();
         index.headers = b
             .headers
@@ -397,49 +416,53 @@ impl RuleIndex {
         Ok(index)
     }
 
-    fn list(&self, span: Span) -> &[Filed] {
-        self.ids
-            .get(span.start as usize..span.end as usize)
-            .unwrap_or_default()
+    fn list<'a>(&'a self, listed: &'a Listed) -> &'a [Filed] {
+        match listed {
+            Listed::One(filed) => std::slice::from_ref(filed),
+            Listed::Many(span) => self
+                .ids
+                .get(span.start as usize..span.end as usize)
+                .unwrap_or_default(),
+        }
     }
 
     /// The positions of the rules `facts` may match, in rule order: every rule whose key
     /// condition holds, and every rule without one.
-    pub fn candidates(&self, facts: &Facts) -> Candidates<'_> {
+    pub fn candidates<'a>(&'a self, facts: &Facts) -> Candidates<'a> {
         let req = &facts.req;
-        let mut lists: SmallVec<[&[Filed]; 8]> = SmallVec::new();
-        let mut add = |span: Span| {
-            let list = self.list(span);
+        let mut lists: SmallVec<[&'a [Filed]; 8]> = SmallVec::new();
+        let mut add = |listed: &'a Listed| {
+            let list = self.list(listed);
             if !list.is_empty() {
                 lists.push(list);
             }
         };
-        add(self.always);
-        if let Some(span) = self.hosts.payload(req.host) {
-            add(span);
+        add(&self.always);
+        if let Some(listed) = self.hosts.payload(req.host) {
+            add(listed);
         }
-        for (span, _) in self.suffixes.matching(req.host) {
-            add(span);
+        for (listed, _) in self.suffixes.matching(req.host) {
+            add(listed);
         }
         if let Some(uid) = &facts.uid {
-            if let Some(span) = self.uids.payload(&uid.text) {
-                add(span);
+            if let Some(listed) = self.uids.payload(&uid.text) {
+                add(listed);
             }
         }
         for (name, keyed) in &self.headers {
             // A value `holds` would not read (too long) is not looked up either, so that
             // a key found proves its condition.
             let value = req.header(name).filter(|v| v.len() <= MAX_VALUE_LEN);
-            if let Some(span) = value.and_then(|v| keyed.payload(v)) {
-                add(span);
+            if let Some(listed) = value.and_then(|v| keyed.payload(v)) {
+                add(listed);
             }
         }
-        for (_, &span) in self.prefixes.prefixes_of(req.path) {
-            add(span);
+        for (_, listed) in self.prefixes.prefixes_of(req.path) {
+            add(listed);
         }
-        for (method, span) in &self.methods {
+        for (method, listed) in &self.methods {
             if method == req.method {
-                add(*span);
+                add(listed);
             }
         }
         Candidates { lists }

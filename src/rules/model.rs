@@ -13,6 +13,7 @@ use http::Method;
 use ipnet::IpNet;
 use pingora::tls::x509::X509;
 use regex::RegexSet;
+use smallvec::SmallVec;
 
 use crate::config::Listener;
 use crate::facts::identity::{Identity, Tier};
@@ -138,12 +139,14 @@ pub enum Condition {
     /// The request host matches one of the patterns (boxed: a set is larger than every other
     /// condition).
     Host(Box<HostSet>),
-    /// The path starts with one of the prefixes.
-    PathPrefix(Vec<Box<str>>),
+    /// The path starts with one of the prefixes. One list item sits in the condition itself
+    /// (as in `Method` and `UidSuffix`): a list of one, the usual case, is not a cache line
+    /// of its own that a cold tenant's rule reads.
+    PathPrefix(SmallVec<[Box<str>; 1]>),
     /// The path matches one of the regexes.
     PathRegex(RegexSet),
     /// The method is one of these.
-    Method(Vec<Method>),
+    Method(SmallVec<[Method; 1]>),
     /// Every named header matches.
     Header(Vec<(HeaderName, ValueMatch)>),
     /// Every named cookie matches.
@@ -155,7 +158,7 @@ pub enum Condition {
     /// Bit `d` set: a numeric uid ending in digit `d` matches.
     UidTail(u16),
     /// The uid ends with one of these.
-    UidSuffix(Vec<Box<str>>),
+    UidSuffix(SmallVec<[Box<str>; 1]>),
     /// The uid is one of these (boxed, as `Host`).
     UidIn(Box<StrSet>),
     /// A numeric uid within `[min, max]`.
@@ -769,6 +772,8 @@ mod tests {
     #[test]
     fn what_decide_reads_of_a_rule_is_its_first_cache_line() {
         assert_eq!(std::mem::align_of::<Rule>(), 64);
+        // A list of one condition's items kept inline does not grow the condition.
+        assert_eq!(std::mem::size_of::<Condition>(), 40);
         let read = std::mem::offset_of!(Rule, action) + std::mem::size_of::<Action>();
         assert!(std::mem::offset_of!(Rule, conditions) < read && read <= 64);
     }

@@ -147,9 +147,9 @@ impl<P: Copy> StrTable<P> {
         self.slot(key).map(|s| s.position)
     }
 
-    /// The payload of `key`, if present.
-    pub fn payload(&self, key: &str) -> Option<P> {
-        self.slot(key).map(|s| s.payload)
+    /// The payload of `key`, if present, where it sits in the key's slot.
+    pub fn payload(&self, key: &str) -> Option<&P> {
+        self.slot(key).map(|s| &s.payload)
     }
 
     fn slot(&self, key: &str) -> Option<&Slot<P>> {
@@ -263,7 +263,10 @@ impl<P: Copy> SuffixTable<P> {
 
     /// The payloads of the suffixes `host` ends with (the host longer than the suffix, as
     /// [`HostPattern::matches`] has it), longest suffix first, with each suffix's length.
-    pub fn matching<'a>(&'a self, host: &'a str) -> impl Iterator<Item = (P, usize)> + 'a {
+    pub fn matching<'s: 'h, 'h>(
+        &'s self,
+        host: &'h str,
+    ) -> impl Iterator<Item = (&'s P, usize)> + 'h {
         let bytes = host.as_bytes();
         self.lens
             .iter()
@@ -373,7 +376,10 @@ impl<V> PrefixMap<V> {
     }
 
     /// The values of the keys `path` starts with, shortest key first, with each key's length.
-    pub fn prefixes_of<'a>(&'a self, path: &'a str) -> impl Iterator<Item = (usize, &'a V)> + 'a {
+    pub fn prefixes_of<'s: 'p, 'p>(
+        &'s self,
+        path: &'p str,
+    ) -> impl Iterator<Item = (usize, &'s V)> + 'p {
         self.lens
             .iter()
             .take_while(move |&&len| len <= path.len())
@@ -436,18 +442,18 @@ mod tests {
         let mut hosts: StrTable<u16> = StrTable::caseless();
         hosts.insert_with("www.example.com", 7).unwrap();
         assert_eq!(hosts.get("WWW.Example.COM"), Some(0));
-        assert_eq!(hosts.payload("WWW.Example.COM"), Some(7));
+        assert_eq!(hosts.payload("WWW.Example.COM"), Some(&7));
         let long = "x".repeat(200);
         hosts.insert_with(&long, 8).unwrap();
         assert_eq!(hosts.insert_with(&long, 9), Ok(1));
         assert_eq!(hosts.get(&long.to_ascii_uppercase()), Some(1));
-        assert_eq!(hosts.payload(&long), Some(8));
+        assert_eq!(hosts.payload(&long), Some(&8));
         assert_eq!(hosts.payload("example.com"), None);
         let mut suffixes: SuffixTable<u16> = SuffixTable::new();
         suffixes.insert_with(".example.com", 1).unwrap();
         suffixes.insert_with(".com", 2).unwrap();
         let found: Vec<_> = suffixes.matching("a.EXAMPLE.com").collect();
-        assert_eq!(found, vec![(1, 12), (2, 4)]);
+        assert_eq!(found, vec![(&1, 12), (&2, 4)]);
     }
 
     #[test]

@@ -179,10 +179,10 @@ impl Routes {
                 }
             }
         };
-        if let Some(prefixes) = self.exact.payload(host) {
+        if let Some(&prefixes) = self.exact.payload(host) {
             offer(self.longest(prefixes, path), usize::MAX);
         }
-        for (prefixes, len) in self.suffixes.matching(host) {
+        for (&prefixes, len) in self.suffixes.matching(host) {
             offer(self.longest(prefixes, path), len);
         }
         offer(self.longest(self.any, path), 0);

@@ -9,6 +9,7 @@ use http::Method;
 use indexmap::IndexMap;
 use regex::RegexSet;
 use serde::Deserialize;
+use smallvec::SmallVec;
 
 use super::{At, Compiler};
 use crate::facts::identity::Tier;
@@ -147,7 +148,7 @@ impl Compiler {
         }
         if let Some(methods) = method {
             let a = at.child("method");
-            let mut parsed = Vec::new();
+            let mut parsed = SmallVec::new();
             for m in &methods.0 {
                 match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
                     Ok(method) => parsed.push(method),
