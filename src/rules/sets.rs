@@ -143,13 +143,16 @@ impl<P: Copy + Default> StrTable<P> {
         self.text.push_str(key);
         self.ends.push(end);
         let hash = hash_of(&self.state, self.caseless, key);
-        self.place(Slot {
-            used,
-            tag: (hash >> 32) as u32,
-            start,
-            end,
-            payload,
-        }, hash);
+        self.place(
+            Slot {
+                used,
+                tag: (hash >> 32) as u32,
+                start,
+                end,
+                payload,
+            },
+            hash,
+        );
         Ok(position)
     }
 
@@ -186,23 +189,49 @@ impl<P: Copy + Default> StrTable<P> {
     }
 }
 
+/// A key hashed for one table by [`StrTable::hashed`], which has already read its home slot.
+#[derive(Debug, Clone, Copy)]
+pub struct Hashed<'k> {
+    key: &'k str,
+    hash: u64,
+}
+
 impl<P> StrTable<P> {
     /// The position of `key`, if present.
     pub fn get(&self, key: &str) -> Option<u32> {
-        self.slot(key).map(|s| s.used - 1)
+        self.slot(self.hashed(key)).map(|s| s.used - 1)
     }
 
     /// The payload of `key`, if present, where it sits in the key's slot.
     pub fn payload(&self, key: &str) -> Option<&P> {
+        self.payload_of(self.hashed(key))
+    }
+
+    /// The payload of a key [`StrTable::hashed`] hashed for this table, if present.
+    pub fn payload_of(&self, key: Hashed<'_>) -> Option<&P> {
         self.slot(key).map(|s| &s.payload)
     }
 
-    fn slot(&self, key: &str) -> Option<&Slot<P>> {
+    /// `key` hashed for this table, its home slot read. A request's lookups in several
+    /// tables, each hashed first, then wait for their cache lines together (the reads do
+    /// not depend on each other) rather than one miss after another.
+    pub fn hashed<'k>(&self, key: &'k str) -> Hashed<'k> {
+        let hash = hash_of(&self.state, self.caseless, key);
+        if let Some(slot) = self
+            .slots
+            .get(hash as usize & self.slots.len().wrapping_sub(1))
+        {
+            std::hint::black_box(slot.used);
+        }
+        Hashed { key, hash }
+    }
+
+    fn slot(&self, Hashed { key, hash }: Hashed<'_>) -> Option<&Slot<P>> {
         if self.slots.is_empty() {
             return None;
         }
         let mask = self.slots.len() - 1;
-        let (mut i, tag) = home(hash_of(&self.state, self.caseless, key), mask);
+        let (mut i, tag) = home(hash, mask);
         // At most half the slots are used: the probe ends at an empty one.
         loop {
             let slot = &self.slots[i];
