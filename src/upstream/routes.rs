@@ -5,9 +5,10 @@
 //! prefix wins; on a tie, the most specific host (exact, then the longer `*.suffix`, then
 //! `*`). [`Routes`] finds exact hosts in one table and `*.suffix` hosts in another (both
 //! without regard to case), `*` on its own, and keeps each pattern's prefixes: a pattern with
-//! a few (nearly every tenant host has just `/`) as a short list in one shared array, longest
-//! first, tried in turn (two cache lines read, where a map reads about eight); one with more
-//! as a [`PrefixMap`] (one lookup per prefix length present). A lookup takes the exact host's
+//! `/` alone (nearly every tenant host) as its service, in the pattern's hash slot; one with
+//! a few as a short list in one shared array, longest first, tried in turn (two cache lines
+//! read, where a map reads about eight); one with more as a [`PrefixMap`] (one lookup per
+//! prefix length present). A lookup takes the exact host's
 //! longest prefix, each matching suffix's (one lookup per suffix length present where the
 //! host has a dot) and `*`'s, and keeps the best by (prefix length, specificity).
 //! [`Routes::find_linear`] is the reference: the sorted list tried in turn, which property
@@ -46,6 +47,9 @@ const FEW: usize = 8;
 /// The prefixes of one host pattern, small enough to sit in the pattern's hash slot.
 #[derive(Debug, Clone, Copy)]
 enum Prefixes {
+    /// `/` alone (a service's default prefix, what nearly every tenant host has): the
+    /// service itself, so that finding the host has found the route.
+    Slash(u32),
     /// At most [`FEW`]: a span of [`Routes::few`], longest first.
     Few { start: u32, end: u32 },
     /// More: a map of [`Routes::many`] (one lookup per prefix length present).
@@ -124,6 +128,10 @@ impl Routes {
 
     /// One pattern's prefixes: a span of [`Routes::few`] when there are few.
     fn prefixes(&mut self, mut map: PrefixMap<ServiceId>) -> Result<Prefixes, TableFull> {
+        if let (1, Some(("/", &service))) = (map.len(), map.iter().next()) {
+            let service = u32::try_from(service).map_err(|_| TableFull)?;
+            return Ok(Prefixes::Slash(service));
+        }
         if map.len() > FEW {
             map.shrink();
             let at = u32::try_from(self.many.len()).map_err(|_| TableFull)?;
@@ -150,6 +158,9 @@ impl Routes {
     /// The service of the longest of `prefixes` that `path` starts with, with its length.
     fn longest(&self, prefixes: Prefixes, path: &str) -> Option<(usize, ServiceId)> {
         match prefixes {
+            Prefixes::Slash(service) => path
+                .starts_with('/')
+                .then_some((1, service as ServiceId)),
             Prefixes::Few { start, end } => self
                 .few
                 .get(start as usize..end as usize)?
@@ -179,11 +190,14 @@ impl Routes {
                 }
             }
         };
-        if let Some(&prefixes) = self.exact.payload(host) {
-            offer(self.longest(prefixes, path), usize::MAX);
-        }
+        // The exact host's slot is read first and its lookup finished last: the suffixes'
+        // lookups in between do not wait for that miss.
+        let exact = self.exact.hashed(host);
         for (&prefixes, len) in self.suffixes.matching(host) {
             offer(self.longest(prefixes, path), len);
+        }
+        if let Some(&prefixes) = self.exact.payload_of(exact) {
+            offer(self.longest(prefixes, path), usize::MAX);
         }
         offer(self.longest(self.any, path), 0);
         best.map(|(_, _, id)| id)
