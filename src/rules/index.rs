@@ -42,7 +42,7 @@ use smallvec::SmallVec;
 
 use super::matcher::MAX_VALUE_LEN;
 use super::model::{Condition, Rule, ValueMatch};
-use super::sets::{Hashed, PrefixMap, StrTable, SuffixTable, TableFull};
+use super::sets::{PrefixMap, StrTable, SuffixTable, TableFull};
 use crate::facts::Facts;
 
 /// A rule filed under a key: its position, and the condition of the rule that the key's
@@ -437,32 +437,23 @@ impl RuleIndex {
                 lists.push(list);
             }
         };
-        // The request's keys hashed first, each table's slot read: the lookups below then
-        // find their lines arriving together, not one miss after another.
-        let host = self.hosts.hashed(req.host);
-        let uid = facts.uid.as_ref().map(|uid| self.uids.hashed(&uid.text));
-        let values: SmallVec<[Option<Hashed>; 4]> = self
-            .headers
-            .iter()
-            .map(|(name, keyed)| {
-                // A value `holds` would not read (too long) is not looked up either, so
-                // that a key found proves its condition.
-                let value = req.header(name).filter(|v| v.len() <= MAX_VALUE_LEN);
-                value.map(|v| keyed.hashed(v))
-            })
-            .collect();
         add(&self.always);
-        if let Some(listed) = self.hosts.payload_of(host) {
+        if let Some(listed) = self.hosts.payload(req.host) {
             add(listed);
         }
         for (listed, _) in self.suffixes.matching(req.host) {
             add(listed);
         }
-        if let Some(listed) = uid.and_then(|uid| self.uids.payload_of(uid)) {
-            add(listed);
+        if let Some(uid) = &facts.uid {
+            if let Some(listed) = self.uids.payload(&uid.text) {
+                add(listed);
+            }
         }
-        for ((_, keyed), value) in self.headers.iter().zip(values) {
-            if let Some(listed) = value.and_then(|v| keyed.payload_of(v)) {
+        for (name, keyed) in &self.headers {
+            // A value `holds` would not read (too long) is not looked up either, so that
+            // a key found proves its condition.
+            let value = req.header(name).filter(|v| v.len() <= MAX_VALUE_LEN);
+            if let Some(listed) = value.and_then(|v| keyed.payload(v)) {
                 add(listed);
             }
         }

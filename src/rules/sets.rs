@@ -2,14 +2,13 @@
 //! without allocating: `uid_in` and `host` lists, the keys of the rule index
 //! ([`super::index`]) and the service table's hosts and path prefixes.
 //!
-//! A [`StrTable`] keeps every key in one string buffer and finds it through an open-addressed
-//! table of slots (linear probing, at most half full) that hold the key's hash, its place in
-//! the buffer and a small payload: about the key's bytes plus 40 to 100 bytes an entry (a
-//! 100,000-uid list holds about 70 bytes a uid), where a `HashSet<Box<str>>` costs a 16-byte
-//! slot and an allocation of its own per key. A lookup that finds its key reads two cache
-//! lines, the slot (where its payload is) and the key's bytes; one that misses, the slot
-//! alone, mostly. A general hash table with control bytes (hashbrown's) reads a third line,
-//! the control bytes, before the slot: with thousands of tenants a miss each time.
+//! A [`StrTable`] keeps every key in one string buffer and finds it through a
+//! [`hashbrown::HashTable`] of slots that hold the key's place in the buffer: about the key's
+//! bytes plus 20 to 40 bytes an entry (the table's spare room included: a 100,000-uid list
+//! holds 46 bytes a uid), where a `HashSet<Box<str>>` costs a 16-byte slot and an allocation
+//! of its own per key. A lookup that finds its key reads three cache lines (the
+//! control bytes, the slot, the key's bytes); with positions alone in the slots it read the
+//! table of key ends too, a fourth, which with thousands of tenants is a miss each time.
 //! Host tables compare without regard to ASCII case (hashing lowercases a copy on the stack),
 //! so a request's host needs no lowercase copy. [`HostSet`] answers `host:` lists (exact names
 //! by one lookup, `*.suffix` names by one lookup per suffix length present where the host has
@@ -19,7 +18,7 @@
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 
-use foldhash::fast::RandomState;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::model::HostPattern;
 
@@ -32,20 +31,15 @@ pub struct StrTable<P = ()> {
     text: String,
     /// Where key `i` ends in `text` (it starts where key `i - 1` ends).
     ends: Vec<u32>,
-    /// A power of two of slots, at most half of them used (empty before the first key).
-    slots: Box<[Slot<P>]>,
-    state: RandomState,
+    table: HashTable<Slot<P>>,
+    state: DefaultHashBuilder,
     caseless: bool,
 }
 
-/// A slot of the table: empty, or a key with its hash, its bytes in `text`, its payload.
-#[derive(Clone, Copy, Default)]
+/// A key in the hash table: its position, its bytes in `text`, its payload.
+#[derive(Clone, Copy)]
 struct Slot<P> {
-    /// The key's position plus one; 0: the slot is empty.
-    used: u32,
-    /// The high half of the key's hash: most keys that are not the one looked up differ
-    /// here, and their bytes are not read.
-    tag: u32,
+    position: u32,
     start: u32,
     end: u32,
     payload: P,
@@ -73,7 +67,7 @@ fn key_at<'t>(text: &'t str, ends: &[u32], i: u32) -> &'t str {
     &text[start..ends[i] as usize]
 }
 
-fn hash_of(state: &RandomState, caseless: bool, key: &str) -> u64 {
+fn hash_of(state: &DefaultHashBuilder, caseless: bool, key: &str) -> u64 {
     let mut h = state.build_hasher();
     if caseless {
         // The same chunks for a key and its lowercase twin: the same hash.
@@ -99,11 +93,6 @@ fn same(caseless: bool, a: &str, b: &str) -> bool {
     }
 }
 
-/// The slot a hash starts its probe at (`mask`: the number of slots minus one), and its tag.
-fn home(hash: u64, mask: usize) -> (usize, u32) {
-    (hash as usize & mask, (hash >> 32) as u32)
-}
-
 /// A table this large no longer fits the `u32` positions: the compiler refuses such lists
 /// long before (see `MAX_LIST_ENTRIES` in `compile`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +116,9 @@ impl<P: Copy + Default> StrTable<P> {
     pub fn insert(&mut self, key: &str) -> Result<u32, TableFull> {
         self.insert_with(key, P::default())
     }
+}
 
+impl<P: Copy> StrTable<P> {
     /// The position of `key`, added with `payload` if new (a key present keeps its own).
     pub fn insert_with(&mut self, key: &str, payload: P) -> Result<u32, TableFull> {
         if let Some(i) = self.get(key) {
@@ -136,113 +127,38 @@ impl<P: Copy + Default> StrTable<P> {
         let start = u32::try_from(self.text.len()).map_err(|_| TableFull)?;
         let end = u32::try_from(self.text.len() + key.len()).map_err(|_| TableFull)?;
         let position = u32::try_from(self.ends.len()).map_err(|_| TableFull)?;
-        let used = position.checked_add(1).ok_or(TableFull)?;
-        if (self.ends.len() + 1) * 2 > self.slots.len() {
-            self.rehash((self.ends.len() + 1) * 2);
-        }
         self.text.push_str(key);
         self.ends.push(end);
-        let hash = hash_of(&self.state, self.caseless, key);
-        self.place(
-            Slot {
-                used,
-                tag: (hash >> 32) as u32,
-                start,
-                end,
-                payload,
-            },
-            hash,
-        );
+        let (text, state, caseless) = (&self.text, &self.state, self.caseless);
+        let hash = hash_of(state, caseless, key);
+        let slot = Slot {
+            position,
+            start,
+            end,
+            payload,
+        };
+        self.table
+            .insert_unique(hash, slot, |s| hash_of(state, caseless, s.key(text)));
         Ok(position)
     }
 
-    /// Gives back the spare capacity of the building phase (the slots as few as keep the
-    /// table at most half full).
-    pub fn shrink(&mut self) {
-        self.text.shrink_to_fit();
-        self.ends.shrink_to_fit();
-        if self.slots.len() > (self.ends.len() * 2).next_power_of_two() {
-            self.rehash(self.ends.len() * 2);
-        }
-    }
-
-    /// Moves every key into a table of at least `room` slots (a power of two).
-    fn rehash(&mut self, room: usize) {
-        let old = std::mem::replace(
-            &mut self.slots,
-            vec![Slot::default(); room.next_power_of_two().max(2)].into_boxed_slice(),
-        );
-        for slot in old.iter().filter(|s| s.used != 0) {
-            let hash = hash_of(&self.state, self.caseless, slot.key(&self.text));
-            self.place(*slot, hash);
-        }
-    }
-
-    /// Puts `slot` in the first empty slot from its hash's home (there is always one).
-    fn place(&mut self, slot: Slot<P>, hash: u64) {
-        let mask = self.slots.len() - 1;
-        let (mut i, _) = home(hash, mask);
-        while self.slots[i].used != 0 {
-            i = (i + 1) & mask;
-        }
-        self.slots[i] = slot;
-    }
-}
-
-/// A key hashed for one table by [`StrTable::hashed`], which has already read its home slot.
-#[derive(Debug, Clone, Copy)]
-pub struct Hashed<'k> {
-    key: &'k str,
-    hash: u64,
-}
-
-impl<P> StrTable<P> {
     /// The position of `key`, if present.
     pub fn get(&self, key: &str) -> Option<u32> {
-        self.slot(self.hashed(key)).map(|s| s.used - 1)
+        self.slot(key).map(|s| s.position)
     }
 
     /// The payload of `key`, if present, where it sits in the key's slot.
     pub fn payload(&self, key: &str) -> Option<&P> {
-        self.payload_of(self.hashed(key))
-    }
-
-    /// The payload of a key [`StrTable::hashed`] hashed for this table, if present.
-    pub fn payload_of(&self, key: Hashed<'_>) -> Option<&P> {
         self.slot(key).map(|s| &s.payload)
     }
 
-    /// `key` hashed for this table, its home slot read. A request's lookups in several
-    /// tables, each hashed first, then wait for their cache lines together (the reads do
-    /// not depend on each other) rather than one miss after another.
-    pub fn hashed<'k>(&self, key: &'k str) -> Hashed<'k> {
-        let hash = hash_of(&self.state, self.caseless, key);
-        if let Some(slot) = self
-            .slots
-            .get(hash as usize & self.slots.len().wrapping_sub(1))
-        {
-            std::hint::black_box(slot.used);
-        }
-        Hashed { key, hash }
-    }
-
-    fn slot(&self, Hashed { key, hash }: Hashed<'_>) -> Option<&Slot<P>> {
-        if self.slots.is_empty() {
+    fn slot(&self, key: &str) -> Option<&Slot<P>> {
+        if self.ends.is_empty() {
             return None;
         }
-        let mask = self.slots.len() - 1;
-        let (mut i, tag) = home(hash, mask);
-        // At most half the slots are used: the probe ends at an empty one.
-        loop {
-            let slot = &self.slots[i];
-            if slot.used == 0 {
-                return None;
-            }
-            if slot.tag == tag && same(self.caseless, slot.key(&self.text), key) {
-                return Some(slot);
-            }
-            i = (i + 1) & mask;
-        }
+        let hash = hash_of(&self.state, self.caseless, key);
+        self.table
+            .find(hash, |s| same(self.caseless, s.key(&self.text), key))
     }
 
     /// The key at position `i`.
@@ -263,6 +179,15 @@ impl<P> StrTable<P> {
     /// Every key, in insertion order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         (0..self.ends.len() as u32).map(|i| self.key(i))
+    }
+
+    /// Gives back the spare capacity of the building phase.
+    pub fn shrink(&mut self) {
+        self.text.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        let (text, state, caseless) = (&self.text, &self.state, self.caseless);
+        self.table
+            .shrink_to_fit(|s| hash_of(state, caseless, s.key(text)));
     }
 }
 
@@ -325,7 +250,9 @@ impl<P: Copy + Default> SuffixTable<P> {
     pub fn insert(&mut self, suffix: &str) -> Result<u32, TableFull> {
         self.insert_with(suffix, P::default())
     }
+}
 
+impl<P: Copy> SuffixTable<P> {
     /// The position of `suffix`, added with `payload` if new.
     pub fn insert_with(&mut self, suffix: &str, payload: P) -> Result<u32, TableFull> {
         if let Err(at) = self.lens.binary_search_by(|l| suffix.len().cmp(l)) {
@@ -580,6 +507,7 @@ mod tests {
                 prop_assert_eq!(model[&fold(key)].0, i as u32);
             }
         }
+
 
         /// A host set answers as the list of patterns it was built from.
         #[test]

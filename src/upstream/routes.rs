@@ -158,9 +158,7 @@ impl Routes {
     /// The service of the longest of `prefixes` that `path` starts with, with its length.
     fn longest(&self, prefixes: Prefixes, path: &str) -> Option<(usize, ServiceId)> {
         match prefixes {
-            Prefixes::Slash(service) => path
-                .starts_with('/')
-                .then_some((1, service as ServiceId)),
+            Prefixes::Slash(service) => path.starts_with('/').then_some((1, service as ServiceId)),
             Prefixes::Few { start, end } => self
                 .few
                 .get(start as usize..end as usize)?
@@ -190,14 +188,11 @@ impl Routes {
                 }
             }
         };
-        // The exact host's slot is read first and its lookup finished last: the suffixes'
-        // lookups in between do not wait for that miss.
-        let exact = self.exact.hashed(host);
+        if let Some(&prefixes) = self.exact.payload(host) {
+            offer(self.longest(prefixes, path), usize::MAX);
+        }
         for (&prefixes, len) in self.suffixes.matching(host) {
             offer(self.longest(prefixes, path), len);
-        }
-        if let Some(&prefixes) = self.exact.payload_of(exact) {
-            offer(self.longest(prefixes, path), usize::MAX);
         }
         offer(self.longest(self.any, path), 0);
         best.map(|(_, _, id)| id)
