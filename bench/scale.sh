@@ -7,6 +7,7 @@
 #   bench/scale.sh                        # or: make bench
 #   REPS=2 DURATION=3 bench/scale.sh      # a quicker, noisier run
 #   CRITERION=0 bench/scale.sh            # the proxy runs only
+#   PAIRED_LAUNCHES=0 bench/scale.sh      # without the paired throughput runs (see below)
 #   PROFILE=1 bench/scale.sh              # instructions per request under callgrind instead
 #                                         # (every rule set; KEEP_PROFILES=dir keeps the outputs)
 #   GRAYGATE_BIN=... SCALE_BENCH=... bench/scale.sh   # binaries built elsewhere (the
@@ -18,7 +19,9 @@
 # every group. Each graygate runs one worker (`server.threads: 1`) pinned to core 0; the
 # backend and wrk to core 1. Traffic: 4,000 requests for random tenants among 2,000 (their
 # host, a `*.t.example.net` host or the shared app host with `X-Tenant`; four paths; a uid
-# cookie, a tenth of them POST), the same for every rule set.
+# cookie, a tenth of them POST), the same for every rule set. The throughput runs take one
+# graygate at a time; the paired ones the smallest and the largest rule set at once, sharing
+# core 0 (the host's noise cancelled; see "throughput, paired").
 # Memory: VmRSS of each graygate after loading and warming up, minus that of a graygate with
 # no rules and one service, per rule. Reload under load: the 10,000-rule graygate at a fixed
 # rate (a paced wrk, as compare.sh's latency runs), once alone and once with a new variant of
