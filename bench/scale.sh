@@ -221,22 +221,23 @@ done
 # graygate moves by up to 30%: the host's load changes within seconds. Two processes loaded
 # at the same time on one core live through the same moments, so the ratio of their request
 # rates is the ratio of their costs per request with that noise cancelled. Each process also
-# draws its own luck at start (where its memory lands; about 3% either way), which runs of
-# one process never average out: every launch starts a fresh pair. A launch: the smallest
+# draws its own luck at start (where its memory lands; a few percent either way), which runs
+# of one process never average out: every launch starts a fresh pair. A launch: the smallest
 # and the largest rule set, both pinned to core 0 (CFS gives each half of it), a wrk each on
 # core 1, PAIRED_ROUNDS rounds of PAIRED_DURATION s; its ratio is the median of its rounds'.
 # The pair shares the core's caches and TLB, which costs the larger working set more than
 # running alone does: a conservative estimate. The two start in turns (the smaller first in
-# odd launches, the larger in even ones), as the one started second came out about 1% ahead
-# in control pairs. A control launch pairs two smallest rule sets (the method's own bias,
-# ideally 1.00).
+# odd launches, the larger in even ones): the order moved control pairs by 1-2%. A control
+# launch pairs two smallest rule sets (the method's own bias, ideally 1.00).
 paired_launch() { # $1 tag, $2 rules:hosts of A, $3 rules:hosts of B, $4 which starts first (a or b); sets LAUNCH_RATIO and LAUNCH_ROUNDS
-    local a="$1-a" b="$1-b" r ra rb ratios="" na ha nb hb
-    IFS=: read -r na ha <<<"$2"; IFS=: read -r nb hb <<<"$3"
-    port[$a]=$(free_port); admin[$a]=$(free_port); port[$b]=$(free_port); admin[$b]=$(free_port)
-    start_a() { start_graygate "$a" "${port[$a]}" "${admin[$a]}" "$(python3 bench/tenants.py "$na" "$ha" "127.0.0.1:$backend")" ""; }
-    start_b() { start_graygate "$b" "${port[$b]}" "${admin[$b]}" "$(python3 bench/tenants.py "$nb" "$hb" "127.0.0.1:$backend")" ""; }
-    if [[ "$4" == a ]]; then start_a; start_b; else start_b; start_a; fi
+    local a="$1-a" b="$1-b" r ra rb ratios="" name n h order
+    local -A size_of=(["$a"]="$2" ["$b"]="$3")
+    order=("$a" "$b"); [[ "$4" == a ]] || order=("$b" "$a")
+    for name in "${order[@]}"; do
+        IFS=: read -r n h <<<"${size_of[$name]}"
+        port[$name]=$(free_port); admin[$name]=$(free_port)
+        start_graygate "$name" "${port[$name]}" "${admin[$name]}" "$(python3 bench/tenants.py "$n" "$h" "127.0.0.1:$backend")" ""
+    done
     run_wrk throughput.lua "${port[$a]}" "$CONNECTIONS" 2; run_wrk throughput.lua "${port[$b]}" "$CONNECTIONS" 2
     for ((r = 1; r <= PAIRED_ROUNDS; r++)); do
         (run_wrk throughput.lua "${port[$a]}" "$CONNECTIONS" "$PAIRED_DURATION" && echo "$RESULT") > "$work/paired-a" &
@@ -252,7 +253,7 @@ paired_launch() { # $1 tag, $2 rules:hosts of A, $3 rules:hosts of B, $4 which s
     # shellcheck disable=SC2086
     LAUNCH_RATIO=$(median $ratios); LAUNCH_ROUNDS=$ratios
 }
-paired="" paired_report="(not run: PAIRED_LAUNCHES=0)"
+paired="" paired_report="(not run: PAIRED_LAUNCHES=0 or THROUGHPUT=0)"
 if ((PAIRED_LAUNCHES > 0 && THROUGHPUT)); then
     paired_report=""
     for ((l = 1; l <= PAIRED_LAUNCHES; l++)); do

@@ -508,7 +508,6 @@ mod tests {
             }
         }
 
-
         /// A host set answers as the list of patterns it was built from.
         #[test]
         fn host_sets_agree_with_the_patterns(

@@ -8,9 +8,9 @@
 //! `/` alone (nearly every tenant host) as its service, in the pattern's hash slot; one with
 //! a few as a short list in one shared array, longest first, tried in turn (two cache lines
 //! read, where a map reads about eight); one with more as a [`PrefixMap`] (one lookup per
-//! prefix length present). A lookup takes the exact host's
-//! longest prefix, each matching suffix's (one lookup per suffix length present where the
-//! host has a dot) and `*`'s, and keeps the best by (prefix length, specificity).
+//! prefix length present). A lookup takes the exact host's longest prefix, each matching
+//! suffix's (one lookup per suffix length present where the host has a dot) and `*`'s, and
+//! keeps the best by (prefix length, specificity).
 //! [`Routes::find_linear`] is the reference: the sorted list tried in turn, which property
 //! tests compare with the indexed lookup.
 
@@ -126,7 +126,8 @@ impl Routes {
         Ok(table)
     }
 
-    /// One pattern's prefixes: a span of [`Routes::few`] when there are few.
+    /// One pattern's prefixes: its service when `/` is the only one, a span of
+    /// [`Routes::few`] when there are few, else a map of [`Routes::many`].
     fn prefixes(&mut self, mut map: PrefixMap<ServiceId>) -> Result<Prefixes, TableFull> {
         if let (1, Some(("/", &service))) = (map.len(), map.iter().next()) {
             let service = u32::try_from(service).map_err(|_| TableFull)?;
